@@ -1,0 +1,457 @@
+//! The wire protocol between `portbrokerd` and its clients.
+//!
+//! A client connects to the broker's Unix stream socket, says [`Request::Hello`], and then sends
+//! requests one at a time; every request gets exactly one response, in order.
+//!
+//! # Frames
+//!
+//! Every message travels in a frame: a 4-byte little-endian payload length, then the payload,
+//! which is one [`Request`] or [`Response`] encoded with bincode 2 (`config::standard()`:
+//! variable-length integers, little-endian).
+//!
+//! ```text
+//!  0        4                                    4+len
+//!  +--------+-------------------------------------+
+//!  |  len   |  payload: bincode(Request|Response) |
+//!  | u32 LE |  len bytes, 1 ..= max frame size    |
+//!  +--------+-------------------------------------+
+//! ```
+//!
+//! The length is checked against [`MAX_REQUEST_FRAME`] or [`MAX_RESPONSE_FRAME`] *before* any
+//! buffer is allocated for the payload, and the payload is decoded under the same size limit, so
+//! a peer that claims 4 GiB costs the receiver nothing. A payload must be consumed exactly:
+//! trailing bytes are an error.
+//!
+//! A [`Response::Granted`] frame carries bound sockets as `SCM_RIGHTS` ancillary data attached to
+//! the first byte of its frame, `fds` of them, in the order of [`Response::Granted::sockets`].
+//! A stream socket does not keep fds aligned with frames, so a receiver queues every fd it
+//! receives and each `Granted` frame takes exactly `fds` from the front of that queue.
+//!
+//! One real message, `Release { id: LeaseId(7) }`:
+//!
+//! ```
+//! use portbroker_proto::{encode_request, LeaseId, Request};
+//!
+//! let frame = encode_request(&Request::Release { id: LeaseId(7) }).unwrap();
+//! // length 2, then variant 2 (Release), then the id 7 as a one-byte varint
+//! assert_eq!(frame, [2, 0, 0, 0, 2, 7]);
+//! ```
+//!
+//! # Versions
+//!
+//! [`PROTOCOL_VERSION`] is a number of its own, raised whenever the encoding of any message
+//! changes. Variant 0 of both enums is `Hello` and its first field is the protocol version; that
+//! prefix never changes, so [`peek_hello_protocol`] can read a peer's version even when the rest
+//! of its messages cannot be decoded, and both sides can say "version mismatch" instead of
+//! failing on garbage.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod codec;
+mod paths;
+mod spec;
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+use serde::{Deserialize, Serialize};
+
+pub use codec::{
+    decode_request, decode_response, encode_request, encode_response, encode_response_into,
+    frame_payload_len, peek_hello_protocol, Error, HEADER_LEN, MAX_REQUEST_FRAME,
+    MAX_RESPONSE_FRAME,
+};
+pub use paths::{default_socket_path, PathError, SOCKET_ENV};
+pub use spec::SpecError;
+
+/// The protocol version this crate speaks. Independent of the crate version.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The identifier of a lease, unique for the life of a broker.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LeaseId(pub u64);
+
+impl fmt::Display for LeaseId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A transport; TCP and UDP port numbers are separate spaces.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Transport {
+    /// A TCP socket (`SOCK_STREAM`).
+    Tcp,
+    /// A UDP socket (`SOCK_DGRAM`).
+    Udp,
+}
+
+impl Transport {
+    /// `"tcp"` or `"udp"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Udp => "udp",
+        }
+    }
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the broker does with a TCP socket after binding it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Listen {
+    /// Listen with the broker's default backlog (`SOMAXCONN`).
+    #[default]
+    Default,
+    /// Listen with this backlog.
+    Backlog(u32),
+    /// Bind only: the client calls `listen()` itself (TCP only).
+    BindOnly,
+}
+
+/// One socket asked for: `PROTO:[ADDR:]PORT` in text, see [`SocketSpec::from_str`](std::str::FromStr).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SocketSpec {
+    /// TCP or UDP.
+    pub transport: Transport,
+    /// The local address; `None` is the broker's default wildcard (`[::]` dual-stack, or
+    /// `0.0.0.0` where the host has no IPv6).
+    pub addr: Option<IpAddr>,
+    /// The port; 0 asks for any free port from the broker's pool.
+    pub port: u16,
+    /// Listening behaviour for TCP; must be [`Listen::Default`] for UDP.
+    pub listen: Listen,
+}
+
+impl SocketSpec {
+    /// A TCP spec with the default listen behaviour.
+    pub fn tcp(addr: Option<IpAddr>, port: u16) -> Self {
+        SocketSpec {
+            transport: Transport::Tcp,
+            addr,
+            port,
+            listen: Listen::Default,
+        }
+    }
+
+    /// A UDP spec.
+    pub fn udp(addr: Option<IpAddr>, port: u16) -> Self {
+        SocketSpec {
+            transport: Transport::Udp,
+            addr,
+            port,
+            listen: Listen::Default,
+        }
+    }
+}
+
+/// Who holds a lease, as the kernel reported the peer of its connection, never as claimed.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct Holder {
+    /// Process id (`SO_PEERCRED`).
+    pub pid: i32,
+    /// User id (`SO_PEERCRED`).
+    pub uid: u32,
+    /// Group id (`SO_PEERCRED`).
+    pub gid: u32,
+    /// Process name (`/proc/PID/comm`), empty if it could not be read.
+    pub name: String,
+}
+
+impl fmt::Display for Holder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.name.is_empty() {
+            write!(f, "pid {} (uid {})", self.pid, self.uid)
+        } else {
+            write!(f, "pid {} ({}, uid {})", self.pid, self.name, self.uid)
+        }
+    }
+}
+
+/// A socket the broker bound for a lease.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GrantedSocket {
+    /// TCP or UDP.
+    pub transport: Transport,
+    /// The bound address, with the port the broker chose.
+    pub addr: SocketAddr,
+    /// Whether a TCP socket was handed over listening (always false for UDP).
+    pub listening: bool,
+}
+
+impl fmt::Display for GrantedSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.transport, self.addr)
+    }
+}
+
+/// An inclusive range of port numbers.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    /// First port.
+    pub lo: u16,
+    /// Last port (inclusive).
+    pub hi: u16,
+}
+
+impl PortRange {
+    /// How many ports the range holds.
+    pub fn len(&self) -> usize {
+        usize::from(self.hi.saturating_sub(self.lo)) + usize::from(self.hi >= self.lo)
+    }
+
+    /// Whether the range holds no port.
+    pub fn is_empty(&self) -> bool {
+        self.hi < self.lo
+    }
+
+    /// Whether `port` lies in the range.
+    pub fn contains(&self, port: u16) -> bool {
+        (self.lo..=self.hi).contains(&port)
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.lo, self.hi)
+    }
+}
+
+/// A live lease as `List` reports it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct LeaseInfo {
+    /// The lease.
+    pub id: LeaseId,
+    /// Its holder.
+    pub holder: Holder,
+    /// When it was granted, in seconds since the Unix epoch.
+    pub since: u64,
+    /// Its sockets.
+    pub sockets: Vec<GrantedSocket>,
+}
+
+/// The broker's state as `Status` reports it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct StatusInfo {
+    /// The daemon's crate version.
+    pub daemon_version: String,
+    /// The protocol version it speaks.
+    pub protocol: u32,
+    /// Seconds since it started.
+    pub uptime_secs: u64,
+    /// Live leases.
+    pub leases: u64,
+    /// Live leased sockets.
+    pub sockets: u64,
+    /// Open client connections, this one included.
+    pub connections: u64,
+    /// The dynamic pool that port 0 draws from.
+    pub pool: PortRange,
+    /// The address used when a spec gives none.
+    pub default_addr: IpAddr,
+}
+
+/// A request from a client.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// The first request on every connection. Variant 0, with `protocol` first: frozen forever.
+    Hello {
+        /// The client's [`PROTOCOL_VERSION`].
+        protocol: u32,
+        /// A free-form client name and version, for logs.
+        client: String,
+    },
+    /// Lease one or more sockets, granted or refused as one unit.
+    Lease {
+        /// The sockets; at most 64.
+        sockets: Vec<SocketSpec>,
+    },
+    /// End a lease. Allowed to its holder's uid and to root.
+    Release {
+        /// The lease.
+        id: LeaseId,
+    },
+    /// List every live lease.
+    List,
+    /// Report the broker's state.
+    Status,
+}
+
+/// Why a lease was refused. A refusal leaves no trace: nothing of the request stays bound.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// A live lease holds an overlapping address of the same transport and port.
+    InUse {
+        /// The transport of the request.
+        transport: Transport,
+        /// The address asked for.
+        requested: SocketAddr,
+        /// The address the other lease holds.
+        held: SocketAddr,
+        /// The other lease.
+        lease: LeaseId,
+        /// Its holder.
+        holder: Holder,
+    },
+    /// The kernel refused the bind (`EADDRINUSE`) although no lease holds the address: a process
+    /// outside the broker has it.
+    InUseOutside {
+        /// The transport of the request.
+        transport: Transport,
+        /// The address asked for.
+        requested: SocketAddr,
+        /// The process that holds it, where the broker could find it.
+        holder: Option<Holder>,
+    },
+    /// Policy does not allow this request.
+    NotPermitted {
+        /// What forbade it.
+        reason: String,
+    },
+    /// A spec is malformed or contradicts another spec of the same request.
+    InvalidSpec {
+        /// Index of the spec in the request.
+        index: u32,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Port 0 was asked for and no port of the pool is free.
+    PoolExhausted {
+        /// The transport of the request.
+        transport: Transport,
+        /// The pool.
+        pool: PortRange,
+    },
+    /// The kernel refused to create or bind the socket for another reason.
+    BindFailed {
+        /// The transport of the request.
+        transport: Transport,
+        /// The address asked for.
+        requested: SocketAddr,
+        /// The `errno` the kernel returned.
+        errno: i32,
+        /// Its text, as the broker's libc describes it.
+        message: String,
+    },
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::InUse { transport, requested, held, lease, holder } => write!(
+                f,
+                "{transport}:{requested} is in use: lease {lease} holds {transport}:{held}, held by {holder}"
+            ),
+            Refusal::InUseOutside { transport, requested, holder: Some(holder) } => write!(
+                f,
+                "{transport}:{requested} is in use by {holder}, a process outside the broker"
+            ),
+            Refusal::InUseOutside { transport, requested, holder: None } => write!(
+                f,
+                "{transport}:{requested} is in use by a process outside the broker"
+            ),
+            Refusal::NotPermitted { reason } => write!(f, "not permitted: {reason}"),
+            Refusal::InvalidSpec { index, reason } => {
+                write!(f, "invalid socket spec #{}: {reason}", index + 1)
+            }
+            Refusal::PoolExhausted { transport, pool } => {
+                write!(f, "no free {transport} port left in the pool {pool}")
+            }
+            Refusal::BindFailed { transport, requested, errno, message } => write!(
+                f,
+                "binding {transport}:{requested} failed: {message} (errno {errno})"
+            ),
+        }
+    }
+}
+
+/// A request the broker could not serve for a reason other than a refused lease.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The client speaks another protocol version. The broker closes the connection.
+    VersionMismatch {
+        /// The broker's version.
+        broker: u32,
+        /// The client's version.
+        client: u32,
+    },
+    /// A request came before `Hello`. The broker closes the connection.
+    HelloRequired,
+    /// A second `Hello` on the same connection.
+    DuplicateHello,
+    /// The frame could not be decoded as a request. The broker closes the connection.
+    Malformed {
+        /// What the decoder said.
+        detail: String,
+    },
+    /// No live lease has this id.
+    UnknownLease {
+        /// The id asked for.
+        id: LeaseId,
+    },
+    /// The lease belongs to another user.
+    NotYourLease {
+        /// The id asked for.
+        id: LeaseId,
+        /// Its holder's uid.
+        holder_uid: u32,
+    },
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::VersionMismatch { broker, client } => write!(
+                f,
+                "protocol version mismatch: the broker speaks version {broker}, this client version {client}; \
+                 use a client and broker from the same release"
+            ),
+            Failure::HelloRequired => f.write_str("the first request on a connection must be Hello"),
+            Failure::DuplicateHello => f.write_str("Hello was already sent on this connection"),
+            Failure::Malformed { detail } => write!(f, "malformed request: {detail}"),
+            Failure::UnknownLease { id } => write!(f, "no live lease has id {id}"),
+            Failure::NotYourLease { id, holder_uid } => {
+                write!(f, "lease {id} belongs to uid {holder_uid}; only that user or root may release it")
+            }
+        }
+    }
+}
+
+/// A response from the broker.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum Response {
+    /// The answer to `Hello`. Variant 0, with `protocol` first: frozen forever.
+    Hello {
+        /// The broker's [`PROTOCOL_VERSION`].
+        protocol: u32,
+        /// The broker's crate version.
+        daemon_version: String,
+    },
+    /// A lease was granted; `fds` sockets travel with this frame as `SCM_RIGHTS`.
+    Granted {
+        /// The new lease.
+        id: LeaseId,
+        /// The bound sockets, in the order of the request's specs and of the fds.
+        sockets: Vec<GrantedSocket>,
+        /// How many fds this frame carries.
+        fds: u32,
+    },
+    /// A lease was refused.
+    Refused(Refusal),
+    /// A lease was released.
+    Released {
+        /// The lease.
+        id: LeaseId,
+    },
+    /// The answer to `List`, ordered by lease id.
+    Leases(Vec<LeaseInfo>),
+    /// The answer to `Status`.
+    Status(StatusInfo),
+    /// The request failed.
+    Failed(Failure),
+}
