@@ -1,1 +1,214 @@
-fn main() {}
+//! portbrokerd: owns the authoritative table of port leases and hands out bound sockets.
+#![forbid(unsafe_code)]
+
+mod bind;
+mod peer;
+mod server;
+mod socket_file;
+mod table;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use portbroker_proto::PortRange;
+use tracing_subscriber::EnvFilter;
+
+use crate::server::{Config, Server};
+
+/// The portbroker daemon: grants port leases and passes the bound sockets to their holders.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// The Unix socket to listen on [default: $PORTBROKER_SOCKET, else
+    /// /run/portbroker/portbroker.sock for root, else $XDG_RUNTIME_DIR/portbroker/portbroker.sock]
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// The dynamic pool that port 0 draws from [default: above the kernel's ephemeral range,
+    /// or the 10,000 ports below it where too few ports lie above]
+    #[arg(long, value_name = "LO-HI", value_parser = parse_range)]
+    pool: Option<PortRange>,
+    /// Log at debug level (RUST_LOG overrides).
+    #[arg(short, long)]
+    verbose: bool,
+}
+
+fn parse_range(text: &str) -> Result<PortRange, String> {
+    let (lo, hi) = text
+        .split_once('-')
+        .ok_or("expected LO-HI, such as 61000-65535")?;
+    let port = |s: &str| {
+        s.trim()
+            .parse::<u16>()
+            .map_err(|_| format!("{s:?} is not a port number (1-65535)"))
+    };
+    let range = PortRange {
+        lo: port(lo)?,
+        hi: port(hi)?,
+    };
+    if range.lo == 0 || range.lo > range.hi {
+        return Err(format!("{text}: need 1 <= LO <= HI <= 65535"));
+    }
+    Ok(range)
+}
+
+fn read_sysctl(path: &str) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {path}"))
+}
+
+/// The kernel's ephemeral port range, from which outgoing connections take their source ports.
+fn ephemeral_range() -> Result<PortRange> {
+    let text = read_sysctl("/proc/sys/net/ipv4/ip_local_port_range")?;
+    let mut fields = text.split_whitespace().map(str::parse::<u16>);
+    match (fields.next(), fields.next()) {
+        (Some(Ok(lo)), Some(Ok(hi))) if lo <= hi => Ok(PortRange { lo, hi }),
+        _ => bail!("cannot parse ip_local_port_range: {text:?}"),
+    }
+}
+
+/// A pool outside the ephemeral range, so that no outgoing connection can be sitting on a pool
+/// port: the ports above it if at least 1,000 are left there, else the 10,000 ports below it.
+fn default_pool(ephemeral: PortRange, unprivileged_start: u16) -> Result<PortRange> {
+    if u16::MAX - ephemeral.hi >= 1000 {
+        return Ok(PortRange {
+            lo: ephemeral.hi + 1,
+            hi: u16::MAX,
+        });
+    }
+    let hi = ephemeral.lo.saturating_sub(1);
+    let lo = hi.saturating_sub(9_999).max(unprivileged_start).max(1);
+    if lo >= hi {
+        bail!("no room for a pool outside the ephemeral range {ephemeral}; pass --pool LO-HI");
+    }
+    Ok(PortRange { lo, hi })
+}
+
+/// Every connection is an fd: take the hard limit rather than the usual soft 1,024.
+fn raise_fd_limit() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(err) => {
+                tracing::warn!("cannot raise the open-file limit from {soft} to {hard}: {err}");
+                soft
+            }
+        },
+        Ok((soft, _)) => soft,
+        Err(_) => 1024,
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    let socket = match args.socket {
+        Some(path) => path,
+        None => portbroker_proto::default_socket_path()?,
+    };
+    let unprivileged_port_start = read_sysctl("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1024);
+    let ephemeral = ephemeral_range()?;
+    let pool = match args.pool {
+        Some(pool) => {
+            if pool.lo <= ephemeral.hi && ephemeral.lo <= pool.hi {
+                tracing::warn!(
+                    "the pool {pool} overlaps the ephemeral range {ephemeral}: outgoing connections \
+                     may hold pool ports, and such ports will be skipped"
+                );
+            }
+            pool
+        }
+        None => default_pool(ephemeral, unprivileged_port_start)?,
+    };
+    let fd_limit = raise_fd_limit();
+    let default_addr = if bind::ipv6_available() {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    };
+    let config = Config {
+        socket,
+        pool,
+        default_addr,
+        unprivileged_port_start,
+        // Leave room for the leased sockets in flight and the daemon's own fds.
+        max_connections: usize::try_from(fd_limit.saturating_sub(64))
+            .unwrap_or(usize::MAX)
+            .clamp(16, 65_536),
+        hello_timeout: Duration::from_secs(10),
+    };
+    Server::new(config)?.run()
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let default_level = if args.verbose { "debug" } else { "info" };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
+        )
+        .init();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("portbrokerd: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_ranges_parse_and_reject_nonsense() {
+        assert_eq!(
+            parse_range("61000-65535").unwrap(),
+            PortRange {
+                lo: 61000,
+                hi: 65535
+            }
+        );
+        for bad in ["61000", "0-10", "10-5", "1-70000", "a-b"] {
+            assert!(parse_range(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn default_pool_avoids_the_ephemeral_range() {
+        let debian = PortRange {
+            lo: 32768,
+            hi: 60999,
+        };
+        assert_eq!(
+            default_pool(debian, 1024).unwrap(),
+            PortRange {
+                lo: 61000,
+                hi: 65535
+            }
+        );
+        let wide = PortRange {
+            lo: 32768,
+            hi: 65000,
+        };
+        assert_eq!(
+            default_pool(wide, 1024).unwrap(),
+            PortRange {
+                lo: 22768,
+                hi: 32767
+            }
+        );
+        let everything = PortRange {
+            lo: 1024,
+            hi: 65535,
+        };
+        assert!(default_pool(everything, 1024).is_err());
+    }
+}

@@ -1,0 +1,119 @@
+//! Creating the sockets the broker hands out.
+
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use nix::errno::Errno;
+use nix::sys::socket::{
+    bind, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType,
+    SockaddrStorage,
+};
+use portbroker_proto::{Listen, Transport};
+
+/// Creates a socket bound to `addr` (an explicit port, never 0), listening for TCP unless the
+/// spec asked for bind-only. The fd is blocking, as `std::net` expects, and close-on-exec.
+pub fn bind_socket(transport: Transport, addr: SocketAddr, mode: Listen) -> Result<OwnedFd, Errno> {
+    debug_assert_ne!(addr.port(), 0, "the broker always binds an explicit port");
+    let family = match addr {
+        SocketAddr::V4(_) => AddressFamily::Inet,
+        SocketAddr::V6(_) => AddressFamily::Inet6,
+    };
+    let kind = match transport {
+        Transport::Tcp => SockType::Stream,
+        Transport::Udp => SockType::Datagram,
+    };
+    let fd = socket(family, kind, SockFlag::SOCK_CLOEXEC, None)?;
+    if addr.is_ipv6() {
+        // `[::]` is dual-stack, as the table assumes; a specific IPv6 address never takes IPv4.
+        setsockopt(&fd, sockopt::Ipv6V6Only, &!addr.ip().is_unspecified())?;
+    }
+    let backlog = match (transport, mode) {
+        (Transport::Tcp, Listen::Default) => Some(Backlog::MAXCONN),
+        (Transport::Tcp, Listen::Backlog(n)) => Some(Backlog::new(
+            i32::try_from(n).unwrap_or(i32::MAX).min(libc::SOMAXCONN),
+        )?),
+        (Transport::Tcp, Listen::BindOnly) | (Transport::Udp, _) => None,
+    };
+    if backlog.is_some() {
+        // Safe only because the socket listens at once: SO_REUSEADDR then only lets a new
+        // listener rebind over TIME_WAIT connections, never share a live port. Bound-only TCP
+        // and UDP sockets could be co-bound by another SO_REUSEADDR socket, so they never get it.
+        setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    }
+    bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
+    if let Some(backlog) = backlog {
+        listen(&fd, backlog)?;
+    }
+    Ok(fd)
+}
+
+/// Whether this host can bind IPv6 sockets.
+pub fn ipv6_available() -> bool {
+    socket(
+        AddressFamily::Inet6,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .and_then(|fd| {
+        let any: SocketAddr = "[::1]:0".parse().expect("valid address");
+        bind(fd.as_raw_fd(), &SockaddrStorage::from(any))
+    })
+    .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream, UdpSocket};
+
+    fn free_port() -> u16 {
+        // Only to find a candidate number for the test; the broker itself never binds port 0.
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    #[test]
+    fn tcp_sockets_are_handed_over_listening() {
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let listener =
+            TcpListener::from(bind_socket(Transport::Tcp, addr, Listen::Default).unwrap());
+        TcpStream::connect(addr).unwrap();
+        listener.accept().unwrap();
+        assert_eq!(
+            bind_socket(Transport::Tcp, addr, Listen::Default).unwrap_err(),
+            Errno::EADDRINUSE
+        );
+        // TCP and UDP are separate spaces.
+        let udp = UdpSocket::from(bind_socket(Transport::Udp, addr, Listen::Default).unwrap());
+        assert_eq!(udp.local_addr().unwrap(), addr);
+    }
+
+    #[test]
+    fn bind_only_sockets_block_the_port_without_listening() {
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let _bound = bind_socket(Transport::Tcp, addr, Listen::BindOnly).unwrap();
+        assert!(TcpStream::connect(addr).is_err());
+        assert!(TcpListener::bind(format!("0.0.0.0:{port}")).is_err());
+    }
+
+    #[test]
+    fn dual_stack_wildcard_blocks_ipv4() {
+        if !ipv6_available() {
+            return;
+        }
+        let port = free_port();
+        let _any = bind_socket(
+            Transport::Tcp,
+            format!("[::]:{port}").parse().unwrap(),
+            Listen::Default,
+        )
+        .unwrap();
+        assert!(TcpListener::bind(format!("127.0.0.1:{port}")).is_err());
+    }
+}

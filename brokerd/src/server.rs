@@ -1,0 +1,834 @@
+//! The event loop: one thread owns the listener, every client connection and the lease table.
+//!
+//! Connections are non-blocking with bounded buffers; a request is read, served and answered
+//! with one `sendmsg` in the same turn, so one slow or hostile client only ever delays itself.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, IoSlice, Read};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result};
+use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+use portbroker_proto::{
+    decode_request, encode_response_into, frame_payload_len, peek_hello_protocol, Failure,
+    GrantedSocket, Holder, LeaseId, Listen, PortRange, Refusal, Request, Response, SocketSpec,
+    StatusInfo, Transport, HEADER_LEN, MAX_REQUEST_FRAME, PROTOCOL_VERSION,
+};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::backend::SignalDelivery;
+use signal_hook::iterator::exfiltrator::SignalOnly;
+use tracing::{debug, info, warn};
+
+use crate::bind::bind_socket;
+use crate::peer::peer_holder;
+use crate::socket_file::SocketFile;
+use crate::table::{addrs_overlap, ConnId, Table};
+
+/// Everything the daemon is configured with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub socket: PathBuf,
+    pub pool: PortRange,
+    pub default_addr: IpAddr,
+    /// Ports below this need root (`net.ipv4.ip_unprivileged_port_start`).
+    pub unprivileged_port_start: u16,
+    pub max_connections: usize,
+    /// A connection that has not said Hello by then is closed.
+    pub hello_timeout: Duration,
+}
+
+const LISTENER_TOKEN: u64 = 0;
+const SIGNAL_TOKEN: u64 = 1;
+const FIRST_CONN_ID: ConnId = 2;
+
+const READ_CHUNK: usize = 16 * 1024;
+/// Frames served from one connection per wakeup, so a pipelining client cannot starve others.
+const FRAMES_PER_WAKEUP: usize = 64;
+/// Accepts per wakeup, for the same reason.
+const ACCEPTS_PER_WAKEUP: usize = 256;
+/// Above this much unsent output, the broker stops reading a connection's requests until the
+/// client reads its answers.
+const OUTPUT_HIGH_WATER: usize = 256 * 1024;
+/// A read buffer that grew for a large frame is shrunk back to this once it is empty.
+const IDLE_BUFFER: usize = 1024;
+const MAX_SOCKETS_PER_LEASE: usize = 64;
+/// How many pool ports held by processes outside the broker one "any port" lease may skip.
+const POOL_TRIES: usize = 64;
+
+struct Outgoing {
+    bytes: Vec<u8>,
+    sent: usize,
+    /// Sent as SCM_RIGHTS with the first byte; dropped (closed) as soon as that byte is out.
+    fds: Vec<OwnedFd>,
+}
+
+struct Conn {
+    stream: UnixStream,
+    holder: Rc<Holder>,
+    rbuf: Vec<u8>,
+    out: VecDeque<Outgoing>,
+    out_bytes: usize,
+    greeted: bool,
+    /// Serve nothing more; close once the output is flushed.
+    closing: bool,
+    /// The peer is gone or the stream failed: close now.
+    broken: bool,
+    leases: Vec<LeaseId>,
+    interest: EpollFlags,
+}
+
+impl Conn {
+    fn wanted_interest(&self) -> EpollFlags {
+        let mut flags = EpollFlags::empty();
+        if !self.closing && self.out_bytes < OUTPUT_HIGH_WATER {
+            flags |= EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
+        }
+        if !self.out.is_empty() {
+            flags |= EpollFlags::EPOLLOUT;
+        }
+        flags
+    }
+
+    /// Sends `bytes` now if nothing is queued, queueing what the socket does not take.
+    fn send(&mut self, bytes: &[u8], mut fds: Vec<OwnedFd>) {
+        if self.broken {
+            return;
+        }
+        let mut sent = 0;
+        if self.out.is_empty() {
+            match send_some(self.stream.as_raw_fd(), bytes, &fds) {
+                Ok(n) => {
+                    sent = n;
+                    fds.clear();
+                }
+                Err(Errno::EAGAIN) => {}
+                Err(err) => {
+                    debug!("send to {} failed: {err}", self.holder);
+                    self.broken = true;
+                    return;
+                }
+            }
+        }
+        if sent < bytes.len() {
+            self.out_bytes += bytes.len() - sent;
+            self.out.push_back(Outgoing {
+                bytes: bytes[sent..].to_vec(),
+                sent: 0,
+                fds,
+            });
+        }
+    }
+
+    fn flush(&mut self) {
+        while let Some(front) = self.out.front_mut() {
+            match send_some(
+                self.stream.as_raw_fd(),
+                &front.bytes[front.sent..],
+                &front.fds,
+            ) {
+                Ok(n) => {
+                    front.fds.clear();
+                    front.sent += n;
+                    self.out_bytes -= n;
+                    if front.sent == front.bytes.len() {
+                        self.out.pop_front();
+                    }
+                }
+                Err(Errno::EAGAIN) => return,
+                Err(err) => {
+                    debug!("send to {} failed: {err}", self.holder);
+                    self.broken = true;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// One `sendmsg`, with `fds` attached when there are any. Retries EINTR.
+fn send_some(fd: RawFd, bytes: &[u8], fds: &[OwnedFd]) -> nix::Result<usize> {
+    let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+    let rights = [ControlMessage::ScmRights(&raw)];
+    let cmsgs: &[ControlMessage] = if raw.is_empty() { &[] } else { &rights };
+    let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+    loop {
+        match sendmsg::<()>(fd, &[IoSlice::new(bytes)], cmsgs, flags, None) {
+            Err(Errno::EINTR) => continue,
+            result => return result,
+        }
+    }
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+pub struct Server {
+    config: Config,
+    socket: SocketFile,
+    epoll: Epoll,
+    signals: SignalDelivery<UnixStream, SignalOnly>,
+    table: Table,
+    conns: HashMap<ConnId, Conn>,
+    next_conn_id: ConnId,
+    /// In accept order, hence in deadline order.
+    hello_deadlines: VecDeque<(Instant, ConnId)>,
+    started: Instant,
+    read_chunk: Box<[u8]>,
+    encoded: Vec<u8>,
+    last_full_warning: Option<Instant>,
+    shutting_down: bool,
+}
+
+impl Server {
+    pub fn new(config: Config) -> Result<Self> {
+        let socket = SocketFile::create(&config.socket)?;
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).context("epoll_create")?;
+        let (read, write) = UnixStream::pair().context("cannot create the signal pipe")?;
+        read.set_nonblocking(true)
+            .context("cannot make the signal pipe non-blocking")?;
+        let signals = SignalDelivery::with_pipe(read, write, SignalOnly, [SIGINT, SIGTERM])
+            .context("cannot install the SIGINT/SIGTERM handlers")?;
+        epoll
+            .add(
+                socket.listener(),
+                EpollEvent::new(EpollFlags::EPOLLIN, LISTENER_TOKEN),
+            )
+            .context("cannot watch the listening socket")?;
+        epoll
+            .add(
+                signals.get_read(),
+                EpollEvent::new(EpollFlags::EPOLLIN, SIGNAL_TOKEN),
+            )
+            .context("cannot watch the signal pipe")?;
+        Ok(Server {
+            table: Table::new(config.pool),
+            config,
+            socket,
+            epoll,
+            signals,
+            conns: HashMap::new(),
+            next_conn_id: FIRST_CONN_ID,
+            hello_deadlines: VecDeque::new(),
+            started: Instant::now(),
+            read_chunk: vec![0; READ_CHUNK].into_boxed_slice(),
+            encoded: Vec::with_capacity(256),
+            last_full_warning: None,
+            shutting_down: false,
+        })
+    }
+
+    pub fn run(mut self) -> Result<()> {
+        info!(
+            socket = %self.socket.path().display(),
+            pool = %self.config.pool,
+            default_addr = %self.config.default_addr,
+            "portbrokerd {} ready (protocol {PROTOCOL_VERSION})",
+            env!("CARGO_PKG_VERSION"),
+        );
+        let mut events = vec![EpollEvent::empty(); 256];
+        while !self.shutting_down {
+            let timeout = self.next_timeout();
+            let ready = match self.epoll.wait(&mut events, timeout) {
+                Ok(n) => n,
+                Err(Errno::EINTR) => continue,
+                Err(err) => return Err(err).context("epoll_wait"),
+            };
+            for event in &events[..ready] {
+                match event.data() {
+                    LISTENER_TOKEN => self.accept_all(),
+                    SIGNAL_TOKEN => self.take_signals(),
+                    id => self.serve(id, event.events()),
+                }
+            }
+            self.expire_hellos();
+        }
+        let (leases, conns) = (self.table.lease_count(), self.conns.len());
+        info!("shutting down: closing {conns} connections and ending {leases} leases");
+        Ok(())
+    }
+
+    fn next_timeout(&self) -> EpollTimeout {
+        let Some(&(deadline, _)) = self.hello_deadlines.front() else {
+            return EpollTimeout::NONE;
+        };
+        // Round up so the deadline has passed when we wake.
+        let wait = deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(1);
+        EpollTimeout::try_from(wait).unwrap_or(EpollTimeout::MAX)
+    }
+
+    fn take_signals(&mut self) {
+        for signal in self.signals.pending() {
+            match signal {
+                SIGINT | SIGTERM => {
+                    info!("received signal {signal}");
+                    self.shutting_down = true;
+                }
+                other => debug!("ignoring signal {other}"),
+            }
+        }
+    }
+
+    fn accept_all(&mut self) {
+        for _ in 0..ACCEPTS_PER_WAKEUP {
+            let stream = match self.socket.listener().accept() {
+                Ok((stream, _)) => stream,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => {
+                    // EMFILE and friends: the backlog keeps the client waiting, and the next
+                    // wakeup tries again once a connection has closed.
+                    warn!("accept failed: {err}");
+                    return;
+                }
+            };
+            if let Err(err) = self.admit(stream) {
+                warn!("dropping a new connection: {err:#}");
+            }
+        }
+    }
+
+    fn admit(&mut self, stream: UnixStream) -> Result<()> {
+        if self.conns.len() >= self.config.max_connections {
+            let now = Instant::now();
+            if self
+                .last_full_warning
+                .is_none_or(|t| now - t >= Duration::from_secs(1))
+            {
+                self.last_full_warning = Some(now);
+                warn!(
+                    "refusing connections: {} are open, the maximum",
+                    self.config.max_connections
+                );
+            }
+            return Ok(());
+        }
+        stream
+            .set_nonblocking(true)
+            .context("cannot make the connection non-blocking")?;
+        let holder = peer_holder(&stream).context("cannot read the peer's credentials")?;
+        let id = self.next_conn_id;
+        self.next_conn_id += 1;
+        let interest = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
+        self.epoll
+            .add(&stream, EpollEvent::new(interest, id))
+            .context("cannot watch the connection")?;
+        debug!(conn = id, "connection from {holder}");
+        self.hello_deadlines
+            .push_back((Instant::now() + self.config.hello_timeout, id));
+        self.conns.insert(
+            id,
+            Conn {
+                stream,
+                holder: Rc::new(holder),
+                rbuf: Vec::new(),
+                out: VecDeque::new(),
+                out_bytes: 0,
+                greeted: false,
+                closing: false,
+                broken: false,
+                leases: Vec::new(),
+                interest,
+            },
+        );
+        Ok(())
+    }
+
+    fn expire_hellos(&mut self) {
+        let now = Instant::now();
+        while let Some(&(deadline, id)) = self.hello_deadlines.front() {
+            if deadline > now {
+                break;
+            }
+            self.hello_deadlines.pop_front();
+            if let Some(conn) = self.conns.get(&id).filter(|c| !c.greeted) {
+                warn!(
+                    conn = id,
+                    "closing the connection of {}: no Hello within {:?}",
+                    conn.holder,
+                    self.config.hello_timeout
+                );
+                self.close(id);
+            }
+        }
+    }
+
+    fn serve(&mut self, id: ConnId, events: EpollFlags) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if events.contains(EpollFlags::EPOLLOUT) {
+            conn.flush();
+        }
+        if events.intersects(
+            EpollFlags::EPOLLIN
+                | EpollFlags::EPOLLHUP
+                | EpollFlags::EPOLLERR
+                | EpollFlags::EPOLLRDHUP,
+        ) && !conn.closing
+        {
+            self.read_requests(id);
+        }
+        self.settle(id);
+    }
+
+    /// Closes the connection if it is done, or brings its epoll interest up to date.
+    fn settle(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if conn.broken || (conn.closing && conn.out.is_empty()) {
+            self.close(id);
+            return;
+        }
+        let wanted = conn.wanted_interest();
+        if wanted != conn.interest {
+            let mut event = EpollEvent::new(wanted, id);
+            match self.epoll.modify(&conn.stream, &mut event) {
+                Ok(()) => conn.interest = wanted,
+                Err(err) => {
+                    warn!(conn = id, "cannot update epoll interest: {err}");
+                    self.close(id);
+                }
+            }
+        }
+    }
+
+    fn read_requests(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let mut rbuf = std::mem::take(&mut conn.rbuf);
+        let mut start = 0;
+        let mut served = 0;
+        'reading: loop {
+            // Serve every complete frame in the buffer.
+            loop {
+                let Some(conn) = self.conns.get(&id) else {
+                    return;
+                };
+                if conn.closing
+                    || conn.broken
+                    || conn.out_bytes >= OUTPUT_HIGH_WATER
+                    || served >= FRAMES_PER_WAKEUP
+                {
+                    break 'reading;
+                }
+                match frame_payload_len(&rbuf[start..], MAX_REQUEST_FRAME) {
+                    Ok(Some(len)) if rbuf.len() - start >= HEADER_LEN + len => {
+                        let payload = start + HEADER_LEN..start + HEADER_LEN + len;
+                        self.handle_frame(id, &rbuf[payload]);
+                        start += HEADER_LEN + len;
+                        served += 1;
+                    }
+                    Ok(_) => break,
+                    Err(err) => {
+                        self.violation(
+                            id,
+                            Failure::Malformed {
+                                detail: error_chain(&err),
+                            },
+                        );
+                        break 'reading;
+                    }
+                }
+            }
+            rbuf.drain(..start);
+            start = 0;
+            let Some(conn) = self.conns.get_mut(&id) else {
+                return;
+            };
+            match conn.stream.read(&mut self.read_chunk) {
+                Ok(0) => {
+                    if !rbuf.is_empty() {
+                        warn!(
+                            conn = id,
+                            "{} closed the connection in the middle of a frame", conn.holder
+                        );
+                    }
+                    conn.broken = true;
+                    break;
+                }
+                Ok(n) => rbuf.extend_from_slice(&self.read_chunk[..n]),
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => {
+                    debug!(conn = id, "read from {} failed: {err}", conn.holder);
+                    conn.broken = true;
+                    break;
+                }
+            }
+        }
+        rbuf.drain(..start);
+        if rbuf.is_empty() && rbuf.capacity() > IDLE_BUFFER {
+            rbuf = Vec::new();
+        }
+        if let Some(conn) = self.conns.get_mut(&id) {
+            conn.rbuf = rbuf;
+        }
+    }
+
+    /// Answers a protocol violation with `failure` and closes the connection after it.
+    fn violation(&mut self, id: ConnId, failure: Failure) {
+        if let Some(conn) = self.conns.get_mut(&id) {
+            warn!(
+                conn = id,
+                "closing the connection of {}: {failure}", conn.holder
+            );
+            conn.closing = true;
+        }
+        self.respond(id, &Response::Failed(failure), Vec::new());
+    }
+
+    fn handle_frame(&mut self, id: ConnId, payload: &[u8]) {
+        let greeted = self.conns.get(&id).is_some_and(|c| c.greeted);
+        let request = match decode_request(payload) {
+            Ok(request) => request,
+            Err(err) => {
+                let failure = match peek_hello_protocol(payload) {
+                    Some(client) if !greeted && client != PROTOCOL_VERSION => {
+                        Failure::VersionMismatch {
+                            broker: PROTOCOL_VERSION,
+                            client,
+                        }
+                    }
+                    _ => Failure::Malformed {
+                        detail: error_chain(&err),
+                    },
+                };
+                return self.violation(id, failure);
+            }
+        };
+        if !greeted && !matches!(request, Request::Hello { .. }) {
+            return self.violation(id, Failure::HelloRequired);
+        }
+        match request {
+            Request::Hello { protocol, client } => self.hello(id, protocol, &client),
+            Request::Lease { sockets } => self.lease(id, &sockets),
+            Request::Release { id: lease } => self.release(id, lease),
+            Request::List => {
+                let leases = self.table.leases().map(|lease| lease.info()).collect();
+                self.respond(id, &Response::Leases(leases), Vec::new());
+            }
+            Request::Status => {
+                let status = StatusInfo {
+                    daemon_version: env!("CARGO_PKG_VERSION").to_owned(),
+                    protocol: PROTOCOL_VERSION,
+                    uptime_secs: self.started.elapsed().as_secs(),
+                    leases: self.table.lease_count() as u64,
+                    sockets: self.table.socket_count() as u64,
+                    connections: self.conns.len() as u64,
+                    pool: self.table.pool(),
+                    default_addr: self.config.default_addr,
+                };
+                self.respond(id, &Response::Status(status), Vec::new());
+            }
+        }
+    }
+
+    fn hello(&mut self, id: ConnId, protocol: u32, client: &str) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if conn.greeted {
+            return self.respond(id, &Response::Failed(Failure::DuplicateHello), Vec::new());
+        }
+        if protocol != PROTOCOL_VERSION {
+            return self.violation(
+                id,
+                Failure::VersionMismatch {
+                    broker: PROTOCOL_VERSION,
+                    client: protocol,
+                },
+            );
+        }
+        conn.greeted = true;
+        debug!(conn = id, "hello from {} ({client:?})", conn.holder);
+        let hello = Response::Hello {
+            protocol: PROTOCOL_VERSION,
+            daemon_version: env!("CARGO_PKG_VERSION").to_owned(),
+        };
+        self.respond(id, &hello, Vec::new());
+    }
+
+    fn lease(&mut self, id: ConnId, specs: &[SocketSpec]) {
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
+        let holder = Rc::clone(&conn.holder);
+        match self.bind_all(&holder, specs) {
+            Ok(bound) => {
+                let (sockets, fds): (Vec<GrantedSocket>, Vec<OwnedFd>) = bound.into_iter().unzip();
+                let listed: Vec<String> = sockets.iter().map(ToString::to_string).collect();
+                let lease = self
+                    .table
+                    .insert(id, holder.clone(), unix_now(), sockets.clone());
+                info!(lease = lease.0, "granted {} to {holder}", listed.join(" "));
+                if let Some(conn) = self.conns.get_mut(&id) {
+                    conn.leases.push(lease);
+                }
+                let granted = Response::Granted {
+                    id: lease,
+                    sockets,
+                    fds: fds.len() as u32,
+                };
+                self.respond(id, &granted, fds);
+            }
+            Err(refusal) => {
+                info!("refused {holder}: {refusal}");
+                self.respond(id, &Response::Refused(refusal), Vec::new());
+            }
+        }
+    }
+
+    /// Checks and binds every spec; all or nothing (sockets bound so far close on refusal).
+    fn bind_all(
+        &mut self,
+        holder: &Holder,
+        specs: &[SocketSpec],
+    ) -> Result<Vec<(GrantedSocket, OwnedFd)>, Refusal> {
+        if specs.is_empty() || specs.len() > MAX_SOCKETS_PER_LEASE {
+            return Err(Refusal::InvalidSpec {
+                index: 0,
+                reason: format!(
+                    "a lease holds 1 to {MAX_SOCKETS_PER_LEASE} sockets, not {}",
+                    specs.len()
+                ),
+            });
+        }
+        let mut bound: Vec<(GrantedSocket, OwnedFd)> = Vec::with_capacity(specs.len());
+        for (index, spec) in specs.iter().enumerate() {
+            let invalid = |reason: String| Refusal::InvalidSpec {
+                index: index as u32,
+                reason,
+            };
+            self.check_spec(holder, spec).map_err(|r| match r {
+                SpecProblem::Invalid(reason) => invalid(reason),
+                SpecProblem::Refused(refusal) => refusal,
+            })?;
+            let ip = spec.addr.unwrap_or(self.config.default_addr);
+            let taken_here = |port: u16| {
+                bound.iter().position(|(g, _)| {
+                    g.transport == spec.transport
+                        && g.addr.port() == port
+                        && addrs_overlap(g.addr.ip(), ip)
+                })
+            };
+            let (addr, fd) = if spec.port == 0 {
+                self.bind_from_pool(spec, ip, |port| taken_here(port).is_some())?
+            } else {
+                let addr = SocketAddr::new(ip, spec.port);
+                if let Some(other) = taken_here(spec.port) {
+                    return Err(invalid(format!(
+                        "{spec} overlaps socket #{} of the same lease",
+                        other + 1
+                    )));
+                }
+                if let Some(conflict) = self.table.conflict(spec.transport, addr) {
+                    return Err(Refusal::InUse {
+                        transport: spec.transport,
+                        requested: addr,
+                        held: conflict.held,
+                        lease: conflict.lease.id,
+                        holder: Holder::clone(&conflict.lease.holder),
+                    });
+                }
+                let fd = bind_socket(spec.transport, addr, spec.listen)
+                    .map_err(|errno| bind_refusal(spec.transport, addr, errno))?;
+                (addr, fd)
+            };
+            let listening = spec.transport == Transport::Tcp && spec.listen != Listen::BindOnly;
+            bound.push((
+                GrantedSocket {
+                    transport: spec.transport,
+                    addr,
+                    listening,
+                },
+                fd,
+            ));
+        }
+        Ok(bound)
+    }
+
+    fn check_spec(&self, holder: &Holder, spec: &SocketSpec) -> Result<(), SpecProblem> {
+        match (spec.transport, spec.listen) {
+            (Transport::Udp, Listen::Backlog(_) | Listen::BindOnly) => {
+                return Err(SpecProblem::Invalid(
+                    "listen options apply to TCP only".into(),
+                ));
+            }
+            (Transport::Tcp, Listen::Backlog(0)) => {
+                return Err(SpecProblem::Invalid("a backlog must be at least 1".into()));
+            }
+            _ => {}
+        }
+        if let Some(IpAddr::V6(v6)) = spec.addr {
+            if v6.to_ipv4_mapped().is_some() {
+                return Err(SpecProblem::Invalid(
+                    "IPv4-mapped IPv6 addresses are not supported; use the IPv4 address".into(),
+                ));
+            }
+        }
+        if spec.addr.is_some_and(|ip| ip.is_ipv6()) && self.config.default_addr.is_ipv4() {
+            return Err(SpecProblem::Invalid("this host has no IPv6".into()));
+        }
+        if spec.port != 0 && spec.port < self.config.unprivileged_port_start && holder.uid != 0 {
+            return Err(SpecProblem::Refused(Refusal::NotPermitted {
+                reason: format!(
+                    "{}:{} is a privileged port (below {}) and uid {} is not root",
+                    spec.transport, spec.port, self.config.unprivileged_port_start, holder.uid
+                ),
+            }));
+        }
+        Ok(())
+    }
+
+    /// Binds the next free pool port, skipping ports that a process outside the broker holds.
+    fn bind_from_pool(
+        &mut self,
+        spec: &SocketSpec,
+        ip: IpAddr,
+        taken_by_this_lease: impl Fn(u16) -> bool,
+    ) -> Result<(SocketAddr, OwnedFd), Refusal> {
+        let mut result = None;
+        let mut failure = None;
+        self.table
+            .free_pool_port(spec.transport, POOL_TRIES, |port| {
+                if taken_by_this_lease(port) {
+                    return true;
+                }
+                let addr = SocketAddr::new(ip, port);
+                match bind_socket(spec.transport, addr, spec.listen) {
+                    Ok(fd) => {
+                        result = Some((addr, fd));
+                        false
+                    }
+                    Err(Errno::EADDRINUSE) => {
+                        debug!(
+                            "pool port {}:{addr} is held outside the broker; skipping it",
+                            spec.transport
+                        );
+                        true
+                    }
+                    Err(errno) => {
+                        failure = Some(bind_refusal(spec.transport, addr, errno));
+                        false
+                    }
+                }
+            });
+        if let Some(refusal) = failure {
+            return Err(refusal);
+        }
+        result.ok_or(Refusal::PoolExhausted {
+            transport: spec.transport,
+            pool: self.table.pool(),
+        })
+    }
+
+    fn release(&mut self, id: ConnId, lease_id: LeaseId) {
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
+        let asker = Rc::clone(&conn.holder);
+        let response = match self.table.get(lease_id) {
+            None => Response::Failed(Failure::UnknownLease { id: lease_id }),
+            Some(lease) if lease.holder.uid != asker.uid && asker.uid != 0 => {
+                warn!(
+                    "refused to release lease {lease_id} of {} for {asker}",
+                    lease.holder
+                );
+                Response::Failed(Failure::NotYourLease {
+                    id: lease_id,
+                    holder_uid: lease.holder.uid,
+                })
+            }
+            Some(_) => {
+                let lease = self.table.remove(lease_id).expect("lease looked up above");
+                if let Some(owner) = self.conns.get_mut(&lease.conn) {
+                    owner.leases.retain(|&l| l != lease_id);
+                }
+                info!(lease = lease_id.0, "released by {asker}");
+                Response::Released { id: lease_id }
+            }
+        };
+        self.respond(id, &response, Vec::new());
+    }
+
+    fn respond(&mut self, id: ConnId, response: &Response, fds: Vec<OwnedFd>) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        self.encoded.clear();
+        if let Err(err) = encode_response_into(response, &mut self.encoded) {
+            // Only a response beyond the frame limit can fail; the client cannot be answered.
+            warn!(
+                conn = id,
+                "cannot encode a response for {}: {}",
+                conn.holder,
+                error_chain(&err)
+            );
+            conn.broken = true;
+            return;
+        }
+        conn.send(&self.encoded, fds);
+    }
+
+    fn close(&mut self, id: ConnId) {
+        let Some(conn) = self.conns.remove(&id) else {
+            return;
+        };
+        if let Err(err) = self.epoll.delete(conn.stream.as_fd()) {
+            debug!(conn = id, "epoll delete: {err}");
+        }
+        for lease in &conn.leases {
+            if self.table.remove(*lease).is_some() {
+                info!(
+                    lease = lease.0,
+                    "released: {} closed its connection", conn.holder
+                );
+            }
+        }
+        debug!(conn = id, "closed the connection of {}", conn.holder);
+    }
+}
+
+enum SpecProblem {
+    Invalid(String),
+    Refused(Refusal),
+}
+
+fn bind_refusal(transport: Transport, requested: SocketAddr, errno: Errno) -> Refusal {
+    match errno {
+        Errno::EADDRINUSE => Refusal::InUseOutside {
+            transport,
+            requested,
+            holder: None,
+        },
+        errno => Refusal::BindFailed {
+            transport,
+            requested,
+            errno: errno as i32,
+            message: errno.desc().to_owned(),
+        },
+    }
+}

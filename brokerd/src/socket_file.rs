@@ -1,0 +1,105 @@
+//! The broker's own Unix socket: refuse to start beside a live daemon, replace a stale file,
+//! and remove the file on a clean shutdown.
+
+use std::fs::DirBuilder;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
+use interprocess::os::unix::local_socket::ListenerOptionsExt;
+use interprocess::os::unix::uds_local_socket;
+
+/// Who may connect for now: everyone. What each user may lease is decided per request.
+const SOCKET_MODE: u32 = 0o666;
+
+pub struct SocketFile {
+    listener: UnixListener,
+    path: PathBuf,
+    /// (device, inode) of the file we created, so we never remove a successor's socket.
+    identity: (u64, u64),
+}
+
+impl SocketFile {
+    pub fn create(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(dir)
+                .with_context(|| format!("cannot create the socket directory {}", dir.display()))?;
+        }
+        remove_stale(path)?;
+        let name = path
+            .to_fs_name::<GenericFilePath>()
+            .with_context(|| format!("{} is not a usable socket path", path.display()))?;
+        let listener: UnixListener = ListenerOptions::new()
+            .name(name)
+            .mode(SOCKET_MODE as libc::mode_t)
+            .reclaim_name(false)
+            .create_sync_as::<uds_local_socket::Listener>()
+            .with_context(|| format!("cannot listen on {}", path.display()))?
+            .into();
+        listener
+            .set_nonblocking(true)
+            .context("cannot make the socket non-blocking")?;
+        // bind() applied the umask on top of the mode; the mode is what we mean.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))
+            .with_context(|| format!("cannot set the mode of {}", path.display()))?;
+        let meta = std::fs::metadata(path)
+            .with_context(|| format!("cannot stat the new socket {}", path.display()))?;
+        Ok(SocketFile {
+            listener,
+            path: path.to_owned(),
+            identity: (meta.dev(), meta.ino()),
+        })
+    }
+
+    pub fn listener(&self) -> &UnixListener {
+        &self.listener
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let ours = std::fs::symlink_metadata(&self.path)
+            .is_ok_and(|m| (m.dev(), m.ino()) == self.identity);
+        if ours {
+            if let Err(err) = std::fs::remove_file(&self.path) {
+                tracing::warn!("cannot remove {}: {err}", self.path.display());
+            }
+        }
+    }
+}
+
+fn remove_stale(path: &Path) -> Result<()> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(err) => return Err(err).with_context(|| format!("cannot stat {}", path.display())),
+    };
+    if !meta.file_type().is_socket() {
+        bail!(
+            "{} exists and is not a socket; remove it or choose another --socket",
+            path.display()
+        );
+    }
+    match UnixStream::connect(path) {
+        Ok(_) => bail!(
+            "another portbrokerd is already answering on {}; stop it first or choose another --socket",
+            path.display()
+        ),
+        Err(err) if err.kind() == io::ErrorKind::ConnectionRefused => {
+            tracing::info!("replacing the stale socket {}", path.display());
+            std::fs::remove_file(path)
+                .with_context(|| format!("cannot remove the stale socket {}", path.display()))
+        }
+        Err(err) => Err(err).with_context(|| format!("cannot check whether a daemon answers on {}", path.display())),
+    }
+}
