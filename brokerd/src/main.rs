@@ -136,9 +136,12 @@ fn run(args: Args) -> Result<()> {
         default_addr,
         unprivileged_port_start,
         // Leave room for the leased sockets in flight and the daemon's own fds.
-        max_connections: usize::try_from(fd_limit.saturating_sub(64))
+        // Each connection is an fd; a quarter of the limit is kept for granted sockets that
+        // clients have not read yet, and some for the daemon's own fds.
+        max_connections: usize::try_from((fd_limit - fd_limit / 4).saturating_sub(64))
             .unwrap_or(usize::MAX)
             .clamp(16, 65_536),
+        max_queued_fds: usize::try_from(fd_limit / 4).unwrap_or(usize::MAX).max(64),
         hello_timeout: Duration::from_secs(10),
     };
     Server::new(config)?.run()

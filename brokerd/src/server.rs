@@ -40,6 +40,8 @@ pub struct Config {
     /// Ports below this need root (`net.ipv4.ip_unprivileged_port_start`).
     pub unprivileged_port_start: u16,
     pub max_connections: usize,
+    /// Granted sockets the broker may hold for clients that do not read them, in all.
+    pub max_queued_fds: usize,
     /// A connection that has not said Hello by then is closed.
     pub hello_timeout: Duration,
 }
@@ -82,18 +84,27 @@ struct Conn {
     broken: bool,
     leases: Vec<LeaseId>,
     interest: EpollFlags,
+    /// Granted sockets not yet sent: while there are any, the client's next requests wait, so
+    /// a client that does not read can hold at most one lease's sockets in the broker.
+    queued_fds: usize,
+    /// Complete frames may be left in `rbuf` after a turn's quota was used.
+    in_ready_queue: bool,
 }
 
 impl Conn {
     fn wanted_interest(&self) -> EpollFlags {
         let mut flags = EpollFlags::empty();
-        if !self.closing && self.out_bytes < OUTPUT_HIGH_WATER {
+        if self.wants_requests() {
             flags |= EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
         }
         if !self.out.is_empty() {
             flags |= EpollFlags::EPOLLOUT;
         }
         flags
+    }
+
+    fn wants_requests(&self) -> bool {
+        !self.closing && !self.broken && self.out_bytes < OUTPUT_HIGH_WATER && self.queued_fds == 0
     }
 
     /// Sends `bytes` now if nothing is queued, queueing what the socket does not take.
@@ -118,6 +129,7 @@ impl Conn {
         }
         if sent < bytes.len() {
             self.out_bytes += bytes.len() - sent;
+            self.queued_fds += fds.len();
             self.out.push_back(Outgoing {
                 bytes: bytes[sent..].to_vec(),
                 sent: 0,
@@ -134,6 +146,7 @@ impl Conn {
                 &front.fds,
             ) {
                 Ok(n) => {
+                    self.queued_fds -= front.fds.len();
                     front.fds.clear();
                     front.sent += n;
                     self.out_bytes -= n;
@@ -154,9 +167,12 @@ impl Conn {
 
 /// One `sendmsg`, with `fds` attached when there are any. Retries EINTR.
 fn send_some(fd: RawFd, bytes: &[u8], fds: &[OwnedFd]) -> nix::Result<usize> {
-    let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
-    let rights = [ControlMessage::ScmRights(&raw)];
-    let cmsgs: &[ControlMessage] = if raw.is_empty() { &[] } else { &rights };
+    let mut raw = [0 as RawFd; MAX_SOCKETS_PER_LEASE];
+    for (slot, fd) in raw.iter_mut().zip(fds) {
+        *slot = fd.as_raw_fd();
+    }
+    let rights = [ControlMessage::ScmRights(&raw[..fds.len()])];
+    let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
     let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
     loop {
         match sendmsg::<()>(fd, &[IoSlice::new(bytes)], cmsgs, flags, None) {
@@ -197,7 +213,24 @@ pub struct Server {
     read_chunk: Box<[u8]>,
     encoded: Vec<u8>,
     last_full_warning: Option<Instant>,
+    /// Connections with complete frames left over from their quota of a turn.
+    ready: VecDeque<ConnId>,
+    /// Granted sockets waiting in connections' output queues, over all connections.
+    queued_fds: usize,
+    /// Set while accept() fails for lack of fds: the listener is unwatched until then.
+    accept_paused_until: Option<Instant>,
+    last_accept_warning: Option<Instant>,
     shutting_down: bool,
+}
+
+/// Whether a rate-limited warning is due (at most one a second), updating `last`.
+fn warning_due(last: &mut Option<Instant>) -> bool {
+    let now = Instant::now();
+    let due = last.is_none_or(|t| now - t >= Duration::from_secs(1));
+    if due {
+        *last = Some(now);
+    }
+    due
 }
 
 impl Server {
@@ -234,6 +267,10 @@ impl Server {
             read_chunk: vec![0; READ_CHUNK].into_boxed_slice(),
             encoded: Vec::with_capacity(256),
             last_full_warning: None,
+            ready: VecDeque::new(),
+            queued_fds: 0,
+            accept_paused_until: None,
+            last_accept_warning: None,
             shutting_down: false,
         })
     }
@@ -261,7 +298,20 @@ impl Server {
                     id => self.serve(id, event.events()),
                 }
             }
+            for id in std::mem::take(&mut self.ready) {
+                if let Some(conn) = self.conns.get_mut(&id) {
+                    conn.in_ready_queue = false;
+                    self.read_requests(id);
+                    self.settle(id);
+                }
+            }
             self.expire_hellos();
+            if self
+                .accept_paused_until
+                .is_some_and(|t| t <= Instant::now())
+            {
+                self.resume_accepting();
+            }
         }
         let (leases, conns) = (self.table.lease_count(), self.conns.len());
         info!("shutting down: closing {conns} connections and ending {leases} leases");
@@ -269,7 +319,11 @@ impl Server {
     }
 
     fn next_timeout(&self) -> EpollTimeout {
-        let Some(&(deadline, _)) = self.hello_deadlines.front() else {
+        if !self.ready.is_empty() {
+            return EpollTimeout::ZERO;
+        }
+        let hello = self.hello_deadlines.front().map(|&(deadline, _)| deadline);
+        let Some(deadline) = hello.into_iter().chain(self.accept_paused_until).min() else {
             return EpollTimeout::NONE;
         };
         // Round up so the deadline has passed when we wake.
@@ -295,9 +349,17 @@ impl Server {
                 Ok((stream, _)) => stream,
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) if matches!(err.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                    // Out of fds: the backlog keeps new clients waiting. Stop watching the
+                    // listener (it stays readable and would spin the loop) until a connection
+                    // closes or a moment has passed.
+                    if warning_due(&mut self.last_accept_warning) {
+                        warn!("accept failed: {err}; new connections wait until fds free up");
+                    }
+                    self.pause_accepting();
+                    return;
+                }
                 Err(err) => {
-                    // EMFILE and friends: the backlog keeps the client waiting, and the next
-                    // wakeup tries again once a connection has closed.
                     warn!("accept failed: {err}");
                     return;
                 }
@@ -308,14 +370,25 @@ impl Server {
         }
     }
 
+    fn pause_accepting(&mut self) {
+        self.accept_paused_until = Some(Instant::now() + Duration::from_millis(100));
+        let mut none = EpollEvent::new(EpollFlags::empty(), LISTENER_TOKEN);
+        if let Err(err) = self.epoll.modify(self.socket.listener(), &mut none) {
+            warn!("cannot pause the listener: {err}");
+        }
+    }
+
+    fn resume_accepting(&mut self) {
+        self.accept_paused_until = None;
+        let mut readable = EpollEvent::new(EpollFlags::EPOLLIN, LISTENER_TOKEN);
+        if let Err(err) = self.epoll.modify(self.socket.listener(), &mut readable) {
+            warn!("cannot resume the listener: {err}");
+        }
+    }
+
     fn admit(&mut self, stream: UnixStream) -> Result<()> {
         if self.conns.len() >= self.config.max_connections {
-            let now = Instant::now();
-            if self
-                .last_full_warning
-                .is_none_or(|t| now - t >= Duration::from_secs(1))
-            {
-                self.last_full_warning = Some(now);
+            if warning_due(&mut self.last_full_warning) {
                 warn!(
                     "refusing connections: {} are open, the maximum",
                     self.config.max_connections
@@ -349,6 +422,8 @@ impl Server {
                 broken: false,
                 leases: Vec::new(),
                 interest,
+                queued_fds: 0,
+                in_ready_queue: false,
             },
         );
         Ok(())
@@ -378,15 +453,16 @@ impl Server {
             return;
         };
         if events.contains(EpollFlags::EPOLLOUT) {
+            let queued = conn.queued_fds;
             conn.flush();
+            self.queued_fds -= queued - conn.queued_fds;
         }
-        if events.intersects(
-            EpollFlags::EPOLLIN
-                | EpollFlags::EPOLLHUP
-                | EpollFlags::EPOLLERR
-                | EpollFlags::EPOLLRDHUP,
-        ) && !conn.closing
-        {
+        let readable = EpollFlags::EPOLLIN
+            | EpollFlags::EPOLLHUP
+            | EpollFlags::EPOLLERR
+            | EpollFlags::EPOLLRDHUP;
+        // Requests held back by backpressure may wait in the buffer with nothing new to read.
+        if events.intersects(readable) || !conn.rbuf.is_empty() {
             self.read_requests(id);
         }
         self.settle(id);
@@ -427,11 +503,17 @@ impl Server {
                 let Some(conn) = self.conns.get(&id) else {
                     return;
                 };
-                if conn.closing
-                    || conn.broken
-                    || conn.out_bytes >= OUTPUT_HIGH_WATER
-                    || served >= FRAMES_PER_WAKEUP
-                {
+                if !conn.wants_requests() {
+                    break 'reading;
+                }
+                if served >= FRAMES_PER_WAKEUP {
+                    // Fair share used: come back after the other ready connections.
+                    if !conn.in_ready_queue {
+                        self.ready.push_back(id);
+                    }
+                    if let Some(conn) = self.conns.get_mut(&id) {
+                        conn.in_ready_queue = true;
+                    }
                     break 'reading;
                 }
                 match frame_payload_len(&rbuf[start..], MAX_REQUEST_FRAME) {
@@ -790,13 +872,30 @@ impl Server {
             conn.broken = true;
             return;
         }
+        let queued = conn.queued_fds;
         conn.send(&self.encoded, fds);
+        self.queued_fds += conn.queued_fds - queued;
+        if conn.queued_fds > queued && self.queued_fds > self.config.max_queued_fds {
+            // Granted sockets pile up in the broker for clients that do not read them: drop
+            // this one (and its leases) rather than run out of fds for everyone.
+            warn!(
+                conn = id,
+                "closing the connection of {}: it does not read its granted sockets and {} are waiting in all",
+                conn.holder,
+                self.queued_fds
+            );
+            conn.broken = true;
+        }
     }
 
     fn close(&mut self, id: ConnId) {
         let Some(conn) = self.conns.remove(&id) else {
             return;
         };
+        self.queued_fds -= conn.queued_fds;
+        if self.accept_paused_until.is_some() {
+            self.resume_accepting();
+        }
         if let Err(err) = self.epoll.delete(conn.stream.as_fd()) {
             debug!(conn = id, "epoll delete: {err}");
         }

@@ -1,1 +1,314 @@
+//! Client library for `portbrokerd`: lease ports and receive sockets the broker already bound.
+//!
+//! The broker owns a table of leased `(transport, address, port)` triples. A program asks it
+//! for one or more sockets at once; the broker checks the table and its policy, binds the
+//! sockets itself and passes the bound file descriptors over its Unix socket. The lease lasts
+//! as long as the [`Lease`] value (and the connection it holds) or until it is released.
+//!
+//! ```no_run
+//! use portbroker::Broker;
+//!
+//! # fn main() -> Result<(), portbroker::Error> {
+//! let broker = Broker::connect()?;
+//! let lease = broker.lease_str(&["tcp:127.0.0.1:0"])?;
+//! let listener = lease.tcp_listener().expect("asked for a TCP socket");
+//! println!("lease {} serves on {}", lease.id(), lease.local_addr());
+//! for stream in listener.incoming() {
+//!     let _stream = stream.expect("accept");
+//!     // ...
+//! #   break;
+//! }
+//! lease.release()?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A refused lease says why, and who is in the way:
+//!
+//! ```no_run
+//! # fn main() -> Result<(), portbroker::Error> {
+//! # let broker = portbroker::Broker::connect()?;
+//! match broker.lease_str(&["tcp:8080"]) {
+//!     Ok(lease) => println!("got {}", lease.local_addr()),
+//!     Err(err) if err.is_in_use() => match err.holder() {
+//!         Some(holder) => eprintln!("port 8080 is held by {holder}"),
+//!         None => eprintln!("{err}"),
+//!     },
+//!     Err(err) => return Err(err),
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The library never changes the process environment; [`Broker::connect`] only reads
+//! `PORTBROKER_SOCKET` (see [`portbroker_proto::default_socket_path`]).
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
 
+mod connection;
+mod error;
+mod lease;
+#[allow(unsafe_code)]
+mod received_fds;
+mod socket;
+
+/// The README's examples, compiled as doctests so that they cannot rot.
+#[doc = include_str!("../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
+use std::fmt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+/// The wire protocol crate, for the types that appear in errors (such as its codec error).
+pub use portbroker_proto as proto;
+pub use portbroker_proto::{
+    Failure, GrantedSocket, Holder, LeaseId, LeaseInfo, Listen, PathError, PortRange, Refusal,
+    SocketSpec, SpecError, StatusInfo, Transport, PROTOCOL_VERSION,
+};
+
+pub use error::{Error, ErrorKind};
+pub use lease::Lease;
+pub use socket::LeasedSocket;
+
+use connection::{Connection, Reply};
+use portbroker_proto::{Request, Response};
+
+/// Read and write timeout of a new connection.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How this library introduces itself in `Hello`, for the broker's logs.
+const CLIENT_NAME: &str = concat!("portbroker-rs/", env!("CARGO_PKG_VERSION"));
+
+/// What a [`Broker`] and its [`Lease`]s share: one connection, used by one request at a time.
+pub(crate) struct Shared {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+    daemon_version: String,
+}
+
+impl Shared {
+    pub(crate) fn round_trip(&self, request: &Request) -> Result<Reply, Error> {
+        // A panic mid-request leaves the connection marked out of step, so the data behind a
+        // poisoned lock is still safe to use: it refuses further requests by itself.
+        self.conn
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .round_trip(request)
+    }
+
+    pub(crate) fn release(&self, id: LeaseId) -> Result<(), Error> {
+        match self.round_trip(&Request::Release { id })?.response {
+            Response::Released { id: released } if released == id => Ok(()),
+            Response::Failed(failure) => Err(Error::Failed(failure)),
+            other => Err(unexpected("Release", &other)),
+        }
+    }
+}
+
+fn unexpected(request: &str, response: &Response) -> Error {
+    let name = match response {
+        Response::Hello { .. } => "Hello",
+        Response::Granted { .. } => "Granted",
+        Response::Refused(_) => "Refused",
+        Response::Released { .. } => "Released (of another lease)",
+        Response::Leases(_) => "Leases",
+        Response::Status(_) => "Status",
+        Response::Failed(_) => "Failed",
+    };
+    Error::protocol(format!("the broker answered {request} with {name}"))
+}
+
+/// A connection to `portbrokerd`.
+///
+/// Cheap to clone: clones share one connection, and requests from several threads take turns
+/// on it. Leases live on the connection, and each [`Lease`] keeps it open, so dropping the
+/// `Broker` does not end the leases taken through it.
+///
+/// ```
+/// use portbroker::{Broker, ErrorKind};
+///
+/// // Nothing listens here, so this fails; a real program uses `Broker::connect()`.
+/// let err = Broker::connect_to("/nonexistent/portbroker.sock").unwrap_err();
+/// assert_eq!(err.kind(), ErrorKind::Unreachable);
+/// assert!(err.to_string().contains("is portbrokerd running?"));
+/// ```
+///
+/// Leasing needs a running broker:
+///
+/// ```no_run
+/// use std::net::Ipv4Addr;
+/// use portbroker::{Broker, SocketSpec};
+///
+/// # fn main() -> Result<(), portbroker::Error> {
+/// let broker = Broker::connect()?;
+/// // One lease, two sockets: granted or refused together.
+/// let lease = broker.lease([
+///     SocketSpec::tcp(Some(Ipv4Addr::LOCALHOST.into()), 0),
+///     SocketSpec::udp(None, 5353),
+/// ])?;
+/// for granted in lease.granted() {
+///     println!("{granted}");
+/// }
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Broker {
+    shared: Arc<Shared>,
+}
+
+impl Broker {
+    /// Connects to the broker at the default path: `$PORTBROKER_SOCKET`, else the system or
+    /// per-user path (see [`portbroker_proto::default_socket_path`]).
+    pub fn connect() -> Result<Broker, Error> {
+        Broker::connect_to(portbroker_proto::default_socket_path()?)
+    }
+
+    /// Connects to the broker listening at `path` and exchanges `Hello`.
+    ///
+    /// Fails with [`Error::Unreachable`] when nothing accepts there, and with
+    /// [`Error::VersionMismatch`] when the broker speaks another protocol version.
+    pub fn connect_to(path: impl AsRef<Path>) -> Result<Broker, Error> {
+        let path = path.as_ref().to_path_buf();
+        match UnixStream::connect(&path) {
+            Ok(stream) => Broker::handshake(stream, path),
+            Err(source) => Err(Error::Unreachable { path, source }),
+        }
+    }
+
+    fn handshake(stream: UnixStream, path: PathBuf) -> Result<Broker, Error> {
+        let mut conn = Connection::new(stream, path.clone());
+        set_timeouts(conn.stream(), Some(DEFAULT_TIMEOUT)).map_err(|source| {
+            Error::ConnectionLost {
+                path: path.clone(),
+                source,
+            }
+        })?;
+        let hello = Request::Hello {
+            protocol: PROTOCOL_VERSION,
+            client: CLIENT_NAME.to_owned(),
+        };
+        match conn.round_trip(&hello)?.response {
+            Response::Hello {
+                protocol,
+                daemon_version,
+            } if protocol == PROTOCOL_VERSION => Ok(Broker {
+                shared: Arc::new(Shared {
+                    conn: Mutex::new(conn),
+                    path,
+                    daemon_version,
+                }),
+            }),
+            Response::Hello { protocol, .. } => Err(Error::VersionMismatch {
+                broker: protocol,
+                client: PROTOCOL_VERSION,
+            }),
+            Response::Failed(failure) => Err(Error::Failed(failure)),
+            other => Err(unexpected("Hello", &other)),
+        }
+    }
+
+    /// The path of the broker's socket.
+    pub fn socket_path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    /// The broker's version, as it said in `Hello`.
+    pub fn daemon_version(&self) -> &str {
+        &self.shared.daemon_version
+    }
+
+    /// Sets how long a request may wait to be sent or answered (30 s by default); `None` waits
+    /// forever. A request that times out fails with [`Error::ConnectionLost`] and leaves the
+    /// connection unusable, because its answer may still arrive. `Some(Duration::ZERO)` is
+    /// refused by the OS.
+    pub fn set_timeout(&self, timeout: Option<Duration>) -> Result<(), Error> {
+        let conn = self
+            .shared
+            .conn
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        set_timeouts(conn.stream(), timeout).map_err(|source| Error::ConnectionLost {
+            path: conn.path().to_path_buf(),
+            source,
+        })
+    }
+
+    /// Leases the sockets of `specs` as one unit: all are granted, or none and the error says
+    /// why. At most 64 sockets; an empty list is refused without asking the broker.
+    pub fn lease(&self, specs: impl IntoIterator<Item = SocketSpec>) -> Result<Lease, Error> {
+        let specs: Vec<SocketSpec> = specs.into_iter().collect();
+        if specs.is_empty() {
+            return Err(Error::Refused(Refusal::InvalidSpec {
+                index: 0,
+                reason: "a lease needs at least one socket".into(),
+            }));
+        }
+        let reply = self.shared.round_trip(&Request::Lease {
+            sockets: specs.clone(),
+        })?;
+        match reply.response {
+            Response::Granted { id, sockets, .. } => {
+                Lease::from_grant(Arc::clone(&self.shared), id, &specs, sockets, reply.fds)
+            }
+            Response::Refused(refusal) => Err(Error::Refused(refusal)),
+            Response::Failed(failure) => Err(Error::Failed(failure)),
+            other => Err(unexpected("Lease", &other)),
+        }
+    }
+
+    /// Like [`Broker::lease`], with specs in text form (`tcp:8080`, `tcp:127.0.0.1:0`,
+    /// `udp:[::1]:5353`). Every spec is parsed first: if one is malformed, the broker is not
+    /// contacted and the error is [`Error::Spec`].
+    pub fn lease_str(&self, specs: &[&str]) -> Result<Lease, Error> {
+        let specs = specs
+            .iter()
+            .map(|text| text.parse::<SocketSpec>())
+            .collect::<Result<Vec<_>, _>>()?;
+        self.lease(specs)
+    }
+
+    /// Ends the lease `id`, which may belong to another connection or process. The broker
+    /// allows it to the lease holder's user and to root.
+    pub fn release(&self, id: LeaseId) -> Result<(), Error> {
+        self.shared.release(id)
+    }
+
+    /// Every live lease, ordered by id.
+    pub fn list(&self) -> Result<Vec<LeaseInfo>, Error> {
+        match self.shared.round_trip(&Request::List)?.response {
+            Response::Leases(leases) => Ok(leases),
+            Response::Failed(failure) => Err(Error::Failed(failure)),
+            other => Err(unexpected("List", &other)),
+        }
+    }
+
+    /// The broker's state.
+    pub fn status(&self) -> Result<StatusInfo, Error> {
+        match self.shared.round_trip(&Request::Status)?.response {
+            Response::Status(status) => Ok(status),
+            Response::Failed(failure) => Err(Error::Failed(failure)),
+            other => Err(unexpected("Status", &other)),
+        }
+    }
+}
+
+fn set_timeouts(stream: &UnixStream, timeout: Option<Duration>) -> std::io::Result<()> {
+    stream.set_read_timeout(timeout)?;
+    stream.set_write_timeout(timeout)
+}
+
+impl fmt::Debug for Broker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Broker")
+            .field("socket_path", &self.shared.path)
+            .field("daemon_version", &self.shared.daemon_version)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,1 +1,82 @@
-fn main() {}
+//! `portctl`: lease ports from `portbrokerd`, run programs with them, inspect the broker.
+#![deny(unsafe_code)]
+
+mod cli;
+mod exit;
+mod output;
+#[allow(unsafe_code)]
+mod relay;
+mod run;
+#[allow(unsafe_code)]
+mod spawn;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::Parser;
+use portbroker::{Broker, LeaseId};
+
+use cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            // --help and --version are not errors; clap prints those to stdout.
+            let code = if err.use_stderr() { exit::USAGE } else { 0 };
+            let _ = err.print();
+            return ExitCode::from(code);
+        }
+    };
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            warn(&exit::describe(&err));
+            ExitCode::from(exit::code_for(&err))
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<u8> {
+    match cli.command {
+        Command::Run(args) => run::run(cli.socket, args),
+        Command::List { json } => {
+            let leases = connect(cli.socket)?.list()?;
+            output::print_stdout(&if json {
+                output::leases_json(&leases)?
+            } else {
+                output::leases_table(&leases, output::unix_now())
+            })?;
+            Ok(0)
+        }
+        Command::Status { json } => {
+            let broker = connect(cli.socket)?;
+            let status = broker.status()?;
+            output::print_stdout(&if json {
+                output::status_json(&status)?
+            } else {
+                output::status_text(&status, broker.socket_path())
+            })?;
+            Ok(0)
+        }
+        Command::Release { id } => {
+            connect(cli.socket)?.release(LeaseId(id))?;
+            Ok(0)
+        }
+    }
+}
+
+/// Connects to `--socket PATH` if given, else to the default path.
+fn connect(socket: Option<PathBuf>) -> Result<Broker, portbroker::Error> {
+    match socket {
+        Some(path) => Broker::connect_to(path),
+        None => Broker::connect(),
+    }
+}
+
+/// One line on stderr, prefixed with the program name. A closed stderr is not worth dying for.
+fn warn(message: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "portctl: {message}");
+}

@@ -1,0 +1,122 @@
+//! The command line.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Lease ports from portbrokerd and hand the bound sockets to programs.
+#[derive(Debug, Parser)]
+#[command(name = "portctl", version)]
+pub struct Cli {
+    /// The broker's socket [default: $PORTBROKER_SOCKET, else /run/portbroker/portbroker.sock
+    /// for root, else $XDG_RUNTIME_DIR/portbroker/portbroker.sock]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Lease sockets and run CMD with them as fds 3, 4, ... (systemd's LISTEN_FDS convention);
+    /// the lease lasts as long as CMD
+    Run(RunArgs),
+    /// List the live leases, one row per socket
+    List {
+        /// Print a JSON array with one object per socket
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the broker's state
+    Status {
+        /// Print a JSON object
+        #[arg(long)]
+        json: bool,
+    },
+    /// Release a lease by id (its holder's user or root only)
+    Release {
+        /// The lease id, as `portctl list` shows it
+        id: u64,
+    },
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+    portctl run tcp:8080 -- python3 -m http.server\n  \
+    portctl run http=tcp:127.0.0.1:0 dns=udp:[::1]:5353 -- ./server\n\n\
+    CMD gets LISTEN_FDS=n, LISTEN_PID=<its pid> and LISTEN_FDNAMES=name1:name2; a socket's \
+    default name is tcp-PORT or udp-PORT.")]
+pub struct RunArgs {
+    /// Do not print the leased sockets before starting CMD
+    #[arg(short, long)]
+    pub quiet: bool,
+
+    // `help` rather than a doc comment: rustdoc would read the brackets as links.
+    #[arg(
+        required = true,
+        value_name = "SPEC",
+        help = "A socket to lease: [NAME=]PROTO:[ADDR:]PORT, such as tcp:8080, \
+                http=tcp:127.0.0.1:0 or udp:[::1]:5353; port 0 takes any free port from the \
+                broker's pool"
+    )]
+    pub specs: Vec<String>,
+
+    /// The command to run, and its arguments, after `--`
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("portctl").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_takes_specs_then_the_command_after_the_separator() {
+        let cli = parse(&[
+            "--socket", "/s", "run", "-q", "tcp:80", "x=udp:0", "--", "prog", "--flag", "-x",
+        ])
+        .unwrap();
+        assert_eq!(cli.socket, Some(PathBuf::from("/s")));
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert!(args.quiet);
+        assert_eq!(args.specs, ["tcp:80", "x=udp:0"]);
+        assert_eq!(args.command, ["prog", "--flag", "-x"]);
+    }
+
+    #[test]
+    fn run_needs_a_spec_and_a_command() {
+        assert!(parse(&["run", "tcp:80"]).is_err());
+        assert!(parse(&["run", "--", "prog"]).is_err());
+    }
+
+    #[test]
+    fn socket_may_follow_the_subcommand() {
+        let cli = parse(&["list", "--json", "--socket", "/s"]).unwrap();
+        assert_eq!(cli.socket, Some(PathBuf::from("/s")));
+        assert!(matches!(cli.command, Command::List { json: true }));
+    }
+
+    #[test]
+    fn help_and_version_are_not_usage_errors() {
+        for args in [&["--help"][..], &["--version"], &["run", "--help"]] {
+            let err = parse(args).unwrap_err();
+            assert!(!err.use_stderr(), "{args:?}");
+        }
+        assert!(parse(&["frobnicate"]).unwrap_err().use_stderr());
+        assert!(parse(&[]).unwrap_err().use_stderr());
+    }
+}

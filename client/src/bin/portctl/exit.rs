@@ -1,0 +1,113 @@
+//! Exit codes (sysexits.h) and how errors are told to the user.
+
+use portbroker::ErrorKind;
+
+use crate::spawn::CannotRun;
+
+/// The command line asks for something impossible; exit status 64.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Bad usage or an invalid socket spec.
+pub const USAGE: u8 = 64;
+/// The broker is unreachable, or no socket path is known.
+pub const UNAVAILABLE: u8 = 69;
+/// A bind failed, or another OS error.
+pub const OS_ERROR: u8 = 71;
+/// Temporary: the address is in use or the pool is exhausted.
+pub const TEMPORARY: u8 = 75;
+/// The broker and this client disagree about the protocol.
+pub const PROTOCOL: u8 = 76;
+/// The broker's policy forbids it.
+pub const NOT_PERMITTED: u8 = 77;
+/// A lease id that no live lease has.
+pub const UNKNOWN_LEASE: u8 = 1;
+
+pub fn code_for(err: &anyhow::Error) -> u8 {
+    if let Some(cannot_run) = err.downcast_ref::<CannotRun>() {
+        return cannot_run.exit_code();
+    }
+    if err.downcast_ref::<UsageError>().is_some() {
+        return USAGE;
+    }
+    match err
+        .downcast_ref::<portbroker::Error>()
+        .map(portbroker::Error::kind)
+    {
+        Some(kind) => code_for_kind(kind),
+        None => OS_ERROR,
+    }
+}
+
+fn code_for_kind(kind: ErrorKind) -> u8 {
+    match kind {
+        ErrorKind::InUse | ErrorKind::InUseOutside | ErrorKind::PoolExhausted => TEMPORARY,
+        ErrorKind::NotPermitted | ErrorKind::NotYourLease => NOT_PERMITTED,
+        ErrorKind::Unreachable => UNAVAILABLE,
+        ErrorKind::InvalidSpec => USAGE,
+        ErrorKind::Protocol | ErrorKind::VersionMismatch => PROTOCOL,
+        ErrorKind::UnknownLease => UNKNOWN_LEASE,
+        ErrorKind::BindFailed | ErrorKind::ConnectionLost => OS_ERROR,
+        _ => OS_ERROR,
+    }
+}
+
+/// The error and its causes on one line, like `{:#}`, but without repeating a cause that a
+/// message already quotes (the library's errors name their I/O error in their own text).
+pub fn describe(err: &anyhow::Error) -> String {
+    let mut text = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io;
+
+    #[test]
+    fn library_errors_map_to_sysexits() {
+        let unreachable = portbroker::Error::Unreachable {
+            path: "/x".into(),
+            source: io::ErrorKind::NotFound.into(),
+        };
+        assert_eq!(code_for(&unreachable.into()), UNAVAILABLE);
+        let refused = portbroker::Error::Refused(portbroker::Refusal::NotPermitted {
+            reason: "no".into(),
+        });
+        assert_eq!(code_for(&refused.into()), NOT_PERMITTED);
+        assert_eq!(code_for_kind(ErrorKind::InUseOutside), TEMPORARY);
+        assert_eq!(code_for_kind(ErrorKind::PoolExhausted), TEMPORARY);
+        assert_eq!(code_for_kind(ErrorKind::VersionMismatch), PROTOCOL);
+        assert_eq!(code_for_kind(ErrorKind::BindFailed), OS_ERROR);
+        assert_eq!(code_for(&anyhow::anyhow!("fork failed")), OS_ERROR);
+        assert_eq!(code_for(&UsageError("bad".into()).into()), USAGE);
+    }
+
+    #[test]
+    fn causes_already_quoted_are_not_repeated() {
+        let err: anyhow::Error = portbroker::Error::Unreachable {
+            path: "/run/x.sock".into(),
+            source: io::Error::from_raw_os_error(2),
+        }
+        .into();
+        let text = describe(&err);
+        assert_eq!(
+            text.matches("No such file or directory").count(),
+            1,
+            "{text}"
+        );
+        let err = anyhow::Error::new(io::Error::from_raw_os_error(13)).context("reading x");
+        assert_eq!(
+            describe(&err),
+            format!("reading x: {}", io::Error::from_raw_os_error(13))
+        );
+    }
+}

@@ -1,0 +1,279 @@
+//! What `list` and `status` print, as tables for people and JSON for programs.
+
+use std::fmt::Write as _;
+use std::io::{self, Write as _};
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use portbroker::{LeaseInfo, StatusInfo};
+use serde::Serialize;
+
+/// Writes `text` to stdout. A reader that went away (`portctl list | head -1`) is not an error.
+pub fn print_stdout(text: &str) -> Result<()> {
+    let mut stdout = io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(err) if err.kind() != io::ErrorKind::BrokenPipe => {
+            Err(err).context("cannot write to stdout")
+        }
+        _ => Ok(()),
+    }
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A duration, in its two largest units: `45s`, `3m12s`, `2h05m`, `3d04h`.
+pub fn format_age(secs: u64) -> String {
+    let (days, hours, minutes, seconds) =
+        (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    if days > 0 {
+        format!("{days}d{hours:02}h")
+    } else if hours > 0 {
+        format!("{hours}h{minutes:02}m")
+    } else if minutes > 0 {
+        format!("{minutes}m{seconds:02}s")
+    } else {
+        format!("{seconds}s")
+    }
+}
+
+/// Left-aligned columns two spaces apart; the last column is not padded.
+fn table(rows: &[Vec<String>]) -> String {
+    let columns = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .map(|row| row[c].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            if c + 1 == columns {
+                line.push_str(cell);
+            } else {
+                let _ = write!(line, "{cell:<width$}  ", width = widths[c]);
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// One row per socket of each lease, under a header that is there even with no lease.
+pub fn leases_table(leases: &[LeaseInfo], now: u64) -> String {
+    let header = ["ID", "PROTO", "ADDRESS", "PID", "UID", "NAME", "SINCE"];
+    let mut rows = vec![header.map(String::from).to_vec()];
+    for lease in leases {
+        for socket in &lease.sockets {
+            rows.push(vec![
+                lease.id.to_string(),
+                socket.transport.to_string(),
+                socket.addr.to_string(),
+                lease.holder.pid.to_string(),
+                lease.holder.uid.to_string(),
+                lease.holder.name.clone(),
+                format_age(now.saturating_sub(lease.since)),
+            ]);
+        }
+    }
+    table(&rows)
+}
+
+#[derive(Serialize)]
+struct SocketRow<'a> {
+    id: u64,
+    proto: &'static str,
+    addr: String,
+    pid: i32,
+    uid: u32,
+    gid: u32,
+    name: &'a str,
+    since: u64,
+    listening: bool,
+}
+
+pub fn leases_json(leases: &[LeaseInfo]) -> Result<String> {
+    let rows: Vec<SocketRow> = leases
+        .iter()
+        .flat_map(|lease| {
+            lease.sockets.iter().map(move |socket| SocketRow {
+                id: lease.id.0,
+                proto: socket.transport.as_str(),
+                addr: socket.addr.to_string(),
+                pid: lease.holder.pid,
+                uid: lease.holder.uid,
+                gid: lease.holder.gid,
+                name: &lease.holder.name,
+                since: lease.since,
+                listening: socket.listening,
+            })
+        })
+        .collect();
+    Ok(serde_json::to_string_pretty(&rows)? + "\n")
+}
+
+pub fn status_text(status: &StatusInfo, socket: &Path) -> String {
+    let rows = [
+        ("socket", socket.display().to_string()),
+        ("daemon version", status.daemon_version.clone()),
+        ("protocol", status.protocol.to_string()),
+        ("uptime", format_age(status.uptime_secs)),
+        ("leases", status.leases.to_string()),
+        ("sockets", status.sockets.to_string()),
+        ("connections", status.connections.to_string()),
+        ("pool", status.pool.to_string()),
+        ("default address", status.default_addr.to_string()),
+    ];
+    let rows: Vec<Vec<String>> = rows
+        .into_iter()
+        .map(|(key, value)| vec![format!("{key}:"), value])
+        .collect();
+    table(&rows)
+}
+
+#[derive(Serialize)]
+struct StatusJson<'a> {
+    daemon_version: &'a str,
+    protocol: u32,
+    uptime_secs: u64,
+    leases: u64,
+    sockets: u64,
+    connections: u64,
+    pool: String,
+    default_addr: String,
+}
+
+pub fn status_json(status: &StatusInfo) -> Result<String> {
+    let json = StatusJson {
+        daemon_version: &status.daemon_version,
+        protocol: status.protocol,
+        uptime_secs: status.uptime_secs,
+        leases: status.leases,
+        sockets: status.sockets,
+        connections: status.connections,
+        pool: status.pool.to_string(),
+        default_addr: status.default_addr.to_string(),
+    };
+    Ok(serde_json::to_string_pretty(&json)? + "\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portbroker::{GrantedSocket, Holder, LeaseId, PortRange, Transport};
+
+    fn lease() -> LeaseInfo {
+        LeaseInfo {
+            id: LeaseId(7),
+            holder: Holder {
+                pid: 123,
+                uid: 0,
+                gid: 0,
+                name: "python3".into(),
+            },
+            since: 1_764_130_000,
+            sockets: vec![
+                GrantedSocket {
+                    transport: Transport::Tcp,
+                    addr: "127.0.0.1:40123".parse().unwrap(),
+                    listening: true,
+                },
+                GrantedSocket {
+                    transport: Transport::Udp,
+                    addr: "[::]:8080".parse().unwrap(),
+                    listening: false,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn ages_use_their_two_largest_units() {
+        assert_eq!(format_age(0), "0s");
+        assert_eq!(format_age(59), "59s");
+        assert_eq!(format_age(192), "3m12s");
+        assert_eq!(format_age(3600 + 5 * 60 + 9), "1h05m");
+        assert_eq!(format_age(3 * 86_400 + 4 * 3600), "3d04h");
+    }
+
+    #[test]
+    fn the_table_has_a_header_and_a_row_per_socket() {
+        assert_eq!(
+            leases_table(&[], 0),
+            "ID  PROTO  ADDRESS  PID  UID  NAME  SINCE\n"
+        );
+        let text = leases_table(&[lease()], 1_764_130_192);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert_eq!(
+            lines[1].split_whitespace().collect::<Vec<_>>(),
+            [
+                "7",
+                "tcp",
+                "127.0.0.1:40123",
+                "123",
+                "0",
+                "python3",
+                "3m12s"
+            ]
+        );
+        assert!(lines[2].contains("[::]:8080"));
+        // Columns line up.
+        assert_eq!(lines[0].find("NAME"), lines[1].find("python3"));
+    }
+
+    #[test]
+    fn json_rows_carry_every_field() {
+        let json: serde_json::Value =
+            serde_json::from_str(&leases_json(&[lease()]).unwrap()).unwrap();
+        assert_eq!(
+            json[0],
+            serde_json::json!({"id": 7, "proto": "tcp", "addr": "127.0.0.1:40123", "pid": 123,
+                "uid": 0, "gid": 0, "name": "python3", "since": 1_764_130_000u64, "listening": true})
+        );
+        assert_eq!(json[1]["addr"], "[::]:8080");
+        assert_eq!(leases_json(&[]).unwrap().trim(), "[]");
+    }
+
+    #[test]
+    fn status_json_has_the_documented_keys() {
+        let status = StatusInfo {
+            daemon_version: "0.1.0".into(),
+            protocol: 1,
+            uptime_secs: 5,
+            leases: 2,
+            sockets: 3,
+            connections: 4,
+            pool: PortRange {
+                lo: 61000,
+                hi: 65535,
+            },
+            default_addr: "::".parse().unwrap(),
+        };
+        let json: serde_json::Value = serde_json::from_str(&status_json(&status).unwrap()).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"daemon_version": "0.1.0", "protocol": 1, "uptime_secs": 5,
+                "leases": 2, "sockets": 3, "connections": 4, "pool": "61000-65535",
+                "default_addr": "::"})
+        );
+        let text = status_text(&status, Path::new("/run/p.sock"));
+        assert!(
+            text.lines()
+                .any(|line| line.starts_with("pool: ") && line.ends_with(" 61000-65535")),
+            "{text}"
+        );
+    }
+}

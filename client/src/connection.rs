@@ -1,0 +1,435 @@
+//! One connection to the broker: framed requests out, framed responses and fds in.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSliceMut};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::sys::socket::{recvmsg, send, MsgFlags};
+use portbroker_proto::{
+    decode_response, encode_request, frame_payload_len, peek_hello_protocol, Failure, Request,
+    Response, HEADER_LEN, MAX_RESPONSE_FRAME, PROTOCOL_VERSION,
+};
+
+use crate::received_fds::adopt_scm_rights;
+use crate::Error;
+
+/// The most fds one `recvmsg` makes room for; a lease holds at most 64 sockets.
+const MAX_FDS_PER_READ: usize = 64;
+/// Smallest and largest amount of buffer offered to one `recvmsg`.
+const MIN_READ: usize = 4096;
+const MAX_READ: usize = 1 << 20;
+
+/// A response with the fds that belong to it (only `Granted` carries any).
+#[derive(Debug)]
+pub(crate) struct Reply {
+    pub(crate) response: Response,
+    pub(crate) fds: Vec<OwnedFd>,
+}
+
+/// The client end of a broker connection.
+///
+/// Requests and responses strictly alternate. If a request fails half-way (timeout, I/O error,
+/// undecodable frame) the stream may hold the rest of an answer nobody will read, so the
+/// connection refuses further requests instead of pairing a stale answer with a new request.
+#[derive(Debug)]
+pub(crate) struct Connection {
+    stream: UnixStream,
+    path: PathBuf,
+    /// Received bytes not yet consumed: the start of the next frame, or more.
+    buf: Vec<u8>,
+    /// Received fds not yet claimed by a `Granted` frame, oldest first.
+    fds: VecDeque<OwnedFd>,
+    cmsg_buf: Vec<u8>,
+    /// Set while a request is in flight; still set afterwards if it did not complete.
+    out_of_step: bool,
+}
+
+impl Connection {
+    pub(crate) fn new(stream: UnixStream, path: PathBuf) -> Self {
+        Connection {
+            stream,
+            path,
+            buf: Vec::new(),
+            fds: VecDeque::new(),
+            cmsg_buf: nix::cmsg_space!([RawFd; MAX_FDS_PER_READ]),
+            out_of_step: false,
+        }
+    }
+
+    pub(crate) fn stream(&self) -> &UnixStream {
+        &self.stream
+    }
+
+    /// Sends one request and waits for its response.
+    pub(crate) fn round_trip(&mut self, request: &Request) -> Result<Reply, Error> {
+        if self.out_of_step {
+            return Err(self.lost(io::Error::other(
+                "an earlier request on this connection failed half-way; connect again",
+            )));
+        }
+        let frame = encode_request(request).map_err(|e| Error::Protocol {
+            detail: "cannot encode the request".into(),
+            source: Some(e),
+        })?;
+        self.out_of_step = true;
+        self.send_all(&frame)?;
+        let reply = self.receive()?;
+        self.out_of_step = false;
+        Ok(reply)
+    }
+
+    fn lost(&self, source: io::Error) -> Error {
+        Error::ConnectionLost {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn os_error(&self, errno: Errno) -> Error {
+        // SO_RCVTIMEO/SO_SNDTIMEO expiry shows up as EAGAIN on a blocking socket.
+        let source = if errno == Errno::EAGAIN {
+            io::Error::new(io::ErrorKind::TimedOut, "the broker did not answer in time")
+        } else {
+            io::Error::from(errno)
+        };
+        self.lost(source)
+    }
+
+    fn send_all(&mut self, mut bytes: &[u8]) -> Result<(), Error> {
+        while !bytes.is_empty() {
+            // MSG_NOSIGNAL: a library must not kill its host with SIGPIPE when the broker is gone.
+            match send(self.stream.as_raw_fd(), bytes, MsgFlags::MSG_NOSIGNAL) {
+                Ok(sent) => bytes = &bytes[sent..],
+                Err(Errno::EINTR) => {}
+                Err(errno) => return Err(self.os_error(errno)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads until one whole response frame is buffered, then decodes it and hands it the fds
+    /// it announces. Bytes and fds beyond it stay buffered for the next call.
+    pub(crate) fn receive(&mut self) -> Result<Reply, Error> {
+        loop {
+            let payload_len =
+                frame_payload_len(&self.buf, MAX_RESPONSE_FRAME).map_err(|e| Error::Protocol {
+                    detail: "bad frame from the broker".into(),
+                    source: Some(e),
+                })?;
+            let wanted = match payload_len {
+                Some(len) if self.buf.len() >= HEADER_LEN + len => {
+                    return self.take_frame(HEADER_LEN + len)
+                }
+                Some(len) => HEADER_LEN + len - self.buf.len(),
+                None => HEADER_LEN - self.buf.len(),
+            };
+            self.fill(wanted.clamp(MIN_READ, MAX_READ))?;
+        }
+    }
+
+    fn take_frame(&mut self, frame_len: usize) -> Result<Reply, Error> {
+        let payload = &self.buf[HEADER_LEN..frame_len];
+        let decoded = decode_response(payload);
+        let hello_version = peek_hello_protocol(payload);
+        self.buf.drain(..frame_len);
+        let response = match (decoded, hello_version) {
+            (Ok(response), _) => response,
+            // A Hello of another version may not decode with our types; say what it is.
+            (Err(_), Some(broker)) if broker != PROTOCOL_VERSION => {
+                return Err(Error::VersionMismatch {
+                    broker,
+                    client: PROTOCOL_VERSION,
+                })
+            }
+            (Err(e), _) => {
+                return Err(Error::Protocol {
+                    detail: "cannot decode the broker's response".into(),
+                    source: Some(e),
+                })
+            }
+        };
+        let fds = match &response {
+            Response::Granted { fds, .. } => {
+                let wanted = *fds as usize;
+                if self.fds.len() < wanted {
+                    return Err(Error::protocol(format!(
+                        "the broker announced {wanted} sockets but sent {} file descriptors",
+                        self.fds.len()
+                    )));
+                }
+                self.fds.drain(..wanted).collect()
+            }
+            _ => Vec::new(),
+        };
+        // Whatever was asked, this answer means the broker is closing the connection.
+        if let Response::Failed(Failure::VersionMismatch { broker, client }) = response {
+            return Err(Error::VersionMismatch { broker, client });
+        }
+        Ok(Reply { response, fds })
+    }
+
+    /// Appends what one `recvmsg` of at most `max` bytes returns to the buffer.
+    fn fill(&mut self, max: usize) -> Result<(), Error> {
+        let old_len = self.buf.len();
+        self.buf.resize(old_len + max, 0);
+        let received = self.recv_into(old_len);
+        self.buf
+            .truncate(old_len + received.as_ref().map_or(0, |&n| n));
+        if received? == 0 {
+            return Err(self.lost(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the broker closed the connection",
+            )));
+        }
+        Ok(())
+    }
+
+    /// One `recvmsg` into `buf[start..]`; the fds it brings join the queue.
+    fn recv_into(&mut self, start: usize) -> Result<usize, Error> {
+        loop {
+            let mut iov = [IoSliceMut::new(&mut self.buf[start..])];
+            let msg = match recvmsg::<()>(
+                self.stream.as_raw_fd(),
+                &mut iov,
+                Some(&mut self.cmsg_buf),
+                MsgFlags::MSG_CMSG_CLOEXEC,
+            ) {
+                Ok(msg) => msg,
+                Err(Errno::EINTR) => continue,
+                Err(errno) => return Err(self.os_error(errno)),
+            };
+            // With MSG_CTRUNC the kernel closed the fds that did not fit (and nix will not
+            // parse the rest): a lease would come back without its sockets.
+            let cmsgs = msg
+                .cmsgs()
+                .ok()
+                .filter(|_| !msg.flags.contains(MsgFlags::MSG_CTRUNC))
+                .ok_or_else(|| {
+                    Error::protocol(format!(
+                        "more file descriptors arrived than fit in one read \
+                         ({MAX_FDS_PER_READ}); some were lost (MSG_CTRUNC)"
+                    ))
+                })?;
+            for cmsg in cmsgs {
+                adopt_scm_rights(cmsg, &mut self.fds);
+            }
+            return Ok(msg.bytes);
+        }
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::IoSlice;
+    use std::net::{TcpListener, UdpSocket};
+    use std::os::fd::AsFd;
+
+    use nix::sys::socket::{sendmsg, ControlMessage};
+    use portbroker_proto::{encode_response, GrantedSocket, LeaseId, Transport};
+
+    fn send_with_fds(stream: &UnixStream, bytes: &[u8], fds: &[RawFd]) {
+        let cmsgs: Vec<ControlMessage> = if fds.is_empty() {
+            Vec::new()
+        } else {
+            vec![ControlMessage::ScmRights(fds)]
+        };
+        let sent = sendmsg::<()>(
+            stream.as_raw_fd(),
+            &[IoSlice::new(bytes)],
+            &cmsgs,
+            MsgFlags::empty(),
+            None,
+        )
+        .unwrap();
+        assert_eq!(sent, bytes.len());
+    }
+
+    fn granted(id: u64, addrs: &[std::net::SocketAddr]) -> Vec<u8> {
+        encode_response(&Response::Granted {
+            id: LeaseId(id),
+            sockets: addrs
+                .iter()
+                .map(|&addr| GrantedSocket {
+                    transport: Transport::Tcp,
+                    addr,
+                    listening: true,
+                })
+                .collect(),
+            fds: addrs.len() as u32,
+        })
+        .unwrap()
+    }
+
+    fn pair() -> (Connection, UnixStream) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        (Connection::new(ours, "/test.sock".into()), theirs)
+    }
+
+    fn local_port(fd: &OwnedFd) -> u16 {
+        TcpListener::from(fd.try_clone().unwrap())
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    #[test]
+    fn a_frame_split_over_many_reads_is_reassembled() {
+        let (mut conn, broker) = pair();
+        let frame = encode_response(&Response::Released { id: LeaseId(300) }).unwrap();
+        let second = encode_response(&Response::Released { id: LeaseId(301) }).unwrap();
+        // Byte by byte, and the second frame glued to the end of the first.
+        for byte in &frame[..frame.len() - 1] {
+            send_with_fds(&broker, &[*byte], &[]);
+        }
+        let mut tail = vec![frame[frame.len() - 1]];
+        tail.extend_from_slice(&second);
+        send_with_fds(&broker, &tail, &[]);
+
+        let first = conn.receive().unwrap();
+        assert_eq!(first.response, Response::Released { id: LeaseId(300) });
+        assert!(first.fds.is_empty());
+        let second = conn.receive().unwrap();
+        assert_eq!(second.response, Response::Released { id: LeaseId(301) });
+    }
+
+    #[test]
+    fn fds_arriving_with_an_earlier_frame_wait_for_theirs() {
+        let (mut conn, broker) = pair();
+        let a = TcpListener::bind("127.0.0.1:0").unwrap();
+        let b = TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = TcpListener::bind("127.0.0.1:0").unwrap();
+        let first = granted(1, &[a.local_addr().unwrap()]);
+        let second = granted(2, &[b.local_addr().unwrap(), c.local_addr().unwrap()]);
+
+        // The first message holds the first frame's head with its fd; the second message holds
+        // the first frame's tail, the second frame, and the second frame's fds: they arrive
+        // before the first frame is complete.
+        send_with_fds(&broker, &first[..3], &[a.as_raw_fd()]);
+        let mut rest = first[3..].to_vec();
+        rest.extend_from_slice(&second);
+        send_with_fds(&broker, &rest, &[b.as_raw_fd(), c.as_raw_fd()]);
+
+        let reply = conn.receive().unwrap();
+        assert!(matches!(
+            reply.response,
+            Response::Granted { id: LeaseId(1), .. }
+        ));
+        assert_eq!(reply.fds.len(), 1);
+        assert_eq!(local_port(&reply.fds[0]), a.local_addr().unwrap().port());
+
+        let reply = conn.receive().unwrap();
+        assert!(matches!(
+            reply.response,
+            Response::Granted { id: LeaseId(2), .. }
+        ));
+        let ports: Vec<u16> = reply.fds.iter().map(local_port).collect();
+        assert_eq!(
+            ports,
+            [
+                b.local_addr().unwrap().port(),
+                c.local_addr().unwrap().port()
+            ]
+        );
+    }
+
+    #[test]
+    fn received_fds_are_close_on_exec() {
+        let (mut conn, broker) = pair();
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        send_with_fds(
+            &broker,
+            &granted(5, &[udp.local_addr().unwrap()]),
+            &[udp.as_raw_fd()],
+        );
+        let reply = conn.receive().unwrap();
+        let flags = nix::fcntl::fcntl(reply.fds[0].as_fd(), nix::fcntl::FcntlArg::F_GETFD).unwrap();
+        assert_ne!(flags & nix::libc::FD_CLOEXEC, 0);
+    }
+
+    #[test]
+    fn more_fds_than_the_control_buffer_holds_is_a_protocol_error() {
+        let (mut conn, broker) = pair();
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let fds = vec![udp.as_raw_fd(); MAX_FDS_PER_READ + 1];
+        send_with_fds(&broker, &granted(1, &[udp.local_addr().unwrap()]), &fds);
+        let err = conn.receive().unwrap_err();
+        assert!(err.to_string().contains("MSG_CTRUNC"), "{err}");
+    }
+
+    #[test]
+    fn a_granted_frame_without_its_fds_is_a_protocol_error() {
+        let (mut conn, broker) = pair();
+        let addr = "127.0.0.1:1".parse().unwrap();
+        send_with_fds(&broker, &granted(1, &[addr, addr]), &[]);
+        let err = conn.receive().unwrap_err();
+        assert!(matches!(err, Error::Protocol { .. }), "{err}");
+    }
+
+    #[test]
+    fn hostile_lengths_are_refused_before_reading_on() {
+        let (mut conn, broker) = pair();
+        send_with_fds(&broker, &u32::MAX.to_le_bytes(), &[]);
+        let err = conn.receive().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Protocol {
+                    source: Some(_),
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_closed_connection_is_reported_as_lost() {
+        let (mut conn, broker) = pair();
+        drop(broker);
+        let err = conn.round_trip(&Request::Status).unwrap_err();
+        assert!(matches!(err, Error::ConnectionLost { .. }), "{err}");
+        // The connection is out of step now and refuses to pair a late answer with a new request.
+        let err = conn.round_trip(&Request::List).unwrap_err();
+        assert!(err.to_string().contains("half-way"), "{err}");
+    }
+
+    #[test]
+    fn a_timeout_is_a_lost_connection_of_kind_timed_out() {
+        let (mut conn, _broker) = pair();
+        conn.stream()
+            .set_read_timeout(Some(std::time::Duration::from_millis(1)))
+            .unwrap();
+        match conn.round_trip(&Request::Status).unwrap_err() {
+            Error::ConnectionLost { source, .. } => {
+                assert_eq!(source.kind(), io::ErrorKind::TimedOut)
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+
+    #[test]
+    fn a_future_hello_is_a_version_mismatch() {
+        let (mut conn, broker) = pair();
+        // A Hello of protocol 9 with fields this client cannot decode.
+        send_with_fds(&broker, &[5, 0, 0, 0, 0, 9, 0xff, 0xff, 0xff], &[]);
+        let err = conn.receive().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::VersionMismatch {
+                    broker: 9,
+                    client: PROTOCOL_VERSION
+                }
+            ),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,299 @@
+//! The library's error type and its coarse classification.
+
+use std::io;
+use std::path::PathBuf;
+
+use portbroker_proto::{Failure, Holder, PathError, Refusal, SpecError};
+
+/// Anything that can go wrong talking to the broker.
+///
+/// Use [`Error::kind`] (or the `is_*` helpers) to react to a class of errors; the variants carry
+/// the details the broker sent.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The broker's socket could not be connected to.
+    #[error(
+        "cannot reach the broker at {}: {source}; is portbrokerd running? \
+         (set PORTBROKER_SOCKET or pass the path)",
+        path.display()
+    )]
+    Unreachable {
+        /// The socket path tried.
+        path: PathBuf,
+        /// Why `connect()` failed.
+        source: io::Error,
+    },
+    /// No socket path was given and none could be worked out from the environment.
+    #[error(transparent)]
+    NoSocketPath(#[from] PathError),
+    /// A socket spec in text form could not be parsed; nothing was sent to the broker.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// The broker refused the lease; nothing of it stays bound.
+    #[error("lease refused: {0}")]
+    Refused(Refusal),
+    /// The broker could not serve the request.
+    #[error("{0}")]
+    Failed(Failure),
+    /// The broker speaks another protocol version.
+    #[error(
+        "protocol version mismatch: the broker speaks version {broker}, this client version \
+         {client}; use a client and broker from the same release"
+    )]
+    VersionMismatch {
+        /// The broker's protocol version.
+        broker: u32,
+        /// This library's protocol version.
+        client: u32,
+    },
+    /// The connection broke, or the broker did not answer within the timeout. Leases held on
+    /// this connection end when it closes.
+    #[error("lost the connection to the broker at {}: {source}", path.display())]
+    ConnectionLost {
+        /// The broker's socket path.
+        path: PathBuf,
+        /// What the OS reported; [`io::ErrorKind::TimedOut`] for a timeout.
+        source: io::Error,
+    },
+    /// The broker sent something this client does not understand or did not expect.
+    #[error("protocol error: {detail}")]
+    Protocol {
+        /// What was wrong.
+        detail: String,
+        /// The codec's error, when a frame could not be decoded.
+        #[source]
+        source: Option<portbroker_proto::Error>,
+    },
+}
+
+/// A coarse classification of [`Error`], stable enough to branch on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The broker could not be reached, or no socket path is known.
+    Unreachable,
+    /// A live lease holds an overlapping address.
+    InUse,
+    /// A process outside the broker holds the address.
+    InUseOutside,
+    /// The broker's policy forbids the request.
+    NotPermitted,
+    /// No port of the dynamic pool is free.
+    PoolExhausted,
+    /// A socket spec is malformed, locally or in the broker's eyes.
+    InvalidSpec,
+    /// The kernel refused to bind for a reason other than "in use".
+    BindFailed,
+    /// Client and broker speak different protocol versions.
+    VersionMismatch,
+    /// No live lease has the id given.
+    UnknownLease,
+    /// The lease belongs to another user.
+    NotYourLease,
+    /// The connection broke or timed out.
+    ConnectionLost,
+    /// The two sides disagree about the protocol.
+    Protocol,
+}
+
+impl Error {
+    /// The class of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Unreachable { .. } | Error::NoSocketPath(_) => ErrorKind::Unreachable,
+            Error::Spec(_) => ErrorKind::InvalidSpec,
+            Error::Refused(refusal) => match refusal {
+                Refusal::InUse { .. } => ErrorKind::InUse,
+                Refusal::InUseOutside { .. } => ErrorKind::InUseOutside,
+                Refusal::NotPermitted { .. } => ErrorKind::NotPermitted,
+                Refusal::InvalidSpec { .. } => ErrorKind::InvalidSpec,
+                Refusal::PoolExhausted { .. } => ErrorKind::PoolExhausted,
+                Refusal::BindFailed { .. } => ErrorKind::BindFailed,
+            },
+            Error::Failed(failure) => match failure {
+                Failure::VersionMismatch { .. } => ErrorKind::VersionMismatch,
+                Failure::UnknownLease { .. } => ErrorKind::UnknownLease,
+                Failure::NotYourLease { .. } => ErrorKind::NotYourLease,
+                Failure::HelloRequired | Failure::DuplicateHello | Failure::Malformed { .. } => {
+                    ErrorKind::Protocol
+                }
+            },
+            Error::VersionMismatch { .. } => ErrorKind::VersionMismatch,
+            Error::ConnectionLost { .. } => ErrorKind::ConnectionLost,
+            Error::Protocol { .. } => ErrorKind::Protocol,
+        }
+    }
+
+    /// Whether the address is taken, by another lease or by a process outside the broker.
+    pub fn is_in_use(&self) -> bool {
+        matches!(self.kind(), ErrorKind::InUse | ErrorKind::InUseOutside)
+    }
+
+    /// Whether the broker denied the request: its policy refused a lease
+    /// ([`ErrorKind::NotPermitted`]) or the lease to release belongs to another user
+    /// ([`ErrorKind::NotYourLease`]).
+    pub fn is_not_permitted(&self) -> bool {
+        matches!(
+            self.kind(),
+            ErrorKind::NotPermitted | ErrorKind::NotYourLease
+        )
+    }
+
+    /// Whether the broker could not be reached at all (not running, wrong path, no path).
+    pub fn is_unreachable(&self) -> bool {
+        self.kind() == ErrorKind::Unreachable
+    }
+
+    /// The process that holds the address, for an "in use" refusal where the broker knows it.
+    pub fn holder(&self) -> Option<&Holder> {
+        match self {
+            Error::Refused(Refusal::InUse { holder, .. }) => Some(holder),
+            Error::Refused(Refusal::InUseOutside { holder, .. }) => holder.as_ref(),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn protocol(detail: impl Into<String>) -> Self {
+        Error::Protocol {
+            detail: detail.into(),
+            source: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portbroker_proto::{LeaseId, PortRange, Transport};
+
+    fn holder() -> Holder {
+        Holder {
+            pid: 4242,
+            uid: 1000,
+            gid: 1000,
+            name: "nginx".into(),
+        }
+    }
+
+    #[test]
+    fn refusals_and_failures_map_to_kinds() {
+        let addr = "0.0.0.0:80".parse().unwrap();
+        let cases = [
+            (
+                Error::Refused(Refusal::InUse {
+                    transport: Transport::Tcp,
+                    requested: addr,
+                    held: addr,
+                    lease: LeaseId(3),
+                    holder: holder(),
+                }),
+                ErrorKind::InUse,
+            ),
+            (
+                Error::Refused(Refusal::InUseOutside {
+                    transport: Transport::Udp,
+                    requested: addr,
+                    holder: None,
+                }),
+                ErrorKind::InUseOutside,
+            ),
+            (
+                Error::Refused(Refusal::NotPermitted { reason: "x".into() }),
+                ErrorKind::NotPermitted,
+            ),
+            (
+                Error::Refused(Refusal::InvalidSpec {
+                    index: 0,
+                    reason: "x".into(),
+                }),
+                ErrorKind::InvalidSpec,
+            ),
+            (
+                Error::Refused(Refusal::PoolExhausted {
+                    transport: Transport::Tcp,
+                    pool: PortRange { lo: 1, hi: 2 },
+                }),
+                ErrorKind::PoolExhausted,
+            ),
+            (
+                Error::Refused(Refusal::BindFailed {
+                    transport: Transport::Tcp,
+                    requested: addr,
+                    errno: 99,
+                    message: "x".into(),
+                }),
+                ErrorKind::BindFailed,
+            ),
+            (
+                Error::Failed(Failure::UnknownLease { id: LeaseId(1) }),
+                ErrorKind::UnknownLease,
+            ),
+            (
+                Error::Failed(Failure::NotYourLease {
+                    id: LeaseId(1),
+                    holder_uid: 0,
+                }),
+                ErrorKind::NotYourLease,
+            ),
+            (
+                Error::Failed(Failure::VersionMismatch {
+                    broker: 2,
+                    client: 1,
+                }),
+                ErrorKind::VersionMismatch,
+            ),
+            (Error::Failed(Failure::HelloRequired), ErrorKind::Protocol),
+            (Error::NoSocketPath(PathError), ErrorKind::Unreachable),
+            (
+                Error::Spec("bogus".parse::<portbroker_proto::SocketSpec>().unwrap_err()),
+                ErrorKind::InvalidSpec,
+            ),
+            (
+                Error::ConnectionLost {
+                    path: "/x".into(),
+                    source: io::ErrorKind::TimedOut.into(),
+                },
+                ErrorKind::ConnectionLost,
+            ),
+            (Error::protocol("bad"), ErrorKind::Protocol),
+        ];
+        for (err, kind) in cases {
+            assert_eq!(err.kind(), kind, "{err}");
+        }
+    }
+
+    #[test]
+    fn helpers_answer_the_common_questions() {
+        let in_use = Error::Refused(Refusal::InUse {
+            transport: Transport::Tcp,
+            requested: "127.0.0.1:8080".parse().unwrap(),
+            held: "0.0.0.0:8080".parse().unwrap(),
+            lease: LeaseId(3),
+            holder: holder(),
+        });
+        assert!(in_use.is_in_use());
+        assert!(!in_use.is_not_permitted());
+        assert_eq!(in_use.holder().map(|h| h.pid), Some(4242));
+        let text = in_use.to_string();
+        assert!(text.starts_with("lease refused: "), "{text}");
+        assert!(text.contains("pid 4242 (nginx"), "{text}");
+
+        let outside = Error::Refused(Refusal::InUseOutside {
+            transport: Transport::Tcp,
+            requested: "127.0.0.1:8080".parse().unwrap(),
+            holder: None,
+        });
+        assert!(outside.is_in_use());
+        assert!(outside.holder().is_none());
+
+        let unreachable = Error::Unreachable {
+            path: "/run/x.sock".into(),
+            source: io::ErrorKind::NotFound.into(),
+        };
+        assert!(unreachable.is_unreachable());
+        let text = unreachable.to_string();
+        assert!(text.contains("/run/x.sock"), "{text}");
+        assert!(text.contains("is portbrokerd running?"), "{text}");
+    }
+}

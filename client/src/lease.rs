@@ -1,0 +1,178 @@
+//! A granted lease and the sockets that came with it.
+
+use std::fmt;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use portbroker_proto::{GrantedSocket, LeaseId, SocketSpec};
+
+use crate::{Error, LeasedSocket, Shared};
+
+/// A live lease and its sockets.
+///
+/// The lease holds the broker connection open, so it outlives the [`Broker`](crate::Broker)
+/// it came from. It ends with [`Lease::release`], or when the `Lease` is dropped (a
+/// best-effort release), or when the process exits.
+pub struct Lease {
+    shared: Arc<Shared>,
+    id: LeaseId,
+    granted: Vec<GrantedSocket>,
+    sockets: Vec<LeasedSocket>,
+    released: bool,
+}
+
+impl Lease {
+    /// Checks a `Granted` answer against the request and wraps its fds. On any mismatch the
+    /// half-built lease is dropped, which releases it at the broker.
+    pub(crate) fn from_grant(
+        shared: Arc<Shared>,
+        id: LeaseId,
+        specs: &[SocketSpec],
+        granted: Vec<GrantedSocket>,
+        fds: Vec<OwnedFd>,
+    ) -> Result<Lease, Error> {
+        let mut lease = Lease {
+            shared,
+            id,
+            granted,
+            sockets: Vec::with_capacity(fds.len()),
+            released: false,
+        };
+        if lease.granted.len() != specs.len() || fds.len() != specs.len() {
+            return Err(Error::protocol(format!(
+                "asked for {} sockets, the broker granted {} and sent {} file descriptors",
+                specs.len(),
+                lease.granted.len(),
+                fds.len()
+            )));
+        }
+        for ((fd, granted), spec) in fds.into_iter().zip(&lease.granted).zip(specs) {
+            if granted.transport != spec.transport {
+                return Err(Error::protocol(format!(
+                    "asked for {spec}, the broker granted {granted}"
+                )));
+            }
+            lease.sockets.push(LeasedSocket::from_granted(fd, granted)?);
+        }
+        Ok(lease)
+    }
+
+    /// The lease's id, as `portctl list` shows it.
+    pub fn id(&self) -> LeaseId {
+        self.id
+    }
+
+    /// The granted addresses, with the ports the broker chose, in the order of the specs.
+    /// Unaffected by [`Lease::take_sockets`].
+    pub fn granted(&self) -> &[GrantedSocket] {
+        &self.granted
+    }
+
+    /// The address of the first socket.
+    pub fn local_addr(&self) -> SocketAddr {
+        // A lease is never granted without sockets: `Broker::lease` refuses an empty request
+        // and `from_grant` checks the count.
+        self.granted[0].addr
+    }
+
+    /// The sockets the `Lease` still owns, in spec order (taken ones are gone).
+    pub fn sockets(&self) -> &[LeasedSocket] {
+        &self.sockets
+    }
+
+    /// The first listening TCP socket.
+    pub fn tcp_listener(&self) -> Option<&TcpListener> {
+        self.sockets.iter().find_map(|socket| match socket {
+            LeasedSocket::TcpListener(listener) => Some(listener),
+            _ => None,
+        })
+    }
+
+    /// The first UDP socket.
+    pub fn udp_socket(&self) -> Option<&UdpSocket> {
+        self.sockets.iter().find_map(|socket| match socket {
+            LeasedSocket::Udp(socket) => Some(socket),
+            _ => None,
+        })
+    }
+
+    /// Hands the sockets to the caller. The lease stays live until released or dropped, so keep
+    /// the `Lease` as long as the sockets are in use: once it ends, the broker may grant the
+    /// address to someone else as soon as the sockets are closed.
+    pub fn take_sockets(&mut self) -> Vec<LeasedSocket> {
+        std::mem::take(&mut self.sockets)
+    }
+
+    /// Closes the sockets the `Lease` still holds, then ends the lease and waits for the broker
+    /// to confirm. Sockets taken with [`Lease::take_sockets`] are not closed.
+    pub fn release(mut self) -> Result<(), Error> {
+        self.released = true;
+        self.release_now()
+    }
+
+    fn release_now(&mut self) -> Result<(), Error> {
+        // Close first, so that the address is really free once the broker says it is.
+        self.sockets.clear();
+        self.shared.release(self.id)
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl Lease {
+    fn take_first(&mut self, wanted: impl Fn(&LeasedSocket) -> bool) -> Option<LeasedSocket> {
+        let index = self.sockets.iter().position(wanted)?;
+        Some(self.sockets.remove(index))
+    }
+
+    /// Takes the first listening TCP socket out of the lease as a tokio listener (in
+    /// non-blocking mode). The lease stays live, as with [`Lease::take_sockets`].
+    ///
+    /// Must be called from within a tokio runtime with I/O enabled; outside one, tokio panics.
+    pub fn tokio_tcp_listener(&mut self) -> Option<std::io::Result<tokio::net::TcpListener>> {
+        let socket = self.take_first(|s| matches!(s, LeasedSocket::TcpListener(_)))?;
+        let LeasedSocket::TcpListener(listener) = socket else {
+            unreachable!("take_first returned the variant asked for")
+        };
+        Some(
+            listener
+                .set_nonblocking(true)
+                .and_then(|()| tokio::net::TcpListener::from_std(listener)),
+        )
+    }
+
+    /// Takes the first UDP socket out of the lease as a tokio socket (in non-blocking mode).
+    /// The lease stays live, as with [`Lease::take_sockets`].
+    ///
+    /// Must be called from within a tokio runtime with I/O enabled; outside one, tokio panics.
+    pub fn tokio_udp_socket(&mut self) -> Option<std::io::Result<tokio::net::UdpSocket>> {
+        let socket = self.take_first(|s| matches!(s, LeasedSocket::Udp(_)))?;
+        let LeasedSocket::Udp(socket) = socket else {
+            unreachable!("take_first returned the variant asked for")
+        };
+        Some(
+            socket
+                .set_nonblocking(true)
+                .and_then(|()| tokio::net::UdpSocket::from_std(socket)),
+        )
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if !self.released {
+            // Best effort: if the connection is gone, the broker has ended the lease already.
+            let _ = self.release_now();
+        }
+    }
+}
+
+impl fmt::Debug for Lease {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lease")
+            .field("id", &self.id)
+            .field("granted", &self.granted)
+            .field("sockets", &self.sockets)
+            .finish_non_exhaustive()
+    }
+}

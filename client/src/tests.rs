@@ -1,0 +1,308 @@
+//! Tests of the whole client against a scripted broker on a real Unix socket.
+
+use std::io::{IoSlice, Read};
+use std::net::{TcpListener, UdpSocket};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::thread::JoinHandle;
+
+use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+use portbroker_proto::{
+    decode_request, encode_response, frame_payload_len, Failure, GrantedSocket, LeaseId, Refusal,
+    Request, Response, Transport, MAX_REQUEST_FRAME, PROTOCOL_VERSION,
+};
+
+use crate::{Broker, Error, ErrorKind, Lease, LeasedSocket};
+
+type Handler = Box<dyn FnMut(Request) -> (Response, Vec<OwnedFd>) + Send>;
+
+struct FakeBroker {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    thread: JoinHandle<Vec<Request>>,
+}
+
+impl FakeBroker {
+    /// Serves one connection: answers Hello itself, everything else with `handler`.
+    fn start(mut handler: Handler) -> FakeBroker {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("broker.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let thread = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut seen = Vec::new();
+            while let Some(request) = read_request(&mut stream) {
+                let (response, fds) = match &request {
+                    Request::Hello { .. } => (hello(PROTOCOL_VERSION), Vec::new()),
+                    other => handler(other.clone()),
+                };
+                seen.push(request);
+                send_response(&stream, &response, &fds);
+            }
+            seen
+        });
+        FakeBroker {
+            _dir: dir,
+            path,
+            thread,
+        }
+    }
+
+    /// Waits for the client to hang up and returns every request it sent.
+    fn requests(self) -> Vec<Request> {
+        self.thread.join().expect("the fake broker panicked")
+    }
+}
+
+fn hello(protocol: u32) -> Response {
+    Response::Hello {
+        protocol,
+        daemon_version: "9.9.9".into(),
+    }
+}
+
+fn read_request(stream: &mut UnixStream) -> Option<Request> {
+    let mut header = [0u8; 4];
+    stream.read_exact(&mut header).ok()?;
+    let len = frame_payload_len(&header, MAX_REQUEST_FRAME)
+        .unwrap()
+        .unwrap();
+    let mut payload = vec![0; len];
+    stream.read_exact(&mut payload).unwrap();
+    Some(decode_request(&payload).unwrap())
+}
+
+fn send_response(stream: &UnixStream, response: &Response, fds: &[OwnedFd]) {
+    let frame = encode_response(response).unwrap();
+    let raw: Vec<_> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
+    let cmsgs: Vec<ControlMessage> = if raw.is_empty() {
+        Vec::new()
+    } else {
+        vec![ControlMessage::ScmRights(&raw)]
+    };
+    let sent = sendmsg::<()>(
+        stream.as_raw_fd(),
+        &[IoSlice::new(&frame)],
+        &cmsgs,
+        MsgFlags::empty(),
+        None,
+    )
+    .unwrap();
+    assert_eq!(sent, frame.len());
+}
+
+/// Binds what a Lease asks for on 127.0.0.1 and grants it; answers Release.
+fn granting_handler() -> Handler {
+    let mut next_id = 1;
+    Box::new(move |request| match request {
+        Request::Lease { sockets } => {
+            let mut granted = Vec::new();
+            let mut fds: Vec<OwnedFd> = Vec::new();
+            for spec in &sockets {
+                let (addr, fd): (_, OwnedFd) = match spec.transport {
+                    Transport::Tcp => {
+                        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+                        (l.local_addr().unwrap(), l.into())
+                    }
+                    Transport::Udp => {
+                        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+                        (s.local_addr().unwrap(), s.into())
+                    }
+                };
+                granted.push(GrantedSocket {
+                    transport: spec.transport,
+                    addr,
+                    listening: spec.transport == Transport::Tcp,
+                });
+                fds.push(fd);
+            }
+            next_id += 1;
+            let response = Response::Granted {
+                id: LeaseId(next_id - 1),
+                fds: fds.len() as u32,
+                sockets: granted,
+            };
+            (response, fds)
+        }
+        Request::Release { id } => (Response::Released { id }, Vec::new()),
+        other => panic!("unexpected request {other:?}"),
+    })
+}
+
+#[test]
+fn broker_and_lease_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Broker>();
+    check::<Lease>();
+    check::<Error>();
+}
+
+#[test]
+fn hello_then_lease_then_release() {
+    let fake = FakeBroker::start(granting_handler());
+    let broker = Broker::connect_to(&fake.path).unwrap();
+    assert_eq!(broker.daemon_version(), "9.9.9");
+    assert_eq!(broker.socket_path(), fake.path);
+
+    let lease = broker
+        .lease_str(&["tcp:127.0.0.1:0", "udp:127.0.0.1:0"])
+        .unwrap();
+    assert_eq!(lease.id(), LeaseId(1));
+    assert_eq!(lease.granted().len(), 2);
+    assert!(matches!(lease.sockets()[0], LeasedSocket::TcpListener(_)));
+    assert!(matches!(lease.sockets()[1], LeasedSocket::Udp(_)));
+    let tcp = lease.tcp_listener().unwrap();
+    assert_eq!(tcp.local_addr().unwrap(), lease.local_addr());
+    assert_eq!(
+        lease.udp_socket().unwrap().local_addr().unwrap(),
+        lease.granted()[1].addr
+    );
+    // The listener really listens: a client connects and is accepted.
+    let _client = std::net::TcpStream::connect(lease.local_addr()).unwrap();
+    tcp.accept().unwrap();
+
+    lease.release().unwrap();
+    drop(broker);
+
+    let requests = fake.requests();
+    assert!(matches!(
+        &requests[0],
+        Request::Hello { protocol: PROTOCOL_VERSION, client } if client.starts_with("portbroker-rs/")
+    ));
+    assert!(matches!(requests[1], Request::Lease { .. }));
+    assert_eq!(requests[2], Request::Release { id: LeaseId(1) });
+    assert_eq!(requests.len(), 3);
+}
+
+#[test]
+fn release_closes_the_sockets_before_asking() {
+    let mut grant = granting_handler();
+    let mut held = None;
+    let fake = FakeBroker::start(Box::new(move |request| {
+        if let Request::Release { .. } = request {
+            // The client must have closed its copy: the exact address binds again.
+            TcpListener::bind(held.expect("granted before released"))
+                .expect("the released address is free");
+        }
+        let (response, fds) = grant(request);
+        if let Response::Granted { sockets, .. } = &response {
+            held = Some(sockets[0].addr);
+        }
+        (response, fds)
+    }));
+    let broker = Broker::connect_to(&fake.path).unwrap();
+    let lease = broker.lease_str(&["tcp:127.0.0.1:0"]).unwrap();
+    drop(broker);
+    // The lease keeps the connection: it still works without the Broker.
+    lease.release().unwrap();
+    assert_eq!(fake.requests().len(), 3);
+}
+
+#[test]
+fn dropping_a_lease_releases_it_but_taken_sockets_stay_open() {
+    let fake = FakeBroker::start(granting_handler());
+    let broker = Broker::connect_to(&fake.path).unwrap();
+    let mut lease = broker.lease_str(&["udp:127.0.0.1:0"]).unwrap();
+    let sockets = lease.take_sockets();
+    assert!(lease.sockets().is_empty());
+    assert!(lease.udp_socket().is_none());
+    let granted = lease.granted()[0].addr;
+    drop(lease);
+    // Still open and bound after the lease ended.
+    assert_eq!(sockets[0].local_addr().unwrap(), granted);
+    drop(broker);
+    let requests = fake.requests();
+    assert_eq!(requests.last(), Some(&Request::Release { id: LeaseId(1) }));
+}
+
+#[test]
+fn a_bad_spec_contacts_nothing() {
+    let fake = FakeBroker::start(granting_handler());
+    let broker = Broker::connect_to(&fake.path).unwrap();
+    let err = broker
+        .lease_str(&["tcp:80", "tcp:nonsense:80"])
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidSpec);
+    assert!(matches!(err, Error::Spec(_)));
+    let err = broker.lease([]).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidSpec);
+    drop(broker);
+    assert_eq!(fake.requests().len(), 1, "only Hello was sent");
+}
+
+#[test]
+fn refusals_and_failures_come_back_as_errors() {
+    let fake = FakeBroker::start(Box::new(|request| {
+        let response = match request {
+            Request::Lease { .. } => Response::Refused(Refusal::NotPermitted {
+                reason: "uid 1000 may not bind port 80".into(),
+            }),
+            Request::Release { id } => Response::Failed(Failure::UnknownLease { id }),
+            other => panic!("unexpected request {other:?}"),
+        };
+        (response, Vec::new())
+    }));
+    let broker = Broker::connect_to(&fake.path).unwrap();
+    let err = broker.lease_str(&["tcp:80"]).unwrap_err();
+    assert!(err.is_not_permitted(), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "lease refused: not permitted: uid 1000 may not bind port 80"
+    );
+    let err = broker.release(LeaseId(12)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::UnknownLease);
+    // Errors answered in full leave the connection usable.
+    let err = broker.release(LeaseId(13)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::UnknownLease);
+}
+
+#[test]
+fn an_unexpected_answer_is_a_protocol_error() {
+    let fake = FakeBroker::start(Box::new(|_| (Response::Leases(Vec::new()), Vec::new())));
+    let broker = Broker::connect_to(&fake.path).unwrap();
+    let err = broker.status().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Protocol);
+    assert!(
+        err.to_string().contains("answered Status with Leases"),
+        "{err}"
+    );
+}
+
+fn handshake_answered_with(response: Response) -> Error {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broker.sock");
+    let listener = UnixListener::bind(&path).unwrap();
+    let thread = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        read_request(&mut stream).unwrap();
+        send_response(&stream, &response, &[]);
+    });
+    let err = Broker::connect_to(&path).unwrap_err();
+    thread.join().unwrap();
+    err
+}
+
+#[test]
+fn version_mismatches_are_reported_as_such() {
+    let err = handshake_answered_with(Response::Failed(Failure::VersionMismatch {
+        broker: PROTOCOL_VERSION + 1,
+        client: PROTOCOL_VERSION,
+    }));
+    assert!(
+        matches!(err, Error::VersionMismatch { broker, client: PROTOCOL_VERSION } if broker == PROTOCOL_VERSION + 1),
+        "{err}"
+    );
+    let err = handshake_answered_with(hello(PROTOCOL_VERSION + 7));
+    assert_eq!(err.kind(), ErrorKind::VersionMismatch, "{err}");
+}
+
+#[test]
+fn nothing_listening_is_unreachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = Broker::connect_to(dir.path().join("none.sock")).unwrap_err();
+    assert!(err.is_unreachable());
+    assert!(
+        matches!(&err, Error::Unreachable { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+    );
+}
