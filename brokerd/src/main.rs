@@ -184,34 +184,16 @@ mod tests {
         }
     }
 
+    fn range(lo: u16, hi: u16) -> PortRange {
+        PortRange { lo, hi }
+    }
+
     #[test]
     fn default_pool_avoids_the_ephemeral_range() {
-        let debian = PortRange {
-            lo: 32768,
-            hi: 60999,
-        };
-        assert_eq!(
-            default_pool(debian, 1024).unwrap(),
-            PortRange {
-                lo: 61000,
-                hi: 65535
-            }
-        );
-        let wide = PortRange {
-            lo: 32768,
-            hi: 65000,
-        };
-        assert_eq!(
-            default_pool(wide, 1024).unwrap(),
-            PortRange {
-                lo: 22768,
-                hi: 32767
-            }
-        );
-        let everything = PortRange {
-            lo: 1024,
-            hi: 65535,
-        };
-        assert!(default_pool(everything, 1024).is_err());
+        let debian = range(32768, 60999);
+        assert_eq!(default_pool(debian, 1024).unwrap(), range(61000, 65535));
+        let wide = range(32768, 65000);
+        assert_eq!(default_pool(wide, 1024).unwrap(), range(22768, 32767));
+        assert!(default_pool(range(1024, 65535), 1024).is_err());
     }
 }

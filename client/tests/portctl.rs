@@ -40,6 +40,15 @@ fn read_all(addr: SocketAddr) -> String {
     text
 }
 
+/// The first line the child writes to its (piped) stdout.
+fn first_line(child: &mut Child) -> String {
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    line
+}
+
 fn finish(mut child: Child) -> Output {
     let done = wait_until(Duration::from_secs(10), || {
         child.try_wait().unwrap().is_some()
@@ -145,10 +154,7 @@ fn the_library_example_leases_and_serves() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let line = first_line(&mut child);
     let addr: SocketAddr = line.trim().rsplit(' ').next().unwrap().parse().unwrap();
     assert!(read_all(addr).starts_with("hello 127.0.0.1:"));
     assert!(finish(child).status.success());
@@ -251,10 +257,7 @@ fn portctl_run_passes_on_the_exit_status_and_signals() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let line = first_line(&mut child);
     assert_eq!(line.trim(), "ready");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
