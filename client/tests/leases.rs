@@ -182,6 +182,11 @@ fn fifty_processes_racing_for_one_port_get_exactly_one_winner() {
             "a loser waited {millis} ms for its answer: {line}"
         );
     }
+    let slowest = outcomes
+        .iter()
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u128>().ok())
+        .max();
+    eprintln!("{CONTENDERS} contenders: one winner; slowest answer {slowest:?} ms");
     kill_all(&mut children);
 }
 
