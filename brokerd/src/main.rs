@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod bind;
+mod log_buffer;
 mod peer;
 mod server;
 mod socket_file;
@@ -150,14 +151,28 @@ fn run(args: Args) -> Result<()> {
 fn main() -> ExitCode {
     let args = Args::parse();
     let default_level = if args.verbose { "debug" } else { "info" };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let format = tracing_subscriber::fmt()
+        .with_writer(log_buffer::BufferedStderr)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
-        )
-        .init();
-    match run(args) {
+        .with_target(false)
+        .with_env_filter(filter);
+    // Under systemd the journal stamps each line itself.
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        format.without_time().init();
+    } else {
+        format.init();
+    }
+    // The lines logged before a panic belong before its message.
+    let report_panic = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        log_buffer::flush();
+        report_panic(info);
+    }));
+    let result = run(args);
+    log_buffer::flush();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("portbrokerd: {err:#}");

@@ -27,6 +27,7 @@ use signal_hook::iterator::exfiltrator::SignalOnly;
 use tracing::{debug, info, warn};
 
 use crate::bind::bind_socket;
+use crate::log_buffer;
 use crate::peer::peer_holder;
 use crate::socket_file::SocketFile;
 use crate::table::{addrs_overlap, ConnId, Table};
@@ -63,6 +64,8 @@ const IDLE_BUFFER: usize = 1024;
 const MAX_SOCKETS_PER_LEASE: usize = 64;
 /// How many pool ports held by processes outside the broker one "any port" lease may skip.
 const POOL_TRIES: usize = 64;
+/// How long a logged line may wait in the buffer before it is written.
+const LOG_DELAY: Duration = Duration::from_millis(50);
 
 struct Outgoing {
     bytes: Vec<u8>,
@@ -84,9 +87,13 @@ struct Conn {
     broken: bool,
     leases: Vec<LeaseId>,
     interest: EpollFlags,
-    /// Granted sockets not yet sent: while there are any, the client's next requests wait, so
-    /// a client that does not read can hold at most one lease's sockets in the broker.
+    /// Granted sockets not yet sent. Requests wait while a lease's worth are queued, or while
+    /// the socket refused output (`output_blocked`), so a client that does not read can hold
+    /// at most one lease's worth of sockets in the broker.
     queued_fds: usize,
+    output_blocked: bool,
+    /// A sent chunk's buffer, kept for the next one: no allocation per response.
+    spare: Vec<u8>,
     /// Complete frames may be left in `rbuf` after a turn's quota was used.
     in_ready_queue: bool,
 }
@@ -104,38 +111,36 @@ impl Conn {
     }
 
     fn wants_requests(&self) -> bool {
-        !self.closing && !self.broken && self.out_bytes < OUTPUT_HIGH_WATER && self.queued_fds == 0
+        !self.closing
+            && !self.broken
+            && !self.output_blocked
+            && self.out_bytes < OUTPUT_HIGH_WATER
+            && self.queued_fds < MAX_SOCKETS_PER_LEASE
     }
 
-    /// Sends `bytes` now if nothing is queued, queueing what the socket does not take.
-    fn send(&mut self, bytes: &[u8], mut fds: Vec<OwnedFd>) {
+    /// Queues a response; `flush` sends what a turn queued in as few `sendmsg` calls as the
+    /// fds allow (one, usually). Fds travel with the first byte of their chunk, which is at or
+    /// before their frame, and a chunk carries at most one lease's worth, as clients expect.
+    fn send(&mut self, bytes: &[u8], fds: Vec<OwnedFd>) {
         if self.broken {
             return;
         }
-        let mut sent = 0;
-        if self.out.is_empty() {
-            match send_some(self.stream.as_raw_fd(), bytes, &fds) {
-                Ok(n) => {
-                    sent = n;
-                    fds.clear();
-                }
-                Err(Errno::EAGAIN) => {}
-                Err(err) => {
-                    debug!("send to {} failed: {err}", self.holder);
-                    self.broken = true;
-                    return;
-                }
+        self.out_bytes += bytes.len();
+        self.queued_fds += fds.len();
+        if let Some(last) = self.out.back_mut() {
+            if last.sent == 0 && last.fds.len() + fds.len() <= MAX_SOCKETS_PER_LEASE {
+                last.bytes.extend_from_slice(bytes);
+                last.fds.extend(fds);
+                return;
             }
         }
-        if sent < bytes.len() {
-            self.out_bytes += bytes.len() - sent;
-            self.queued_fds += fds.len();
-            self.out.push_back(Outgoing {
-                bytes: bytes[sent..].to_vec(),
-                sent: 0,
-                fds,
-            });
-        }
+        let mut chunk = std::mem::take(&mut self.spare);
+        chunk.extend_from_slice(bytes);
+        self.out.push_back(Outgoing {
+            bytes: chunk,
+            sent: 0,
+            fds,
+        });
     }
 
     fn flush(&mut self) {
@@ -151,10 +156,17 @@ impl Conn {
                     front.sent += n;
                     self.out_bytes -= n;
                     if front.sent == front.bytes.len() {
-                        self.out.pop_front();
+                        let mut done = self.out.pop_front().expect("front exists").bytes;
+                        if done.capacity() <= IDLE_BUFFER {
+                            done.clear();
+                            self.spare = done;
+                        }
                     }
                 }
-                Err(Errno::EAGAIN) => return,
+                Err(Errno::EAGAIN) => {
+                    self.output_blocked = true;
+                    return;
+                }
                 Err(err) => {
                     debug!("send to {} failed: {err}", self.holder);
                     self.broken = true;
@@ -162,6 +174,7 @@ impl Conn {
                 }
             }
         }
+        self.output_blocked = false;
     }
 }
 
@@ -220,6 +233,7 @@ pub struct Server {
     /// Set while accept() fails for lack of fds: the listener is unwatched until then.
     accept_paused_until: Option<Instant>,
     last_accept_warning: Option<Instant>,
+    log_flush_due: Option<Instant>,
     shutting_down: bool,
 }
 
@@ -271,6 +285,7 @@ impl Server {
             queued_fds: 0,
             accept_paused_until: None,
             last_accept_warning: None,
+            log_flush_due: None,
             shutting_down: false,
         })
     }
@@ -285,6 +300,7 @@ impl Server {
         );
         let mut events = vec![EpollEvent::empty(); 256];
         while !self.shutting_down {
+            self.flush_log_when_due();
             let timeout = self.next_timeout();
             let ready = match self.epoll.wait(&mut events, timeout) {
                 Ok(n) => n,
@@ -318,12 +334,33 @@ impl Server {
         Ok(())
     }
 
+    /// Logged lines wait up to `LOG_DELAY`, so that one `write` carries many of them.
+    fn flush_log_when_due(&mut self) {
+        if !log_buffer::pending() {
+            return;
+        }
+        let now = Instant::now();
+        match self.log_flush_due {
+            Some(due) if due <= now => {
+                log_buffer::flush();
+                self.log_flush_due = None;
+            }
+            Some(_) => {}
+            None => self.log_flush_due = Some(now + LOG_DELAY),
+        }
+    }
+
     fn next_timeout(&self) -> EpollTimeout {
         if !self.ready.is_empty() {
             return EpollTimeout::ZERO;
         }
         let hello = self.hello_deadlines.front().map(|&(deadline, _)| deadline);
-        let Some(deadline) = hello.into_iter().chain(self.accept_paused_until).min() else {
+        let deadlines = [self.accept_paused_until, self.log_flush_due];
+        let Some(deadline) = hello
+            .into_iter()
+            .chain(deadlines.into_iter().flatten())
+            .min()
+        else {
             return EpollTimeout::NONE;
         };
         // Round up so the deadline has passed when we wake.
@@ -423,6 +460,8 @@ impl Server {
                 leases: Vec::new(),
                 interest,
                 queued_fds: 0,
+                output_blocked: false,
+                spare: Vec::new(),
                 in_ready_queue: false,
             },
         );
@@ -473,9 +512,30 @@ impl Server {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
+        if !conn.broken && !conn.out.is_empty() {
+            let queued = conn.queued_fds;
+            conn.flush();
+            self.queued_fds -= queued - conn.queued_fds;
+            if conn.queued_fds > 0 && self.queued_fds > self.config.max_queued_fds {
+                // Granted sockets pile up in the broker for clients that do not read them:
+                // drop this one (and its leases) rather than run out of fds for everyone.
+                warn!(
+                    conn = id,
+                    "closing the connection of {}: it does not read its granted sockets and {} are waiting in all",
+                    conn.holder,
+                    self.queued_fds
+                );
+                conn.broken = true;
+            }
+        }
         if conn.broken || (conn.closing && conn.out.is_empty()) {
             self.close(id);
             return;
+        }
+        if conn.wants_requests() && !conn.rbuf.is_empty() && !conn.in_ready_queue {
+            // Requests held back until this flush: serve them without waiting for new input.
+            conn.in_ready_queue = true;
+            self.ready.push_back(id);
         }
         let wanted = conn.wanted_interest();
         if wanted != conn.interest {
@@ -497,6 +557,7 @@ impl Server {
         let mut rbuf = std::mem::take(&mut conn.rbuf);
         let mut start = 0;
         let mut served = 0;
+        let mut drained = false;
         'reading: loop {
             // Serve every complete frame in the buffer.
             loop {
@@ -537,6 +598,12 @@ impl Server {
             }
             rbuf.drain(..start);
             start = 0;
+            if drained {
+                // A short read emptied the socket; level-triggered epoll says when more comes,
+                // which spares a read that would only return EAGAIN (measured: a little faster
+                // than reading on, with 1 and with 16 clients).
+                break;
+            }
             let Some(conn) = self.conns.get_mut(&id) else {
                 return;
             };
@@ -551,7 +618,10 @@ impl Server {
                     conn.broken = true;
                     break;
                 }
-                Ok(n) => rbuf.extend_from_slice(&self.read_chunk[..n]),
+                Ok(n) => {
+                    rbuf.extend_from_slice(&self.read_chunk[..n]);
+                    drained = n < self.read_chunk.len();
+                }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                 Err(err) => {
@@ -661,11 +731,14 @@ impl Server {
         match self.bind_all(&holder, specs) {
             Ok(bound) => {
                 let (sockets, fds): (Vec<GrantedSocket>, Vec<OwnedFd>) = bound.into_iter().unzip();
-                let listed: Vec<String> = sockets.iter().map(ToString::to_string).collect();
                 let lease = self
                     .table
                     .insert(id, holder.clone(), unix_now(), sockets.clone());
-                info!(lease = lease.0, "granted {} to {holder}", listed.join(" "));
+                info!(
+                    lease = lease.0,
+                    "granted {} to {holder}",
+                    SocketList(&sockets)
+                );
                 if let Some(conn) = self.conns.get_mut(&id) {
                     conn.leases.push(lease);
                 }
@@ -875,17 +948,6 @@ impl Server {
         let queued = conn.queued_fds;
         conn.send(&self.encoded, fds);
         self.queued_fds += conn.queued_fds - queued;
-        if conn.queued_fds > queued && self.queued_fds > self.config.max_queued_fds {
-            // Granted sockets pile up in the broker for clients that do not read them: drop
-            // this one (and its leases) rather than run out of fds for everyone.
-            warn!(
-                conn = id,
-                "closing the connection of {}: it does not read its granted sockets and {} are waiting in all",
-                conn.holder,
-                self.queued_fds
-            );
-            conn.broken = true;
-        }
     }
 
     fn close(&mut self, id: ConnId) {
@@ -908,6 +970,21 @@ impl Server {
             }
         }
         debug!(conn = id, "closed the connection of {}", conn.holder);
+    }
+}
+
+/// Sockets as `tcp:127.0.0.1:8080 udp:[::]:53`, formatted only if the log line is written.
+struct SocketList<'a>(&'a [GrantedSocket]);
+
+impl std::fmt::Display for SocketList<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, socket) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            write!(f, "{socket}")?;
+        }
+        Ok(())
     }
 }
 

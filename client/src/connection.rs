@@ -45,7 +45,14 @@ pub(crate) struct Connection {
     cmsg_buf: Vec<u8>,
     /// Set while a request is in flight; still set afterwards if it did not complete.
     out_of_step: bool,
+    /// Requests sent without waiting for their answers (releases by dropped leases). Their
+    /// answers come first, in order, and are read before the next request's answer.
+    unanswered: usize,
 }
+
+/// Unanswered requests allowed before the next one waits for their answers, so that the
+/// answers never fill the socket while nobody reads them.
+const MAX_UNANSWERED: usize = 64;
 
 impl Connection {
     pub(crate) fn new(stream: UnixStream, path: PathBuf) -> Self {
@@ -56,6 +63,7 @@ impl Connection {
             fds: VecDeque::new(),
             cmsg_buf: nix::cmsg_space!([RawFd; MAX_FDS_PER_READ]),
             out_of_step: false,
+            unanswered: 0,
         }
     }
 
@@ -76,9 +84,47 @@ impl Connection {
         })?;
         self.out_of_step = true;
         self.send_all(&frame)?;
+        self.read_unanswered()?;
         let reply = self.receive()?;
         self.out_of_step = false;
         Ok(reply)
+    }
+
+    /// Sends a request whose answer nobody waits for: a release by a dropped lease. Its answer
+    /// is read (and checked) before the answer of a later request.
+    pub(crate) fn send_unanswered(&mut self, request: &Request) -> Result<(), Error> {
+        if self.out_of_step {
+            return Err(self.lost(io::Error::other(
+                "an earlier request on this connection failed half-way; connect again",
+            )));
+        }
+        let frame = encode_request(request).map_err(|e| Error::Protocol {
+            detail: "cannot encode the request".into(),
+            source: Some(e),
+        })?;
+        self.out_of_step = true;
+        if self.unanswered >= MAX_UNANSWERED {
+            self.read_unanswered()?;
+        }
+        self.send_all(&frame)?;
+        self.unanswered += 1;
+        self.out_of_step = false;
+        Ok(())
+    }
+
+    fn read_unanswered(&mut self) -> Result<(), Error> {
+        while self.unanswered > 0 {
+            match self.receive()?.response {
+                // A release that failed has nobody left to tell; the lease is gone either way.
+                Response::Released { .. } | Response::Failed(_) => self.unanswered -= 1,
+                other => {
+                    return Err(Error::protocol(format!(
+                        "expected the answer to a release, got {other:?}"
+                    )))
+                }
+            }
+        }
+        Ok(())
     }
 
     fn lost(&self, source: io::Error) -> Error {

@@ -53,7 +53,7 @@ impl Lease {
                     "asked for {spec}, the broker granted {granted}"
                 )));
             }
-            lease.sockets.push(LeasedSocket::from_granted(fd, granted)?);
+            lease.sockets.push(LeasedSocket::from_granted(fd, granted));
         }
         Ok(lease)
     }
@@ -106,12 +106,13 @@ impl Lease {
 
     /// Closes the sockets the `Lease` still holds, then ends the lease and waits for the broker
     /// to confirm. Sockets taken with [`Lease::take_sockets`] are not closed.
+    ///
+    /// Dropping a `Lease` ends it too, without waiting: the release is sent at once and its
+    /// answer read with the next request on the same connection, which the broker serves after
+    /// the release. Another connection may briefly still see the port leased; call `release`
+    /// when something else must find the port free as soon as this returns.
     pub fn release(mut self) -> Result<(), Error> {
         self.released = true;
-        self.release_now()
-    }
-
-    fn release_now(&mut self) -> Result<(), Error> {
         // Close first, so that the address is really free once the broker says it is.
         self.sockets.clear();
         self.shared.release(self.id)
@@ -161,8 +162,11 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         if !self.released {
-            // Best effort: if the connection is gone, the broker has ended the lease already.
-            let _ = self.release_now();
+            // Close first, as in `release`. Then tell the broker without waiting for its
+            // answer: a drop has nobody to report to, and the next request reads the answer.
+            // If the connection is gone, the broker has ended the lease already.
+            self.sockets.clear();
+            let _ = self.shared.release_unanswered(self.id);
         }
     }
 }

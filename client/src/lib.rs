@@ -99,6 +99,14 @@ impl Shared {
             .round_trip(request)
     }
 
+    /// Ends a lease without waiting for the broker's answer (for `Drop`).
+    pub(crate) fn release_unanswered(&self, id: LeaseId) -> Result<(), Error> {
+        self.conn
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .send_unanswered(&Request::Release { id })
+    }
+
     pub(crate) fn release(&self, id: LeaseId) -> Result<(), Error> {
         match self.round_trip(&Request::Release { id })?.response {
             Response::Released { id: released } if released == id => Ok(()),

@@ -38,7 +38,9 @@ impl FakeBroker {
                     other => handler(other.clone()),
                 };
                 seen.push(request);
-                send_response(&stream, &response, &fds);
+                if !send_response(&stream, &response, &fds) {
+                    break; // the client hung up without reading (a dropped lease's release)
+                }
             }
             seen
         });
@@ -73,7 +75,8 @@ fn read_request(stream: &mut UnixStream) -> Option<Request> {
     Some(decode_request(&payload).unwrap())
 }
 
-fn send_response(stream: &UnixStream, response: &Response, fds: &[OwnedFd]) {
+/// Whether the client was still there to take the response.
+fn send_response(stream: &UnixStream, response: &Response, fds: &[OwnedFd]) -> bool {
     let frame = encode_response(response).unwrap();
     let raw: Vec<_> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
     let cmsgs: Vec<ControlMessage> = if raw.is_empty() {
@@ -81,15 +84,20 @@ fn send_response(stream: &UnixStream, response: &Response, fds: &[OwnedFd]) {
     } else {
         vec![ControlMessage::ScmRights(&raw)]
     };
-    let sent = sendmsg::<()>(
+    match sendmsg::<()>(
         stream.as_raw_fd(),
         &[IoSlice::new(&frame)],
         &cmsgs,
-        MsgFlags::empty(),
+        MsgFlags::MSG_NOSIGNAL,
         None,
-    )
-    .unwrap();
-    assert_eq!(sent, frame.len());
+    ) {
+        Ok(sent) => {
+            assert_eq!(sent, frame.len());
+            true
+        }
+        Err(nix::errno::Errno::EPIPE | nix::errno::Errno::ECONNRESET) => false,
+        Err(err) => panic!("sendmsg: {err}"),
+    }
 }
 
 /// Binds what a Lease asks for on 127.0.0.1 and grants it; answers Release.

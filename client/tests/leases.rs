@@ -422,3 +422,27 @@ fn storms_of_concurrent_leases_never_overlap() {
         "every lease was released"
     );
 }
+
+/// A dropped lease is released without waiting for the broker's answer; on the same connection
+/// the release still comes before the next request, so the port can be leased again at once,
+/// however many answers are left unread.
+#[test]
+fn dropped_leases_are_released_before_the_next_request_on_their_connection() {
+    let daemon = Daemon::start();
+    let broker = daemon.broker();
+    let spec = format!("tcp:127.0.0.1:{}", free_port());
+    for round in 0..200 {
+        let lease = broker
+            .lease_str(&[&spec])
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        drop(lease);
+    }
+    let status = broker.status().unwrap();
+    assert_eq!((status.leases, status.sockets), (0, 0));
+    // A confirmed release reports the broker's answer.
+    let lease = broker.lease_str(&[&spec]).unwrap();
+    let id = lease.id();
+    lease.release().unwrap();
+    let err = broker.release(id).unwrap_err();
+    assert_eq!(err.kind(), BrokerErrorKind::UnknownLease, "{err}");
+}

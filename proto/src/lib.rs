@@ -26,6 +26,8 @@
 //! the first byte of its frame, `fds` of them, in the order of [`Response::Granted::sockets`].
 //! A stream socket does not keep fds aligned with frames, so a receiver queues every fd it
 //! receives and each `Granted` frame takes exactly `fds` from the front of that queue.
+//! The sockets are blocking, close-on-exec on the broker's side, and of the granted transport;
+//! a listening TCP socket is already listening.
 //!
 //! One real message, `Release { id: LeaseId(7) }`:
 //!
