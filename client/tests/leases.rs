@@ -339,6 +339,21 @@ fn a_multi_socket_lease_is_granted_or_refused_as_one_unit() {
     );
 }
 
+/// Leases `spec`, which this test binary may have released a moment ago. A released socket
+/// lives on briefly in any child forked meanwhile (other tests spawn processes) until it execs,
+/// and the kernel then rightly says "in use outside the broker": ask again until that copy is
+/// gone (within 2 s).
+fn lease_again(broker: &Broker, spec: &str) -> Result<portbroker::Lease, portbroker::Error> {
+    let mut outcome = None;
+    wait_until(Duration::from_secs(2), || {
+        let result = broker.lease_str(&[spec]);
+        let outside = matches!(&result, Err(e) if e.kind() == BrokerErrorKind::InUseOutside);
+        outcome = Some(result);
+        !outside
+    });
+    outcome.expect("wait_until tries at least once")
+}
+
 /// Eight clients lease and release a handful of ports for 20 rounds. A registry records each
 /// port's holder between grant and release: a grant while another client holds the port is a
 /// double grant. Every grant is checked with a real connection answered by its holder.
@@ -364,20 +379,10 @@ fn storms_of_concurrent_leases_never_overlap() {
                 for round in 0..ROUNDS {
                     let port = ports[(client + round) % ports.len()];
                     let spec = format!("tcp:{}:{port}", addrs[(client * 7 + round) % addrs.len()]);
-                    // A released socket lives on for a moment in any child this test binary
-                    // forks meanwhile (other tests spawn processes), and the kernel then rightly
-                    // says "in use outside the broker": ask again until that copy is gone.
-                    let mut outcome = None;
-                    let settled = wait_until(Duration::from_secs(2), || {
-                        let result = broker.lease_str(&[&spec]);
-                        let outside = matches!(&result, Err(e) if e.kind() == BrokerErrorKind::InUseOutside);
-                        outcome = Some(result);
-                        !outside
-                    });
-                    let lease = match outcome.unwrap() {
+                    let lease = match lease_again(&broker, &spec) {
                         Ok(lease) => lease,
                         Err(err) if err.kind() == BrokerErrorKind::InUse => continue,
-                        Err(err) => panic!("client {client}: {spec}: {err} (settled: {settled})"),
+                        Err(err) => panic!("client {client}: {spec}: {err}"),
                     };
                     if let Some(other) = holders.lock().unwrap().insert(port, client) {
                         panic!("double grant: client {client} got {spec} while client {other} held port {port}");
@@ -432,15 +437,13 @@ fn dropped_leases_are_released_before_the_next_request_on_their_connection() {
     let broker = daemon.broker();
     let spec = format!("tcp:127.0.0.1:{}", free_port());
     for round in 0..200 {
-        let lease = broker
-            .lease_str(&[&spec])
-            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        let lease = lease_again(&broker, &spec).unwrap_or_else(|e| panic!("round {round}: {e}"));
         drop(lease);
     }
     let status = broker.status().unwrap();
     assert_eq!((status.leases, status.sockets), (0, 0));
     // A confirmed release reports the broker's answer.
-    let lease = broker.lease_str(&[&spec]).unwrap();
+    let lease = lease_again(&broker, &spec).unwrap();
     let id = lease.id();
     lease.release().unwrap();
     let err = broker.release(id).unwrap_err();
