@@ -21,7 +21,7 @@ use portbroker_proto::{
     GrantedSocket, Holder, LeaseId, Listen, PortRange, Refusal, Request, Response, SocketSpec,
     StatusInfo, Transport, HEADER_LEN, MAX_REQUEST_FRAME, PROTOCOL_VERSION,
 };
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::backend::SignalDelivery;
 use signal_hook::iterator::exfiltrator::SignalOnly;
 use tracing::{debug, info, warn};
@@ -254,8 +254,8 @@ impl Server {
         let (read, write) = UnixStream::pair().context("cannot create the signal pipe")?;
         read.set_nonblocking(true)
             .context("cannot make the signal pipe non-blocking")?;
-        let signals = SignalDelivery::with_pipe(read, write, SignalOnly, [SIGINT, SIGTERM])
-            .context("cannot install the SIGINT/SIGTERM handlers")?;
+        let signals = SignalDelivery::with_pipe(read, write, SignalOnly, [SIGINT, SIGTERM, SIGHUP])
+            .context("cannot install the SIGINT/SIGTERM/SIGHUP handlers")?;
         epoll
             .add(
                 socket.listener(),
@@ -375,6 +375,9 @@ impl Server {
                     info!("received signal {signal}");
                     self.shutting_down = true;
                 }
+                // Operators send SIGHUP to reload; without a policy file there is nothing to
+                // reload yet, but the signal must not kill the daemon (its default action).
+                SIGHUP => info!("received SIGHUP: there is no configuration to reload"),
                 other => debug!("ignoring signal {other}"),
             }
         }

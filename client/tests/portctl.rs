@@ -338,6 +338,17 @@ fn the_daemon_refuses_to_start_beside_a_live_one_and_cleans_up_on_sigterm() {
     assert!(daemon.is_running(), "the first daemon is untouched");
     let _ = daemon.broker().status().unwrap();
 
+    // SIGHUP, an operator's reflex, does not kill it.
+    let pid = nix::unistd::Pid::from_raw(daemon.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || daemon.log().contains("SIGHUP")),
+        "SIGHUP was not noticed:\n{}",
+        daemon.log()
+    );
+    assert!(daemon.is_running(), "SIGHUP killed the daemon");
+    daemon.broker().status().unwrap();
+
     assert!(
         daemon.stop().success(),
         "SIGTERM is a clean shutdown:\n{}",
