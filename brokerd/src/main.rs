@@ -4,6 +4,7 @@
 mod bind;
 mod log_buffer;
 mod peer;
+mod policy;
 mod server;
 mod socket_file;
 mod table;
@@ -11,7 +12,6 @@ mod table;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
@@ -32,28 +32,37 @@ struct Args {
     /// or the 10,000 ports below it where too few ports lie above]
     #[arg(long, value_name = "LO-HI", value_parser = parse_range)]
     pool: Option<PortRange>,
+    /// The policy file [default: $PORTBROKER_CONFIG, else /etc/portbroker/portbroker.toml
+    /// when it exists, else the built-in policy]
+    #[arg(long, value_name = "FILE", conflicts_with = "no_config")]
+    config: Option<PathBuf>,
+    /// Run on the built-in policy, whatever files exist.
+    #[arg(long)]
+    no_config: bool,
     /// Log at debug level (RUST_LOG overrides).
     #[arg(short, long)]
     verbose: bool,
 }
 
-fn parse_range(text: &str) -> Result<PortRange, String> {
-    let (lo, hi) = text
-        .split_once('-')
-        .ok_or("expected LO-HI, such as 61000-65535")?;
-    let port = |s: &str| {
-        s.trim()
-            .parse::<u16>()
-            .map_err(|_| format!("{s:?} is not a port number (1-65535)"))
+use crate::policy::{parse_range, Policy};
+
+/// The policy the daemon starts with, from the first of: --no-config, --config,
+/// $PORTBROKER_CONFIG, the default file if it exists, the built-in policy.
+fn initial_policy(args: &Args, unprivileged_start: u16) -> Result<Policy> {
+    let named = args.config.clone().or_else(|| {
+        std::env::var_os("PORTBROKER_CONFIG")
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+    });
+    let path = match named {
+        _ if args.no_config => None,
+        Some(path) => Some(path),
+        None => Some(PathBuf::from(policy::DEFAULT_CONFIG)).filter(|p| p.exists()),
     };
-    let range = PortRange {
-        lo: port(lo)?,
-        hi: port(hi)?,
-    };
-    if range.lo == 0 || range.lo > range.hi {
-        return Err(format!("{text}: need 1 <= LO <= HI <= 65535"));
+    match path {
+        Some(path) => Ok(Policy::load(&path)?),
+        None => Ok(Policy::defaults(unprivileged_start)),
     }
-    Ok(range)
 }
 
 fn read_sysctl(path: &str) -> Result<String> {
@@ -104,16 +113,21 @@ fn raise_fd_limit() -> u64 {
 }
 
 fn run(args: Args) -> Result<()> {
-    let socket = match args.socket {
-        Some(path) => path,
-        None => portbroker_proto::default_socket_path()?,
-    };
     let unprivileged_port_start = read_sysctl("/proc/sys/net/ipv4/ip_unprivileged_port_start")
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(1024);
+    let policy = initial_policy(&args, unprivileged_port_start)?;
+    match &policy.source {
+        Some(path) => tracing::info!("policy: {} ({} rules)", path.display(), policy.rule_count()),
+        None => tracing::info!("policy: built-in (no policy file)"),
+    }
+    let socket = match args.socket.or_else(|| policy.socket_path.clone()) {
+        Some(path) => path,
+        None => portbroker_proto::default_socket_path()?,
+    };
     let ephemeral = ephemeral_range()?;
-    let pool = match args.pool {
+    let pool = match args.pool.or(policy.pool) {
         Some(pool) => {
             if pool.lo <= ephemeral.hi && ephemeral.lo <= pool.hi {
                 tracing::warn!(
@@ -135,15 +149,13 @@ fn run(args: Args) -> Result<()> {
         socket,
         pool,
         default_addr,
-        unprivileged_port_start,
-        // Leave room for the leased sockets in flight and the daemon's own fds.
         // Each connection is an fd; a quarter of the limit is kept for granted sockets that
         // clients have not read yet, and some for the daemon's own fds.
         max_connections: usize::try_from((fd_limit - fd_limit / 4).saturating_sub(64))
             .unwrap_or(usize::MAX)
             .clamp(16, 65_536),
         max_queued_fds: usize::try_from(fd_limit / 4).unwrap_or(usize::MAX).max(64),
-        hello_timeout: Duration::from_secs(10),
+        policy,
     };
     Server::new(config)?.run()
 }

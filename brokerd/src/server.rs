@@ -4,7 +4,7 @@
 //! with one `sendmsg` in the same turn, so one slow or hostile client only ever delays itself.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{self, IoSlice, Read};
+use std::io::{self, IoSlice, Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -29,6 +29,7 @@ use tracing::{debug, info, warn};
 use crate::bind::bind_socket;
 use crate::log_buffer;
 use crate::peer::peer_holder;
+use crate::policy::{groups_of, Identity, Policy};
 use crate::socket_file::SocketFile;
 use crate::table::{addrs_overlap, ConnId, Table};
 
@@ -38,13 +39,11 @@ pub struct Config {
     pub socket: PathBuf,
     pub pool: PortRange,
     pub default_addr: IpAddr,
-    /// Ports below this need root (`net.ipv4.ip_unprivileged_port_start`).
-    pub unprivileged_port_start: u16,
     pub max_connections: usize,
     /// Granted sockets the broker may hold for clients that do not read them, in all.
     pub max_queued_fds: usize,
-    /// A connection that has not said Hello by then is closed.
-    pub hello_timeout: Duration,
+    /// Who may lease what, and the limits; replaced by a reload.
+    pub policy: Policy,
 }
 
 const LISTENER_TOKEN: u64 = 0;
@@ -66,6 +65,8 @@ const MAX_SOCKETS_PER_LEASE: usize = 64;
 const POOL_TRIES: usize = 64;
 /// How long a logged line may wait in the buffer before it is written.
 const LOG_DELAY: Duration = Duration::from_millis(50);
+/// How often connections are checked against the idle timeout.
+const IDLE_SWEEP: Duration = Duration::from_secs(1);
 
 struct Outgoing {
     bytes: Vec<u8>,
@@ -77,6 +78,9 @@ struct Outgoing {
 struct Conn {
     stream: UnixStream,
     holder: Rc<Holder>,
+    identity: Rc<Identity>,
+    /// When the last request came, for the idle timeout.
+    last_request: Instant,
     rbuf: Vec<u8>,
     out: VecDeque<Outgoing>,
     out_bytes: usize,
@@ -234,6 +238,11 @@ pub struct Server {
     accept_paused_until: Option<Instant>,
     last_accept_warning: Option<Instant>,
     log_flush_due: Option<Instant>,
+    /// Open connections per uid, for `connections_per_uid`.
+    conns_by_uid: HashMap<u32, u64>,
+    /// Request budget per uid: (tokens left, when last refilled).
+    request_budget: HashMap<u32, (f64, Instant)>,
+    next_idle_sweep: Instant,
     shutting_down: bool,
 }
 
@@ -249,7 +258,11 @@ fn warning_due(last: &mut Option<Instant>) -> bool {
 
 impl Server {
     pub fn new(config: Config) -> Result<Self> {
-        let socket = SocketFile::create(&config.socket)?;
+        let socket = SocketFile::create(
+            &config.socket,
+            config.policy.socket_mode,
+            config.policy.socket_gid,
+        )?;
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).context("epoll_create")?;
         let (read, write) = UnixStream::pair().context("cannot create the signal pipe")?;
         read.set_nonblocking(true)
@@ -286,6 +299,9 @@ impl Server {
             accept_paused_until: None,
             last_accept_warning: None,
             log_flush_due: None,
+            conns_by_uid: HashMap::new(),
+            request_budget: HashMap::new(),
+            next_idle_sweep: Instant::now() + IDLE_SWEEP,
             shutting_down: false,
         })
     }
@@ -322,6 +338,9 @@ impl Server {
                 }
             }
             self.expire_hellos();
+            if self.next_idle_sweep <= Instant::now() {
+                self.close_idle();
+            }
             if self
                 .accept_paused_until
                 .is_some_and(|t| t <= Instant::now())
@@ -355,7 +374,11 @@ impl Server {
             return EpollTimeout::ZERO;
         }
         let hello = self.hello_deadlines.front().map(|&(deadline, _)| deadline);
-        let deadlines = [self.accept_paused_until, self.log_flush_due];
+        let deadlines = [
+            self.accept_paused_until,
+            self.log_flush_due,
+            Some(self.next_idle_sweep),
+        ];
         let Some(deadline) = hello
             .into_iter()
             .chain(deadlines.into_iter().flatten())
@@ -377,7 +400,12 @@ impl Server {
                 }
                 // Operators send SIGHUP to reload; without a policy file there is nothing to
                 // reload yet, but the signal must not kill the daemon (its default action).
-                SIGHUP => info!("received SIGHUP: there is no configuration to reload"),
+                SIGHUP => {
+                    info!("received SIGHUP: reloading the policy");
+                    if let Err(err) = self.reload() {
+                        warn!("{err}");
+                    }
+                }
                 other => debug!("ignoring signal {other}"),
             }
         }
@@ -440,6 +468,27 @@ impl Server {
             .set_nonblocking(true)
             .context("cannot make the connection non-blocking")?;
         let holder = peer_holder(&stream).context("cannot read the peer's credentials")?;
+        let identity = Identity {
+            uid: holder.uid,
+            groups: groups_of(holder.pid, holder.gid),
+        };
+        let limit = self.config.policy.limits.connections_per_uid;
+        let open = self.conns_by_uid.get(&holder.uid).copied().unwrap_or(0);
+        if holder.uid != 0 && open >= limit {
+            warn!("refusing a connection of {holder}: it has {open} open, the limit (connections_per_uid)");
+            let refusal = Response::Failed(Failure::NotPermitted {
+                reason: format!(
+                    "uid {} has {open} connections open, the limit (connections_per_uid)",
+                    holder.uid
+                ),
+            });
+            // A courtesy: the client may not be reading yet, and nothing waits for this write.
+            if let Ok(frame) = portbroker_proto::encode_response(&refusal) {
+                let _ = (&stream).write(&frame);
+            }
+            return Ok(());
+        }
+        *self.conns_by_uid.entry(holder.uid).or_default() += 1;
         let id = self.next_conn_id;
         self.next_conn_id += 1;
         let interest = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
@@ -448,11 +497,13 @@ impl Server {
             .context("cannot watch the connection")?;
         debug!(conn = id, "connection from {holder}");
         self.hello_deadlines
-            .push_back((Instant::now() + self.config.hello_timeout, id));
+            .push_back((Instant::now() + self.hello_timeout(), id));
         self.conns.insert(
             id,
             Conn {
                 stream,
+                identity: Rc::new(identity),
+                last_request: Instant::now(),
                 holder: Rc::new(holder),
                 rbuf: Vec::new(),
                 out: VecDeque::new(),
@@ -483,7 +534,7 @@ impl Server {
                     conn = id,
                     "closing the connection of {}: no Hello within {:?}",
                     conn.holder,
-                    self.config.hello_timeout
+                    self.hello_timeout()
                 );
                 self.close(id);
             }
@@ -677,10 +728,38 @@ impl Server {
         if !greeted && !matches!(request, Request::Hello { .. }) {
             return self.violation(id, Failure::HelloRequired);
         }
+        if let Some(failure) = self.over_request_budget(id) {
+            return self.respond(id, &Response::Failed(failure), Vec::new());
+        }
         match request {
             Request::Hello { protocol, client } => self.hello(id, protocol, &client),
-            Request::Lease { sockets } => self.lease(id, &sockets),
+            Request::Lease { sockets } => self.grant(id, &sockets, true),
+            Request::LeaseNamed { name } => self.lease_named(id, &name),
             Request::Release { id: lease } => self.release(id, lease),
+            Request::Reload => {
+                let Some(conn) = self.conns.get(&id) else {
+                    return;
+                };
+                let response = if !self.config.policy.is_admin(&conn.identity) {
+                    warn!(
+                        "refused to reload the policy for {}: not an administrator",
+                        conn.holder
+                    );
+                    Response::Failed(Failure::NotPermitted {
+                        reason: "reloading the policy needs root or a member of an [admin] group"
+                            .into(),
+                    })
+                } else {
+                    match self.reload() {
+                        Ok((rules, services)) => Response::Reloaded { rules, services },
+                        Err(error) => {
+                            warn!("{error}");
+                            Response::Failed(Failure::ReloadFailed { error })
+                        }
+                    }
+                };
+                self.respond(id, &response, Vec::new());
+            }
             Request::List => {
                 let leases = self.table.leases().map(|lease| lease.info()).collect();
                 self.respond(id, &Response::Leases(leases), Vec::new());
@@ -726,12 +805,17 @@ impl Server {
         self.respond(id, &hello, Vec::new());
     }
 
-    fn lease(&mut self, id: ConnId, specs: &[SocketSpec]) {
+    /// Grants `specs` as one lease, or refuses them. `by_rules`: whether the policy's rules
+    /// decide (false for a named service whose own `who` list already admitted the client).
+    fn grant(&mut self, id: ConnId, specs: &[SocketSpec], by_rules: bool) {
         let Some(conn) = self.conns.get(&id) else {
             return;
         };
-        let holder = Rc::clone(&conn.holder);
-        match self.bind_all(&holder, specs) {
+        let (holder, identity) = (Rc::clone(&conn.holder), Rc::clone(&conn.identity));
+        let outcome = self
+            .check_quotas(&identity)
+            .and_then(|()| self.bind_all(&identity, specs, by_rules));
+        match outcome {
             Ok(bound) => {
                 let (sockets, fds): (Vec<GrantedSocket>, Vec<OwnedFd>) = bound.into_iter().unzip();
                 let lease = self
@@ -759,11 +843,141 @@ impl Server {
         }
     }
 
+    fn lease_named(&mut self, id: ConnId, name: &str) {
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
+        let policy = &self.config.policy;
+        let checked = match policy.services.get(name) {
+            None => Err(Refusal::UnknownService {
+                name: name.to_owned(),
+            }),
+            Some(service) => match policy.may_use_service(&conn.identity, name, service) {
+                Ok(admitted) => Ok((service.sockets.clone(), !admitted)),
+                Err(reason) => Err(Refusal::NotPermitted { reason }),
+            },
+        };
+        match checked {
+            Ok((specs, by_rules)) => self.grant(id, &specs, by_rules),
+            Err(refusal) => {
+                info!("refused {}: {refusal}", conn.holder);
+                self.respond(id, &Response::Refused(refusal), Vec::new());
+            }
+        }
+    }
+
+    fn check_quotas(&self, who: &Identity) -> Result<(), Refusal> {
+        let limits = &self.config.policy.limits;
+        let total = self.table.lease_count() as u64;
+        if total >= limits.leases_total {
+            return Err(Refusal::QuotaExceeded {
+                quota: "leases_total".into(),
+                used: total,
+                limit: limits.leases_total,
+            });
+        }
+        let mine = self.table.leases_of(who.uid);
+        if who.uid != 0 && mine >= limits.leases_per_uid {
+            return Err(Refusal::QuotaExceeded {
+                quota: format!("leases_per_uid (uid {})", who.uid),
+                used: mine,
+                limit: limits.leases_per_uid,
+            });
+        }
+        Ok(())
+    }
+
+    /// Takes one request from the uid's budget (`requests_per_sec_per_uid`, root exempt);
+    /// the failure to answer with when it is spent.
+    fn over_request_budget(&mut self, id: ConnId) -> Option<Failure> {
+        let conn = self.conns.get_mut(&id)?;
+        let now = Instant::now();
+        conn.last_request = now;
+        let uid = conn.identity.uid;
+        if uid == 0 {
+            return None;
+        }
+        let rate = self.config.policy.limits.requests_per_sec_per_uid as f64;
+        let (tokens, refilled) = self.request_budget.entry(uid).or_insert((rate, now));
+        *tokens = (*tokens + now.duration_since(*refilled).as_secs_f64() * rate).min(rate);
+        *refilled = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            return None;
+        }
+        if warning_due(&mut self.last_full_warning) {
+            warn!("uid {uid} is over its request budget ({rate} per second)");
+        }
+        Some(Failure::NotPermitted {
+            reason: format!(
+                "more than {rate} requests per second from uid {uid} (requests_per_sec_per_uid)"
+            ),
+        })
+    }
+
+    fn hello_timeout(&self) -> Duration {
+        Duration::from_secs(self.config.policy.limits.hello_timeout_secs)
+    }
+
+    /// Closes connections that hold no lease and sent nothing for `idle_timeout_secs` (0: never).
+    fn close_idle(&mut self) {
+        let now = Instant::now();
+        self.next_idle_sweep = now + IDLE_SWEEP;
+        let idle = Duration::from_secs(self.config.policy.limits.idle_timeout_secs);
+        if idle.is_zero() {
+            return;
+        }
+        let stale: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.greeted && c.leases.is_empty() && now - c.last_request >= idle)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stale {
+            if let Some(conn) = self.conns.get(&id) {
+                info!(
+                    conn = id,
+                    "closing the idle connection of {}: no lease and no request for {idle:?}",
+                    conn.holder
+                );
+            }
+            self.close(id);
+        }
+    }
+
+    /// Re-reads the policy file; on any error the policy in force stays as it was.
+    fn reload(&mut self) -> Result<(u32, u32), String> {
+        let old = &self.config.policy;
+        let Some(path) = old.source.clone() else {
+            return Err("the daemon runs on the built-in policy; start it with --config FILE to have a file to reload".into());
+        };
+        let new = Policy::load(&path)
+            .map_err(|e| format!("the policy was not reloaded and stays as it was: {e}"))?;
+        if (&new.socket_path, new.socket_mode, new.socket_gid, new.pool)
+            != (&old.socket_path, old.socket_mode, old.socket_gid, old.pool)
+        {
+            warn!(
+                "{}: changes to [socket] and [pool] take effect at the next start",
+                path.display()
+            );
+        }
+        let counts = (new.rule_count() as u32, new.services.len() as u32);
+        info!(
+            "reloaded {}: {} rules, {} services",
+            path.display(),
+            counts.0,
+            counts.1
+        );
+        self.config.policy = new;
+        Ok(counts)
+    }
+
     /// Checks and binds every spec; all or nothing (sockets bound so far close on refusal).
     fn bind_all(
         &mut self,
-        holder: &Holder,
+        who: &Identity,
         specs: &[SocketSpec],
+        by_rules: bool,
     ) -> Result<Vec<(GrantedSocket, OwnedFd)>, Refusal> {
         if specs.is_empty() || specs.len() > MAX_SOCKETS_PER_LEASE {
             return Err(Refusal::InvalidSpec {
@@ -780,7 +994,7 @@ impl Server {
                 index: index as u32,
                 reason,
             };
-            self.check_spec(holder, spec).map_err(|r| match r {
+            self.check_spec(who, spec, by_rules).map_err(|r| match r {
                 SpecProblem::Invalid(reason) => invalid(reason),
                 SpecProblem::Refused(refusal) => refusal,
             })?;
@@ -828,7 +1042,12 @@ impl Server {
         Ok(bound)
     }
 
-    fn check_spec(&self, holder: &Holder, spec: &SocketSpec) -> Result<(), SpecProblem> {
+    fn check_spec(
+        &self,
+        who: &Identity,
+        spec: &SocketSpec,
+        by_rules: bool,
+    ) -> Result<(), SpecProblem> {
         match (spec.transport, spec.listen) {
             (Transport::Udp, Listen::Backlog(_) | Listen::BindOnly) => {
                 return Err(SpecProblem::Invalid(
@@ -850,13 +1069,12 @@ impl Server {
         if spec.addr.is_some_and(|ip| ip.is_ipv6()) && self.config.default_addr.is_ipv4() {
             return Err(SpecProblem::Invalid("this host has no IPv6".into()));
         }
-        if spec.port != 0 && spec.port < self.config.unprivileged_port_start && holder.uid != 0 {
-            return Err(SpecProblem::Refused(Refusal::NotPermitted {
-                reason: format!(
-                    "{}:{} is a privileged port (below {}) and uid {} is not root",
-                    spec.transport, spec.port, self.config.unprivileged_port_start, holder.uid
-                ),
-            }));
+        if by_rules {
+            let ip = spec.addr.unwrap_or(self.config.default_addr);
+            self.config
+                .policy
+                .permits(who, spec, ip)
+                .map_err(|reason| SpecProblem::Refused(Refusal::NotPermitted { reason }))?;
         }
         Ok(())
     }
@@ -908,9 +1126,10 @@ impl Server {
             return;
         };
         let asker = Rc::clone(&conn.holder);
+        let admin = self.config.policy.is_admin(&conn.identity);
         let response = match self.table.get(lease_id) {
             None => Response::Failed(Failure::UnknownLease { id: lease_id }),
-            Some(lease) if lease.holder.uid != asker.uid && asker.uid != 0 => {
+            Some(lease) if lease.holder.uid != asker.uid && !admin => {
                 warn!(
                     "refused to release lease {lease_id} of {} for {asker}",
                     lease.holder
@@ -958,6 +1177,12 @@ impl Server {
             return;
         };
         self.queued_fds -= conn.queued_fds;
+        if let Some(open) = self.conns_by_uid.get_mut(&conn.identity.uid) {
+            *open -= 1;
+            if *open == 0 {
+                self.conns_by_uid.remove(&conn.identity.uid);
+            }
+        }
         if self.accept_paused_until.is_some() {
             self.resume_accepting();
         }

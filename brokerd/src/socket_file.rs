@@ -12,9 +12,6 @@ use interprocess::local_socket::{GenericFilePath, ListenerOptions, ToFsName};
 use interprocess::os::unix::local_socket::ListenerOptionsExt;
 use interprocess::os::unix::uds_local_socket;
 
-/// Who may connect for now: everyone. What each user may lease is decided per request.
-const SOCKET_MODE: u32 = 0o666;
-
 pub struct SocketFile {
     listener: UnixListener,
     path: PathBuf,
@@ -23,7 +20,8 @@ pub struct SocketFile {
 }
 
 impl SocketFile {
-    pub fn create(path: &Path) -> Result<Self> {
+    /// Listens on `path` with the file's `mode` and, when given, its group `gid`.
+    pub fn create(path: &Path, mode: u32, gid: Option<u32>) -> Result<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             DirBuilder::new()
                 .recursive(true)
@@ -37,7 +35,7 @@ impl SocketFile {
             .with_context(|| format!("{} is not a usable socket path", path.display()))?;
         let listener: UnixListener = ListenerOptions::new()
             .name(name)
-            .mode(SOCKET_MODE as libc::mode_t)
+            .mode(mode as libc::mode_t)
             .reclaim_name(false)
             .create_sync_as::<uds_local_socket::Listener>()
             .with_context(|| format!("cannot listen on {}", path.display()))?
@@ -46,8 +44,12 @@ impl SocketFile {
             .set_nonblocking(true)
             .context("cannot make the socket non-blocking")?;
         // bind() applied the umask on top of the mode; the mode is what we mean.
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))
-            .with_context(|| format!("cannot set the mode of {}", path.display()))?;
+        if let Some(gid) = gid {
+            std::os::unix::fs::chown(path, None, Some(gid))
+                .with_context(|| format!("cannot give {} to group {gid}", path.display()))?;
+        }
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("cannot set the mode of {} to {mode:o}", path.display()))?;
         let meta = std::fs::metadata(path)
             .with_context(|| format!("cannot stat the new socket {}", path.display()))?;
         Ok(SocketFile {

@@ -72,6 +72,8 @@ pub struct Table {
     pool: PortRange,
     pool_maps: [PoolMap; 2],
     sockets: usize,
+    /// Live leases per holder uid, for the per-user quota.
+    per_uid: HashMap<u32, u64>,
     next_id: u64,
 }
 
@@ -95,6 +97,7 @@ impl Table {
             pool,
             pool_maps: [map(), map()],
             sockets: 0,
+            per_uid: HashMap::new(),
             next_id: 1,
         }
     }
@@ -109,6 +112,10 @@ impl Table {
 
     pub fn socket_count(&self) -> usize {
         self.sockets
+    }
+
+    pub fn leases_of(&self, uid: u32) -> u64 {
+        self.per_uid.get(&uid).copied().unwrap_or(0)
     }
 
     pub fn get(&self, id: LeaseId) -> Option<&Lease> {
@@ -209,6 +216,7 @@ impl Table {
             }
         }
         self.sockets += sockets.len();
+        *self.per_uid.entry(holder.uid).or_default() += 1;
         self.leases.insert(
             id,
             Lease {
@@ -235,6 +243,12 @@ impl Table {
             }
         }
         self.sockets -= lease.sockets.len();
+        if let Some(count) = self.per_uid.get_mut(&lease.holder.uid) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_uid.remove(&lease.holder.uid);
+            }
+        }
         Some(lease)
     }
 }
@@ -304,7 +318,9 @@ mod tests {
         assert!(table
             .conflict(Transport::Tcp, "[::1]:8080".parse().unwrap())
             .is_none());
+        assert_eq!(table.leases_of(0), 1);
         table.remove(id).unwrap();
+        assert_eq!(table.leases_of(0), 0);
         assert!(table
             .conflict(Transport::Tcp, "0.0.0.0:8080".parse().unwrap())
             .is_none());

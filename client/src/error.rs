@@ -77,7 +77,8 @@ pub enum ErrorKind {
     InUse,
     /// A process outside the broker holds the address.
     InUseOutside,
-    /// The broker's policy forbids the request.
+    /// The broker's policy forbids the request: it refused a lease, or the request needs an
+    /// administrator (such as a reload).
     NotPermitted,
     /// No port of the dynamic pool is free.
     PoolExhausted,
@@ -85,6 +86,14 @@ pub enum ErrorKind {
     InvalidSpec,
     /// The kernel refused to bind for a reason other than "in use".
     BindFailed,
+    /// A quota of the broker's policy is used up (leases per user, for instance); it frees up
+    /// as leases end.
+    QuotaExceeded,
+    /// The broker's policy has no service of the name given to
+    /// [`Broker::lease_named`](crate::Broker::lease_named).
+    UnknownService,
+    /// The broker could not load its policy file; the policy in force is unchanged.
+    ReloadFailed,
     /// Client and broker speak different protocol versions.
     VersionMismatch,
     /// No live lease has the id given.
@@ -110,11 +119,15 @@ impl Error {
                 Refusal::InvalidSpec { .. } => ErrorKind::InvalidSpec,
                 Refusal::PoolExhausted { .. } => ErrorKind::PoolExhausted,
                 Refusal::BindFailed { .. } => ErrorKind::BindFailed,
+                Refusal::QuotaExceeded { .. } => ErrorKind::QuotaExceeded,
+                Refusal::UnknownService { .. } => ErrorKind::UnknownService,
             },
             Error::Failed(failure) => match failure {
                 Failure::VersionMismatch { .. } => ErrorKind::VersionMismatch,
                 Failure::UnknownLease { .. } => ErrorKind::UnknownLease,
                 Failure::NotYourLease { .. } => ErrorKind::NotYourLease,
+                Failure::NotPermitted { .. } => ErrorKind::NotPermitted,
+                Failure::ReloadFailed { .. } => ErrorKind::ReloadFailed,
                 Failure::HelloRequired | Failure::DuplicateHello | Failure::Malformed { .. } => {
                     ErrorKind::Protocol
                 }
@@ -130,9 +143,9 @@ impl Error {
         matches!(self.kind(), ErrorKind::InUse | ErrorKind::InUseOutside)
     }
 
-    /// Whether the broker denied the request: its policy refused a lease
-    /// ([`ErrorKind::NotPermitted`]) or the lease to release belongs to another user
-    /// ([`ErrorKind::NotYourLease`]).
+    /// Whether the broker denied the request: its policy refused a lease or the request needs
+    /// an administrator ([`ErrorKind::NotPermitted`]), or the lease to release belongs to
+    /// another user ([`ErrorKind::NotYourLease`]).
     pub fn is_not_permitted(&self) -> bool {
         matches!(
             self.kind(),
@@ -243,6 +256,28 @@ mod tests {
                 }),
                 ErrorKind::VersionMismatch,
             ),
+            (
+                Error::Refused(Refusal::QuotaExceeded {
+                    quota: "leases_per_uid".into(),
+                    used: 4,
+                    limit: 4,
+                }),
+                ErrorKind::QuotaExceeded,
+            ),
+            (
+                Error::Refused(Refusal::UnknownService { name: "web".into() }),
+                ErrorKind::UnknownService,
+            ),
+            (
+                Error::Failed(Failure::NotPermitted { reason: "x".into() }),
+                ErrorKind::NotPermitted,
+            ),
+            (
+                Error::Failed(Failure::ReloadFailed {
+                    error: "line 3: x".into(),
+                }),
+                ErrorKind::ReloadFailed,
+            ),
             (Error::Failed(Failure::HelloRequired), ErrorKind::Protocol),
             (Error::NoSocketPath(PathError), ErrorKind::Unreachable),
             (
@@ -286,6 +321,18 @@ mod tests {
         });
         assert!(outside.is_in_use());
         assert!(outside.holder().is_none());
+
+        let admin_only = Error::Failed(Failure::NotPermitted {
+            reason: "reloading needs root or an admin group".into(),
+        });
+        assert!(admin_only.is_not_permitted());
+        assert!(!admin_only.is_in_use());
+        let quota = Error::Refused(Refusal::QuotaExceeded {
+            quota: "leases_per_uid".into(),
+            used: 4,
+            limit: 4,
+        });
+        assert!(!quota.is_in_use() && !quota.is_not_permitted());
 
         let unreachable = Error::Unreachable {
             path: "/run/x.sock".into(),

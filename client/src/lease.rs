@@ -22,13 +22,22 @@ pub struct Lease {
     released: bool,
 }
 
+/// What a `Granted` answer answers, to check it against.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Asked<'a> {
+    /// A `Lease` of these specs: one socket per spec, in order and of its transport.
+    Specs(&'a [SocketSpec]),
+    /// A `LeaseNamed` of this service: the policy decides the sockets.
+    Service(&'a str),
+}
+
 impl Lease {
     /// Checks a `Granted` answer against the request and wraps its fds. On any mismatch the
     /// half-built lease is dropped, which releases it at the broker.
     pub(crate) fn from_grant(
         shared: Arc<Shared>,
         id: LeaseId,
-        specs: &[SocketSpec],
+        asked: Asked<'_>,
         granted: Vec<GrantedSocket>,
         fds: Vec<OwnedFd>,
     ) -> Result<Lease, Error> {
@@ -39,22 +48,43 @@ impl Lease {
             sockets: Vec::with_capacity(fds.len()),
             released: false,
         };
-        if lease.granted.len() != specs.len() || fds.len() != specs.len() {
-            return Err(Error::protocol(format!(
-                "asked for {} sockets, the broker granted {} and sent {} file descriptors",
-                specs.len(),
-                lease.granted.len(),
-                fds.len()
-            )));
-        }
-        for ((fd, granted), spec) in fds.into_iter().zip(&lease.granted).zip(specs) {
-            if granted.transport != spec.transport {
-                return Err(Error::protocol(format!(
-                    "asked for {spec}, the broker granted {granted}"
-                )));
+        match asked {
+            Asked::Specs(specs) => {
+                if lease.granted.len() != specs.len() || fds.len() != specs.len() {
+                    return Err(Error::protocol(format!(
+                        "asked for {} sockets, the broker granted {} and sent {} file descriptors",
+                        specs.len(),
+                        lease.granted.len(),
+                        fds.len()
+                    )));
+                }
+                if let Some((spec, granted)) = specs
+                    .iter()
+                    .zip(&lease.granted)
+                    .find(|(spec, granted)| granted.transport != spec.transport)
+                {
+                    return Err(Error::protocol(format!(
+                        "asked for {spec}, the broker granted {granted}"
+                    )));
+                }
             }
-            lease.sockets.push(LeasedSocket::from_granted(fd, granted));
+            Asked::Service(name) => {
+                // Never without sockets: `local_addr` relies on it, as for a lease of specs.
+                if lease.granted.is_empty() || fds.len() != lease.granted.len() {
+                    return Err(Error::protocol(format!(
+                        "asked for the service {name:?}, the broker granted {} sockets and sent \
+                         {} file descriptors",
+                        lease.granted.len(),
+                        fds.len()
+                    )));
+                }
+            }
         }
+        lease.sockets = fds
+            .into_iter()
+            .zip(&lease.granted)
+            .map(|(fd, granted)| LeasedSocket::from_granted(fd, granted))
+            .collect();
         Ok(lease)
     }
 
@@ -63,8 +93,8 @@ impl Lease {
         self.id
     }
 
-    /// The granted addresses, with the ports the broker chose, in the order of the specs.
-    /// Unaffected by [`Lease::take_sockets`].
+    /// The granted addresses, with the ports the broker chose, in the order of the specs (or of
+    /// the service's sockets in the broker's policy). Unaffected by [`Lease::take_sockets`].
     pub fn granted(&self) -> &[GrantedSocket] {
         &self.granted
     }
@@ -72,11 +102,12 @@ impl Lease {
     /// The address of the first socket.
     pub fn local_addr(&self) -> SocketAddr {
         // A lease is never granted without sockets: `Broker::lease` refuses an empty request
-        // and `from_grant` checks the count.
+        // and `from_grant` checks the count (and refuses an empty named grant).
         self.granted[0].addr
     }
 
-    /// The sockets the `Lease` still owns, in spec order (taken ones are gone).
+    /// The sockets the `Lease` still owns, in the order of [`Lease::granted`] (taken ones are
+    /// gone).
     pub fn sockets(&self) -> &[LeasedSocket] {
         &self.sockets
     }

@@ -75,6 +75,7 @@ pub use lease::Lease;
 pub use socket::LeasedSocket;
 
 use connection::{Connection, Reply};
+use lease::Asked;
 use portbroker_proto::{Request, Response};
 
 /// Read and write timeout of a new connection.
@@ -125,6 +126,7 @@ fn unexpected(request: &str, response: &Response) -> Error {
         Response::Leases(_) => "Leases",
         Response::Status(_) => "Status",
         Response::Failed(_) => "Failed",
+        Response::Reloaded { .. } => "Reloaded",
     };
     Error::protocol(format!("the broker answered {request} with {name}"))
 }
@@ -258,13 +260,39 @@ impl Broker {
         let reply = self.shared.round_trip(&Request::Lease {
             sockets: specs.clone(),
         })?;
+        self.take_grant("Lease", reply, Asked::Specs(&specs))
+    }
+
+    /// Leases the sockets of the service `name`, as the broker's policy defines it: all are
+    /// granted, or none and the error says why ([`ErrorKind::UnknownService`] when the policy
+    /// has no such service). [`Lease::granted`] lists the sockets in the policy's order.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), portbroker::Error> {
+    /// let broker = portbroker::Broker::connect()?;
+    /// let lease = broker.lease_named("web")?;
+    /// for granted in lease.granted() {
+    ///     println!("web: {granted}");
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn lease_named(&self, name: &str) -> Result<Lease, Error> {
+        let reply = self.shared.round_trip(&Request::LeaseNamed {
+            name: name.to_owned(),
+        })?;
+        self.take_grant("LeaseNamed", reply, Asked::Service(name))
+    }
+
+    /// The answer to a lease request: a checked [`Lease`], or the refusal or failure.
+    fn take_grant(&self, request: &str, reply: Reply, asked: Asked<'_>) -> Result<Lease, Error> {
         match reply.response {
             Response::Granted { id, sockets, .. } => {
-                Lease::from_grant(Arc::clone(&self.shared), id, &specs, sockets, reply.fds)
+                Lease::from_grant(Arc::clone(&self.shared), id, asked, sockets, reply.fds)
             }
             Response::Refused(refusal) => Err(Error::Refused(refusal)),
             Response::Failed(failure) => Err(Error::Failed(failure)),
-            other => Err(unexpected("Lease", &other)),
+            other => Err(unexpected(request, &other)),
         }
     }
 
@@ -300,6 +328,28 @@ impl Broker {
             Response::Status(status) => Ok(status),
             Response::Failed(failure) => Err(Error::Failed(failure)),
             other => Err(unexpected("Status", &other)),
+        }
+    }
+
+    /// Makes the broker re-read its policy file, and returns the number of rules and of named
+    /// services in the new policy. Allowed to root and to the policy's admin groups; others get
+    /// [`ErrorKind::NotPermitted`]. A file that does not load fails with
+    /// [`ErrorKind::ReloadFailed`], whose message names the file's error (with its line where
+    /// known), and the policy in force stays as it was.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), portbroker::Error> {
+    /// let broker = portbroker::Broker::connect()?;
+    /// let (rules, services) = broker.reload()?;
+    /// println!("reloaded: {rules} rules, {services} services");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn reload(&self) -> Result<(u32, u32), Error> {
+        match self.shared.round_trip(&Request::Reload)?.response {
+            Response::Reloaded { rules, services } => Ok((rules, services)),
+            Response::Failed(failure) => Err(Error::Failed(failure)),
+            other => Err(unexpected("Reload", &other)),
         }
     }
 }

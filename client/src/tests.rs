@@ -100,39 +100,53 @@ fn send_response(stream: &UnixStream, response: &Response, fds: &[OwnedFd]) -> b
     }
 }
 
-/// Binds what a Lease asks for on 127.0.0.1 and grants it; answers Release.
+/// Binds sockets of these transports on 127.0.0.1 and grants them as lease `id`.
+fn grant(id: u64, transports: impl IntoIterator<Item = Transport>) -> (Response, Vec<OwnedFd>) {
+    let mut granted = Vec::new();
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    for transport in transports {
+        let (addr, fd): (_, OwnedFd) = match transport {
+            Transport::Tcp => {
+                let l = TcpListener::bind("127.0.0.1:0").unwrap();
+                (l.local_addr().unwrap(), l.into())
+            }
+            Transport::Udp => {
+                let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+                (s.local_addr().unwrap(), s.into())
+            }
+        };
+        granted.push(GrantedSocket {
+            transport,
+            addr,
+            listening: transport == Transport::Tcp,
+        });
+        fds.push(fd);
+    }
+    let response = Response::Granted {
+        id: LeaseId(id),
+        fds: fds.len() as u32,
+        sockets: granted,
+    };
+    (response, fds)
+}
+
+/// Binds what a Lease asks for on 127.0.0.1 and grants it; grants the service "web" as a TCP
+/// and a UDP socket and refuses other names; answers Release.
 fn granting_handler() -> Handler {
-    let mut next_id = 1;
+    let mut next_id = 0;
     Box::new(move |request| match request {
         Request::Lease { sockets } => {
-            let mut granted = Vec::new();
-            let mut fds: Vec<OwnedFd> = Vec::new();
-            for spec in &sockets {
-                let (addr, fd): (_, OwnedFd) = match spec.transport {
-                    Transport::Tcp => {
-                        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-                        (l.local_addr().unwrap(), l.into())
-                    }
-                    Transport::Udp => {
-                        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-                        (s.local_addr().unwrap(), s.into())
-                    }
-                };
-                granted.push(GrantedSocket {
-                    transport: spec.transport,
-                    addr,
-                    listening: spec.transport == Transport::Tcp,
-                });
-                fds.push(fd);
-            }
             next_id += 1;
-            let response = Response::Granted {
-                id: LeaseId(next_id - 1),
-                fds: fds.len() as u32,
-                sockets: granted,
-            };
-            (response, fds)
+            grant(next_id, sockets.iter().map(|spec| spec.transport))
         }
+        Request::LeaseNamed { name } if name == "web" => {
+            next_id += 1;
+            grant(next_id, [Transport::Tcp, Transport::Udp])
+        }
+        Request::LeaseNamed { name } => (
+            Response::Refused(Refusal::UnknownService { name }),
+            Vec::new(),
+        ),
         Request::Release { id } => (Response::Released { id }, Vec::new()),
         other => panic!("unexpected request {other:?}"),
     })
@@ -181,6 +195,111 @@ fn hello_then_lease_then_release() {
     assert!(matches!(requests[1], Request::Lease { .. }));
     assert_eq!(requests[2], Request::Release { id: LeaseId(1) });
     assert_eq!(requests.len(), 3);
+}
+
+#[test]
+fn a_named_lease_takes_the_sockets_the_broker_grants() {
+    let fake = FakeBroker::start(granting_handler());
+    let broker = Broker::connect_to(&fake.path).unwrap();
+    let lease = broker.lease_named("web").unwrap();
+    assert_eq!(lease.id(), LeaseId(1));
+    assert_eq!(lease.granted().len(), 2);
+    assert!(matches!(lease.sockets()[0], LeasedSocket::TcpListener(_)));
+    assert!(matches!(lease.sockets()[1], LeasedSocket::Udp(_)));
+    assert_eq!(
+        lease.udp_socket().unwrap().local_addr().unwrap(),
+        lease.granted()[1].addr
+    );
+    let tcp = lease.tcp_listener().unwrap();
+    assert_eq!(tcp.local_addr().unwrap(), lease.local_addr());
+    let _client = std::net::TcpStream::connect(lease.local_addr()).unwrap();
+    tcp.accept().unwrap();
+
+    let err = broker.lease_named("mail").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::UnknownService);
+    assert!(err.to_string().contains("\"mail\""), "{err}");
+
+    lease.release().unwrap();
+    drop(broker);
+    assert_eq!(
+        fake.requests()[1..],
+        [
+            Request::LeaseNamed { name: "web".into() },
+            Request::LeaseNamed {
+                name: "mail".into()
+            },
+            Request::Release { id: LeaseId(1) },
+        ]
+    );
+}
+
+#[test]
+fn a_named_grant_without_its_sockets_is_a_protocol_error_and_released() {
+    let fake = FakeBroker::start(Box::new(|request| match request {
+        // Two sockets announced, one fd sent.
+        Request::LeaseNamed { .. } => {
+            let (response, mut fds) = grant(5, [Transport::Udp, Transport::Udp]);
+            let Response::Granted { id, sockets, .. } = response else {
+                unreachable!()
+            };
+            fds.pop();
+            (
+                Response::Granted {
+                    id,
+                    sockets,
+                    fds: 1,
+                },
+                fds,
+            )
+        }
+        Request::Release { id } => (Response::Released { id }, Vec::new()),
+        other => panic!("unexpected request {other:?}"),
+    }));
+    let broker = Broker::connect_to(&fake.path).unwrap();
+    let err = broker.lease_named("dns").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Protocol);
+    assert!(
+        err.to_string().contains("granted 2 sockets and sent 1"),
+        "{err}"
+    );
+    drop(broker);
+    assert_eq!(
+        fake.requests().last(),
+        Some(&Request::Release { id: LeaseId(5) })
+    );
+}
+
+#[test]
+fn reload_reports_the_new_policy_or_why_not() {
+    let mut answers = vec![
+        Response::Failed(Failure::NotPermitted {
+            reason: "uid 1000 is not an administrator".into(),
+        }),
+        Response::Failed(Failure::ReloadFailed {
+            error: "/etc/portbroker/policy.toml, line 7: unknown key `prot`".into(),
+        }),
+        Response::Reloaded {
+            rules: 3,
+            services: 2,
+        },
+    ];
+    let fake = FakeBroker::start(Box::new(move |request| {
+        assert_eq!(request, Request::Reload);
+        (answers.pop().expect("three answers"), Vec::new())
+    }));
+    let broker = Broker::connect_to(&fake.path).unwrap();
+    assert_eq!(broker.reload().unwrap(), (3, 2));
+
+    let err = broker.reload().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ReloadFailed);
+    assert!(!err.is_not_permitted());
+    assert!(err.to_string().contains("line 7"), "{err}");
+
+    let err = broker.reload().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotPermitted);
+    assert!(err.is_not_permitted(), "{err}");
+    drop(broker);
+    assert_eq!(fake.requests().len(), 4);
 }
 
 #[test]
@@ -267,12 +386,27 @@ fn refusals_and_failures_come_back_as_errors() {
 
 #[test]
 fn an_unexpected_answer_is_a_protocol_error() {
-    let fake = FakeBroker::start(Box::new(|_| (Response::Leases(Vec::new()), Vec::new())));
+    let fake = FakeBroker::start(Box::new(|request| match request {
+        Request::Status => (Response::Leases(Vec::new()), Vec::new()),
+        _ => (
+            Response::Reloaded {
+                rules: 0,
+                services: 0,
+            },
+            Vec::new(),
+        ),
+    }));
     let broker = Broker::connect_to(&fake.path).unwrap();
     let err = broker.status().unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Protocol);
     assert!(
         err.to_string().contains("answered Status with Leases"),
+        "{err}"
+    );
+    let err = broker.lease_named("web").unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("answered LeaseNamed with Reloaded"),
         "{err}"
     );
 }

@@ -67,7 +67,7 @@ pub use paths::{default_socket_path, PathError, SOCKET_ENV};
 pub use spec::SpecError;
 
 /// The protocol version this crate speaks. Independent of the crate version.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The identifier of a lease, unique for the life of a broker.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -282,6 +282,13 @@ pub enum Request {
     List,
     /// Report the broker's state.
     Status,
+    /// Lease a named service of the broker's policy (its sockets, granted as one unit).
+    LeaseNamed {
+        /// The service's name.
+        name: String,
+    },
+    /// Re-read the policy file. Allowed to root and to the policy's admin groups.
+    Reload,
 }
 
 /// Why a lease was refused. A refusal leaves no trace: nothing of the request stays bound.
@@ -340,6 +347,20 @@ pub enum Refusal {
         /// Its text, as the broker's libc describes it.
         message: String,
     },
+    /// A quota of the policy is used up.
+    QuotaExceeded {
+        /// Which quota, as the policy names it (`leases_per_uid`, `leases_total`, ...).
+        quota: String,
+        /// How much of it is in use.
+        used: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The policy has no service of this name.
+    UnknownService {
+        /// The name asked for.
+        name: String,
+    },
 }
 
 impl fmt::Display for Refusal {
@@ -368,6 +389,10 @@ impl fmt::Display for Refusal {
                 f,
                 "binding {transport}:{requested} failed: {message} (errno {errno})"
             ),
+            Refusal::QuotaExceeded { quota, used, limit } => {
+                write!(f, "quota exceeded ({used} of {limit}): {quota}")
+            }
+            Refusal::UnknownService { name } => write!(f, "the policy has no service named {name:?}"),
         }
     }
 }
@@ -403,6 +428,16 @@ pub enum Failure {
         /// Its holder's uid.
         holder_uid: u32,
     },
+    /// The request needs an administrator: root or a member of the policy's admin groups.
+    NotPermitted {
+        /// What was refused, and why.
+        reason: String,
+    },
+    /// The policy file could not be loaded; the policy in force is unchanged.
+    ReloadFailed {
+        /// The file's error, with its line and column where known.
+        error: String,
+    },
 }
 
 impl fmt::Display for Failure {
@@ -417,8 +452,13 @@ impl fmt::Display for Failure {
             Failure::DuplicateHello => f.write_str("Hello was already sent on this connection"),
             Failure::Malformed { detail } => write!(f, "malformed request: {detail}"),
             Failure::UnknownLease { id } => write!(f, "no live lease has id {id}"),
-            Failure::NotYourLease { id, holder_uid } => {
-                write!(f, "lease {id} belongs to uid {holder_uid}; only that user or root may release it")
+            Failure::NotYourLease { id, holder_uid } => write!(
+                f,
+                "lease {id} belongs to uid {holder_uid}; only that user or an administrator may release it"
+            ),
+            Failure::NotPermitted { reason } => write!(f, "not permitted: {reason}"),
+            Failure::ReloadFailed { error } => {
+                write!(f, "the policy was not reloaded and stays as it was: {error}")
             }
         }
     }
@@ -456,4 +496,11 @@ pub enum Response {
     Status(StatusInfo),
     /// The request failed.
     Failed(Failure),
+    /// The policy was reloaded.
+    Reloaded {
+        /// Rules in the new policy.
+        rules: u32,
+        /// Named services in the new policy.
+        services: u32,
+    },
 }

@@ -101,13 +101,33 @@ impl Daemon {
     }
 
     pub fn start_with(extra_args: &[&str]) -> Daemon {
+        Self::launch(tempfile::tempdir().unwrap(), extra_args)
+    }
+
+    /// A daemon that other users can reach: its directory (and so its socket's) is mode 0755,
+    /// and, given a policy, it runs with `--config <dir>/portbroker.toml` holding that text.
+    /// Without a policy it gets no `--config`; pass `--no-config` for the built-in defaults.
+    pub fn start_for_all_users(policy: Option<&str>, extra_args: &[&str]) -> Daemon {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut args = extra_args.to_vec();
+        let config = dir.path().join(POLICY_FILE);
+        let config_arg = config.display().to_string();
+        if let Some(text) = policy {
+            std::fs::write(&config, text).unwrap();
+            args.extend(["--config", config_arg.as_str()]);
+        }
+        Self::launch(dir, &args)
+    }
+
+    fn launch(dir: tempfile::TempDir, extra_args: &[&str]) -> Daemon {
         // Each daemon of a test binary gets its own slice of the pool space, so parallel tests
         // do not skip over each other's ports.
         static NEXT_SLICE: AtomicUsize = AtomicUsize::new(0);
         let slice = NEXT_SLICE.fetch_add(1, Ordering::Relaxed) % 20;
         let lo = 61000 + 200 * slice as u16;
         let pool = (lo, lo + 199);
-        let dir = tempfile::tempdir().unwrap();
         let log = std::fs::File::create(dir.path().join("portbrokerd.log")).unwrap();
         let mut args: Vec<String> = vec!["-v".into()];
         let socket = match extra_args.iter().position(|&a| a == "--socket") {
@@ -125,6 +145,8 @@ impl Daemon {
         let child = Command::new(portbrokerd_bin())
             .args(&args)
             .env_remove("RUST_LOG")
+            // Only what a test passes decides the policy, never the environment of the run.
+            .env_remove("PORTBROKER_CONFIG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -166,6 +188,25 @@ impl Daemon {
     /// `portctl` talking to this daemon through PORTBROKER_SOCKET.
     pub fn portctl(&self) -> Command {
         let mut cmd = Command::new(portctl_bin());
+        cmd.env("PORTBROKER_SOCKET", &self.socket);
+        cmd
+    }
+
+    /// The policy file of a daemon started by [`Daemon::start_for_all_users`] with a policy;
+    /// rewrite it, then reload.
+    pub fn policy_file(&self) -> PathBuf {
+        self.dir.path().join(POLICY_FILE)
+    }
+
+    /// `portctl` run as `uid` (and gid `uid`, no supplementary groups) through setpriv, talking
+    /// to this daemon, with nothing of this process's environment but a plain PATH.
+    pub fn portctl_as(&self, uid: u32) -> Command {
+        self.portctl_as_in_groups(uid, &[])
+    }
+
+    /// [`Daemon::portctl_as`] with these supplementary groups.
+    pub fn portctl_as_in_groups(&self, uid: u32, groups: &[u32]) -> Command {
+        let mut cmd = as_user(uid, groups, Path::new(portctl_bin()));
         cmd.env("PORTBROKER_SOCKET", &self.socket);
         cmd
     }
@@ -217,6 +258,66 @@ impl Drop for Daemon {
             let _ = self.child.wait();
         }
     }
+}
+
+/// The name of the policy file in a daemon's directory.
+const POLICY_FILE: &str = "portbroker.toml";
+
+/// util-linux setpriv, which runs a program as another user.
+pub fn setpriv_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let found = ["/usr/bin/setpriv", "/bin/setpriv", "/usr/sbin/setpriv"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists());
+        found.unwrap_or_else(|| {
+            panic!(
+                "setpriv (util-linux) is needed to run clients as other users and was not found \
+                 in /usr/bin, /bin or /usr/sbin; install util-linux"
+            )
+        })
+    })
+}
+
+/// `program` run as `uid` and gid `uid` with exactly `groups` as supplementary groups, with an
+/// environment of a plain PATH only. Needs root; checks once that the workspace's binaries can
+/// be reached and run by an unprivileged user.
+pub fn as_user(uid: u32, groups: &[u32], program: &Path) -> Command {
+    static CHECKED: OnceLock<()> = OnceLock::new();
+    CHECKED.get_or_init(|| {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "running clients as other users needs root (CI runs the tests as root)"
+        );
+        let out = setpriv_command(65534, &[], Path::new(portctl_bin()))
+            .arg("--version")
+            .output()
+            .expect("run setpriv");
+        assert!(
+            out.status.success(),
+            "uid 65534 cannot run {}: is every directory of its path traversable (o+x)? {out:?}",
+            portctl_bin()
+        );
+    });
+    setpriv_command(uid, groups, program)
+}
+
+fn setpriv_command(uid: u32, groups: &[u32], program: &Path) -> Command {
+    let mut cmd = Command::new(setpriv_bin());
+    cmd.arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={uid}"));
+    if groups.is_empty() {
+        cmd.arg("--clear-groups");
+    } else {
+        let list: Vec<String> = groups.iter().map(u32::to_string).collect();
+        cmd.arg(format!("--groups={}", list.join(",")));
+    }
+    cmd.arg("--")
+        .arg(program)
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin");
+    cmd
 }
 
 /// Raises this process's open-file limit to its hard limit (tests that open many connections).

@@ -40,14 +40,21 @@ pub enum Command {
         /// The lease id, as `portctl list` shows it
         id: u64,
     },
+    /// Make the broker re-read its policy file (root or the policy's admin groups only)
+    ///
+    /// Prints the number of rules and services loaded. A file that does not load leaves the
+    /// policy in force as it was; the error names the file's line.
+    Reload,
 }
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:\n  \
     portctl run tcp:8080 -- python3 -m http.server\n  \
-    portctl run http=tcp:127.0.0.1:0 dns=udp:[::1]:5353 -- ./server\n\n\
+    portctl run http=tcp:127.0.0.1:0 dns=udp:[::1]:5353 -- ./server\n  \
+    portctl run web -- ./server\n\n\
     CMD gets LISTEN_FDS=n, LISTEN_PID=<its pid> and LISTEN_FDNAMES=name1:name2; a socket's \
-    default name is tcp-PORT or udp-PORT.")]
+    default name is tcp-PORT or udp-PORT, and every socket of a service is named after the \
+    service.")]
 pub struct RunArgs {
     /// Do not print the leased sockets before starting CMD
     #[arg(short, long)]
@@ -59,7 +66,8 @@ pub struct RunArgs {
         value_name = "SPEC",
         help = "A socket to lease: [NAME=]PROTO:[ADDR:]PORT, such as tcp:8080, \
                 http=tcp:127.0.0.1:0 or udp:[::1]:5353; port 0 takes any free port from the \
-                broker's pool"
+                broker's pool. Or, alone, the name of a service of the broker's policy (no ':'), \
+                such as web, to lease that service's sockets"
     )]
     pub specs: Vec<String>,
 
@@ -101,6 +109,27 @@ mod tests {
     fn run_needs_a_spec_and_a_command() {
         assert!(parse(&["run", "tcp:80"]).is_err());
         assert!(parse(&["run", "--", "prog"]).is_err());
+    }
+
+    #[test]
+    fn run_takes_a_service_name_like_a_spec() {
+        let cli = parse(&["run", "web", "--", "prog"]).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(args.specs, ["web"]);
+        assert_eq!(args.command, ["prog"]);
+    }
+
+    #[test]
+    fn reload_takes_no_argument() {
+        assert!(matches!(
+            parse(&["reload"]).unwrap().command,
+            Command::Reload
+        ));
+        let cli = parse(&["reload", "--socket", "/s"]).unwrap();
+        assert_eq!(cli.socket, Some(PathBuf::from("/s")));
+        assert!(parse(&["reload", "now"]).is_err());
     }
 
     #[test]

@@ -15,12 +15,14 @@ pub const USAGE: u8 = 64;
 pub const UNAVAILABLE: u8 = 69;
 /// A bind failed, or another OS error.
 pub const OS_ERROR: u8 = 71;
-/// Temporary: the address is in use or the pool is exhausted.
+/// Temporary: the address is in use, the pool is exhausted or a quota is used up.
 pub const TEMPORARY: u8 = 75;
 /// The broker and this client disagree about the protocol.
 pub const PROTOCOL: u8 = 76;
-/// The broker's policy forbids it.
+/// The broker's policy forbids it, or it needs an administrator.
 pub const NOT_PERMITTED: u8 = 77;
+/// Configuration: the policy has no such service, or its file does not load (`EX_CONFIG`).
+pub const CONFIG: u8 = 78;
 /// A lease id that no live lease has.
 pub const UNKNOWN_LEASE: u8 = 1;
 
@@ -42,12 +44,16 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
 
 fn code_for_kind(kind: ErrorKind) -> u8 {
     match kind {
-        ErrorKind::InUse | ErrorKind::InUseOutside | ErrorKind::PoolExhausted => TEMPORARY,
+        ErrorKind::InUse
+        | ErrorKind::InUseOutside
+        | ErrorKind::PoolExhausted
+        | ErrorKind::QuotaExceeded => TEMPORARY,
         ErrorKind::NotPermitted | ErrorKind::NotYourLease => NOT_PERMITTED,
         ErrorKind::Unreachable => UNAVAILABLE,
         ErrorKind::InvalidSpec => USAGE,
         ErrorKind::Protocol | ErrorKind::VersionMismatch => PROTOCOL,
         ErrorKind::UnknownLease => UNKNOWN_LEASE,
+        ErrorKind::UnknownService | ErrorKind::ReloadFailed => CONFIG,
         ErrorKind::BindFailed | ErrorKind::ConnectionLost => OS_ERROR,
         _ => OS_ERROR,
     }
@@ -89,6 +95,43 @@ mod tests {
         assert_eq!(code_for_kind(ErrorKind::BindFailed), OS_ERROR);
         assert_eq!(code_for(&anyhow::anyhow!("fork failed")), OS_ERROR);
         assert_eq!(code_for(&UsageError("bad".into()).into()), USAGE);
+    }
+
+    #[test]
+    fn policy_errors_map_to_sysexits() {
+        let cases = [
+            (
+                portbroker::Error::Refused(portbroker::Refusal::QuotaExceeded {
+                    quota: "leases_per_uid".into(),
+                    used: 8,
+                    limit: 8,
+                }),
+                TEMPORARY,
+            ),
+            (
+                portbroker::Error::Refused(portbroker::Refusal::UnknownService {
+                    name: "web".into(),
+                }),
+                CONFIG,
+            ),
+            (
+                portbroker::Error::Failed(portbroker::Failure::NotPermitted {
+                    reason: "reload needs an administrator".into(),
+                }),
+                NOT_PERMITTED,
+            ),
+            (
+                portbroker::Error::Failed(portbroker::Failure::ReloadFailed {
+                    error: "line 2: expected `=`".into(),
+                }),
+                CONFIG,
+            ),
+        ];
+        for (err, code) in cases {
+            let text = err.to_string();
+            assert_eq!(code_for(&err.into()), code, "{text}");
+        }
+        assert_eq!(CONFIG, 78);
     }
 
     #[test]

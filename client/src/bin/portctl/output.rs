@@ -1,4 +1,4 @@
-//! What `list` and `status` print, as tables for people and JSON for programs.
+//! What `list`, `status` and `reload` print, as tables for people and JSON for programs.
 
 use std::fmt::Write as _;
 use std::io::{self, Write as _};
@@ -143,6 +143,11 @@ pub fn status_text(status: &StatusInfo, socket: &Path) -> String {
     table(&rows)
 }
 
+/// What a successful `reload` prints.
+pub fn reloaded_text(rules: u32, services: u32) -> String {
+    format!("reloaded: {rules} rules, {services} services\n")
+}
+
 #[derive(Serialize)]
 struct StatusJson<'a> {
     daemon_version: &'a str,
@@ -245,6 +250,11 @@ mod tests {
         );
         assert_eq!(json[1]["addr"], "[::]:8080");
         assert_eq!(leases_json(&[]).unwrap().trim(), "[]");
+    }
+
+    #[test]
+    fn reload_reports_rules_and_services() {
+        assert_eq!(reloaded_text(12, 3), "reloaded: 12 rules, 3 services\n");
     }
 
     #[test]

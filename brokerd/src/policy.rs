@@ -1,0 +1,605 @@
+//! Who may lease what: the policy file, its built-in defaults, and the checks made per request.
+//!
+//! The file is TOML (see `systemd/portbroker.toml`, a commented example). Unknown keys are
+//! errors. Names of users and groups are resolved when the file is loaded, so a request costs
+//! no lookup: the checks below are a walk over a few rules.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use nix::unistd::{Group, User};
+use portbroker_proto::{PortRange, SocketSpec, Transport};
+use serde::Deserialize;
+
+/// Where the policy lives unless `--config` or `PORTBROKER_CONFIG` says otherwise.
+pub const DEFAULT_CONFIG: &str = "/etc/portbroker/portbroker.toml";
+/// The group whose members may use the socket by default, when it exists.
+const DEFAULT_GROUP: &str = "portbroker";
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileSocket {
+    path: Option<PathBuf>,
+    mode: Option<String>,
+    group: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FilePool {
+    range: Option<String>,
+}
+
+/// The `[limits]` table; every field has a safe default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub leases_per_uid: u64,
+    pub connections_per_uid: u64,
+    pub leases_total: u64,
+    pub hello_timeout_secs: u64,
+    pub idle_timeout_secs: u64,
+    pub requests_per_sec_per_uid: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            leases_per_uid: 1024,
+            connections_per_uid: 256,
+            leases_total: 65_536,
+            hello_timeout_secs: 10,
+            idle_timeout_secs: 600,
+            requests_per_sec_per_uid: 5000,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileAdmin {
+    #[serde(default)]
+    groups: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRule {
+    who: String,
+    ports: Vec<String>,
+    transports: Option<Vec<String>>,
+    addresses: Option<Vec<IpAddr>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileService {
+    sockets: Vec<String>,
+    who: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    socket: FileSocket,
+    #[serde(default)]
+    pool: FilePool,
+    #[serde(default)]
+    limits: Limits,
+    #[serde(default)]
+    admin: FileAdmin,
+    #[serde(default, rename = "rule")]
+    rules: Vec<FileRule>,
+    #[serde(default)]
+    services: BTreeMap<String, FileService>,
+}
+
+/// Whom a rule or service names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Who {
+    Everyone,
+    Uid(u32),
+    Gid(u32),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ports {
+    /// Any-port leases (port 0), served from the pool.
+    Pool,
+    Range(u16, u16),
+}
+
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// As written, for messages.
+    text: String,
+    who: Who,
+    ports: Vec<Ports>,
+    transports: Option<Vec<Transport>>,
+    addresses: Option<Vec<IpAddr>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Service {
+    pub sockets: Vec<SocketSpec>,
+    who: Option<Vec<Who>>,
+}
+
+/// The peer of a connection as the kernel reported it, with its groups from `/proc`.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub uid: u32,
+    /// The primary and the supplementary groups.
+    pub groups: Vec<u32>,
+}
+
+impl Identity {
+    fn is(&self, who: &Who) -> bool {
+        match who {
+            Who::Everyone => true,
+            Who::Uid(uid) => *uid == self.uid,
+            Who::Gid(gid) => self.groups.contains(gid),
+        }
+    }
+}
+
+/// The policy in force.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// The file it came from; `None` for the built-in defaults.
+    pub source: Option<PathBuf>,
+    pub socket_path: Option<PathBuf>,
+    pub socket_mode: u32,
+    pub socket_gid: Option<u32>,
+    pub pool: Option<PortRange>,
+    pub limits: Limits,
+    admin_gids: Vec<u32>,
+    rules: Vec<Rule>,
+    pub services: BTreeMap<String, Service>,
+}
+
+/// A policy file could not be used. The message names the file, and the key, line and column
+/// where the TOML parser knows them.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("{path}: {what}")]
+    Invalid { path: PathBuf, what: String },
+}
+
+fn parse_who(text: &str) -> Result<Who, String> {
+    let bad = || {
+        format!("who = {text:?}: expected \"everyone\", \"uid:N\", \"user:NAME\", \"gid:N\" or \"group:NAME\"")
+    };
+    if text == "everyone" {
+        return Ok(Who::Everyone);
+    }
+    let (kind, value) = text.split_once(':').ok_or_else(bad)?;
+    match kind {
+        "uid" => value.parse().map(Who::Uid).map_err(|_| bad()),
+        "gid" => value.parse().map(Who::Gid).map_err(|_| bad()),
+        "user" => match User::from_name(value) {
+            Ok(Some(user)) => Ok(Who::Uid(user.uid.as_raw())),
+            _ => Err(format!("who = {text:?}: no user named {value:?}")),
+        },
+        "group" => group_gid(value).map(Who::Gid),
+        _ => Err(bad()),
+    }
+}
+
+fn group_gid(name: &str) -> Result<u32, String> {
+    if let Ok(gid) = name.parse() {
+        return Ok(gid);
+    }
+    match Group::from_name(name) {
+        Ok(Some(group)) => Ok(group.gid.as_raw()),
+        _ => Err(format!("no group named {name:?}")),
+    }
+}
+
+fn parse_ports(text: &str) -> Result<Ports, String> {
+    if text == "pool" {
+        return Ok(Ports::Pool);
+    }
+    let bad = || {
+        format!("ports entry {text:?}: expected \"pool\", a port such as \"80\", or a range such as \"8000-8099\"")
+    };
+    let (lo, hi) = text.split_once('-').unwrap_or((text, text));
+    let lo: u16 = lo.trim().parse().map_err(|_| bad())?;
+    let hi: u16 = hi.trim().parse().map_err(|_| bad())?;
+    if lo == 0 || lo > hi {
+        return Err(bad());
+    }
+    Ok(Ports::Range(lo, hi))
+}
+
+pub fn parse_range(text: &str) -> Result<PortRange, String> {
+    let (lo, hi) = text
+        .split_once('-')
+        .ok_or("expected LO-HI, such as 61000-65535")?;
+    let port = |s: &str| {
+        s.trim()
+            .parse::<u16>()
+            .map_err(|_| format!("{s:?} is not a port number (1-65535)"))
+    };
+    let range = PortRange {
+        lo: port(lo)?,
+        hi: port(hi)?,
+    };
+    if range.lo == 0 || range.lo > range.hi {
+        return Err(format!("{text}: need 1 <= LO <= HI <= 65535"));
+    }
+    Ok(range)
+}
+
+impl Policy {
+    /// The built-in policy: root may lease anything; everyone else the pool and the ports from
+    /// `unprivileged_start` up, within the default limits.
+    pub fn defaults(unprivileged_start: u16) -> Policy {
+        let everyone = Rule {
+            text: format!(
+                "built-in: everyone may lease the pool and ports {unprivileged_start}-65535"
+            ),
+            who: Who::Everyone,
+            ports: vec![
+                Ports::Pool,
+                Ports::Range(unprivileged_start.max(1), u16::MAX),
+            ],
+            transports: None,
+            addresses: None,
+        };
+        Policy {
+            source: None,
+            socket_path: None,
+            socket_mode: 0,
+            socket_gid: None,
+            pool: None,
+            limits: Limits::default(),
+            admin_gids: Vec::new(),
+            rules: vec![everyone],
+            services: BTreeMap::new(),
+        }
+        .with_socket_defaults(None, None)
+    }
+
+    fn with_socket_defaults(mut self, mode: Option<u32>, gid: Option<u32>) -> Policy {
+        let gid = gid.or_else(|| group_gid(DEFAULT_GROUP).ok());
+        self.socket_gid = gid;
+        self.socket_mode = mode.unwrap_or(if gid.is_some() { 0o660 } else { 0o666 });
+        self
+    }
+
+    pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Policy, PolicyError> {
+        let file: File = toml::from_str(text).map_err(|source| PolicyError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        let invalid = |what: String| PolicyError::Invalid {
+            path: path.to_owned(),
+            what,
+        };
+        let mode = match &file.socket.mode {
+            Some(text) => Some(
+                u32::from_str_radix(text.trim_start_matches("0o"), 8)
+                    .ok()
+                    .filter(|m| *m <= 0o777)
+                    .ok_or_else(|| {
+                        invalid(format!(
+                            "[socket] mode = {text:?}: expected octal such as \"0660\""
+                        ))
+                    })?,
+            ),
+            None => None,
+        };
+        let gid = match &file.socket.group {
+            Some(name) => {
+                Some(group_gid(name).map_err(|e| invalid(format!("[socket] group: {e}")))?)
+            }
+            None => None,
+        };
+        let pool = match &file.pool.range {
+            Some(text) => {
+                Some(parse_range(text).map_err(|e| invalid(format!("[pool] range: {e}")))?)
+            }
+            None => None,
+        };
+        let admin_gids = file
+            .admin
+            .groups
+            .iter()
+            .map(|name| group_gid(name).map_err(|e| invalid(format!("[admin] groups: {e}"))))
+            .collect::<Result<_, _>>()?;
+        let mut rules = Vec::with_capacity(file.rules.len());
+        for (index, rule) in file.rules.iter().enumerate() {
+            let number = index + 1;
+            let context = |e: String| invalid(format!("rule #{number}: {e}"));
+            let who = parse_who(&rule.who).map_err(context)?;
+            let ports = rule
+                .ports
+                .iter()
+                .map(|p| parse_ports(p))
+                .collect::<Result<_, _>>()
+                .map_err(context)?;
+            let transports = match &rule.transports {
+                Some(list) => Some(
+                    list.iter()
+                        .map(|t| {
+                            t.parse::<Transport>()
+                                .map_err(|e| context(format!("transports: {t:?}: {e}")))
+                        })
+                        .collect::<Result<_, _>>()?,
+                ),
+                None => None,
+            };
+            rules.push(Rule {
+                text: format!("rule #{number} (who = {:?})", rule.who),
+                who,
+                ports,
+                transports,
+                addresses: rule.addresses.clone(),
+            });
+        }
+        let mut services = BTreeMap::new();
+        for (name, service) in &file.services {
+            let context = |e: String| invalid(format!("[services.{name}]: {e}"));
+            if service.sockets.is_empty() {
+                return Err(context("sockets must name at least one socket".into()));
+            }
+            let sockets = service
+                .sockets
+                .iter()
+                .map(|s| s.parse::<SocketSpec>().map_err(|e| context(e.to_string())))
+                .collect::<Result<_, _>>()?;
+            let who = match &service.who {
+                Some(list) => Some(
+                    list.iter()
+                        .map(|w| parse_who(w))
+                        .collect::<Result<_, _>>()
+                        .map_err(context)?,
+                ),
+                None => None,
+            };
+            services.insert(name.clone(), Service { sockets, who });
+        }
+        Ok(Policy {
+            source: Some(path.to_owned()),
+            socket_path: file.socket.path,
+            socket_mode: 0,
+            socket_gid: None,
+            pool,
+            limits: file.limits,
+            admin_gids,
+            rules,
+            services,
+        }
+        .with_socket_defaults(mode, gid))
+    }
+
+    pub fn rule_count(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// Root, or a member of an admin group.
+    pub fn is_admin(&self, who: &Identity) -> bool {
+        who.uid == 0 || who.groups.iter().any(|g| self.admin_gids.contains(g))
+    }
+
+    /// Whether `who` may lease `spec` bound to `ip`; the refusal says which rules decided.
+    pub fn permits(&self, who: &Identity, spec: &SocketSpec, ip: IpAddr) -> Result<(), String> {
+        if who.uid == 0 {
+            return Ok(());
+        }
+        let mut named = Vec::new();
+        for rule in &self.rules {
+            if !who.is(&rule.who) {
+                continue;
+            }
+            let transport_ok = rule
+                .transports
+                .as_ref()
+                .is_none_or(|t| t.contains(&spec.transport));
+            let address_ok = rule.addresses.as_ref().is_none_or(|a| a.contains(&ip));
+            let port_ok = rule.ports.iter().any(|p| match (p, spec.port) {
+                (Ports::Pool, 0) => true,
+                (Ports::Range(lo, hi), port) => port != 0 && (*lo..=*hi).contains(&port),
+                (Ports::Pool, _) => false,
+            });
+            if transport_ok && address_ok && port_ok {
+                return Ok(());
+            }
+            named.push(rule.text.as_str());
+        }
+        let asked = SpecAt { spec, ip };
+        let source = self
+            .source
+            .as_ref()
+            .map_or("the built-in policy".to_owned(), |p| {
+                p.display().to_string()
+            });
+        Err(if named.is_empty() {
+            format!(
+                "no rule allows uid {} to lease {asked} (rules: {}) in {source}; the uid's groups: {:?}",
+                who.uid,
+                self.rules.len(),
+                who.groups
+            )
+        } else {
+            format!(
+                "{} of {source} do not cover {asked} for uid {}",
+                named.join(", "),
+                who.uid
+            )
+        })
+    }
+
+    /// Whether `who` may lease the service by name: `Ok(true)` when the service's own `who`
+    /// list admits it (its sockets need no rule), `Ok(false)` when the rules decide.
+    pub fn may_use_service(
+        &self,
+        who: &Identity,
+        name: &str,
+        service: &Service,
+    ) -> Result<bool, String> {
+        match &service.who {
+            None => Ok(who.uid == 0),
+            Some(list) if who.uid == 0 || list.iter().any(|w| who.is(w)) => Ok(true),
+            Some(_) => Err(format!(
+                "the service {name:?} is not open to uid {}",
+                who.uid
+            )),
+        }
+    }
+}
+
+struct SpecAt<'a> {
+    spec: &'a SocketSpec,
+    ip: IpAddr,
+}
+
+impl fmt::Display for SpecAt<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let spec = SocketSpec {
+            addr: Some(self.ip),
+            ..*self.spec
+        };
+        write!(f, "{spec}")
+    }
+}
+
+/// The uid's groups: the primary one and the supplementary ones of its process, as `/proc` says.
+pub fn groups_of(pid: i32, gid: u32) -> Vec<u32> {
+    let mut groups = vec![gid];
+    if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+        if let Some(line) = status.lines().find_map(|l| l.strip_prefix("Groups:")) {
+            groups.extend(
+                line.split_whitespace()
+                    .filter_map(|g| g.parse::<u32>().ok()),
+            );
+        }
+    }
+    groups.sort_unstable();
+    groups.dedup();
+    groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    fn user(uid: u32) -> Identity {
+        Identity {
+            uid,
+            groups: vec![uid],
+        }
+    }
+
+    fn spec(text: &str) -> SocketSpec {
+        text.parse().unwrap()
+    }
+
+    const LO: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+    #[test]
+    fn the_built_in_policy_allows_the_pool_and_unprivileged_ports() {
+        let policy = Policy::defaults(1024);
+        assert!(policy
+            .permits(&user(1000), &spec("tcp:127.0.0.1:0"), LO)
+            .is_ok());
+        assert!(policy
+            .permits(&user(1000), &spec("udp:127.0.0.1:5353"), LO)
+            .is_ok());
+        let err = policy
+            .permits(&user(1000), &spec("tcp:127.0.0.1:80"), LO)
+            .unwrap_err();
+        assert!(
+            err.contains("built-in") && err.contains("tcp:127.0.0.1:80"),
+            "{err}"
+        );
+        assert!(policy
+            .permits(&user(0), &spec("tcp:127.0.0.1:80"), LO)
+            .is_ok());
+    }
+
+    #[test]
+    fn rules_decide_and_the_refusal_names_them() {
+        let text = r#"
+            [[rule]]
+            who = "uid:65534"
+            ports = ["80", "8000-8099"]
+            transports = ["tcp"]
+            addresses = ["127.0.0.1"]
+        "#;
+        let policy = Policy::parse(Path::new("test.toml"), text).unwrap();
+        assert!(policy
+            .permits(&user(65534), &spec("tcp:127.0.0.1:80"), LO)
+            .is_ok());
+        assert!(policy
+            .permits(&user(65534), &spec("tcp:127.0.0.1:8050"), LO)
+            .is_ok());
+        let err = policy
+            .permits(&user(65534), &spec("udp:127.0.0.1:80"), LO)
+            .unwrap_err();
+        assert!(err.contains("rule #1 (who = \"uid:65534\")"), "{err}");
+        let err = policy
+            .permits(&user(65534), &spec("tcp:127.0.0.1:0"), LO)
+            .unwrap_err();
+        assert!(err.contains("rule #1"), "the pool is not granted: {err}");
+        let err = policy
+            .permits(&user(65533), &spec("tcp:127.0.0.1:80"), LO)
+            .unwrap_err();
+        assert!(
+            err.contains(
+                "no rule allows uid 65533 to lease tcp:127.0.0.1:80 (rules: 1) in test.toml"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_their_line() {
+        let text = "[limits]\nleases_per_uid = 3\ncolour = \"red\"\n";
+        let err = Policy::parse(Path::new("p.toml"), text)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("colour") && err.contains("line 3"), "{err}");
+        let err = Policy::parse(
+            Path::new("p.toml"),
+            "[[rule]]\nwho = \"nobody-at-all\"\nports = [\"80\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("rule #1") && err.contains("nobody-at-all"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_shipped_example_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd/portbroker.toml");
+        let policy = Policy::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert!(policy.rule_count() >= 1);
+        assert!(policy.services.contains_key("web"));
+    }
+}
