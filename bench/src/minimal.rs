@@ -122,7 +122,7 @@ pub fn serve(path: &Path, pool: (u16, u16)) -> Result<()> {
                         }
                     }
                     Ok(Request::Release { id }) => Response::Released { id },
-                    Ok(Request::LeaseNamed { .. } | Request::Reload) => {
+                    Ok(Request::LeaseNamed { .. } | Request::Reload | Request::Revoke { .. }) => {
                         Response::Failed(portbroker_proto::Failure::NotPermitted {
                             reason: "the minimal server has no policy".into(),
                         })

@@ -5,6 +5,7 @@ mod bind;
 mod log_buffer;
 mod peer;
 mod policy;
+mod revoke;
 mod server;
 mod socket_file;
 mod table;

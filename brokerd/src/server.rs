@@ -403,7 +403,7 @@ impl Server {
                 SIGHUP => {
                     info!("received SIGHUP: reloading the policy");
                     if let Err(err) = self.reload() {
-                        warn!("{err}");
+                        warn!("the policy was not reloaded and stays as it was: {err}");
                     }
                 }
                 other => debug!("ignoring signal {other}"),
@@ -736,6 +736,7 @@ impl Server {
             Request::Lease { sockets } => self.grant(id, &sockets, true),
             Request::LeaseNamed { name } => self.lease_named(id, &name),
             Request::Release { id: lease } => self.release(id, lease),
+            Request::Revoke { id: lease } => self.revoke(id, lease),
             Request::Reload => {
                 let Some(conn) = self.conns.get(&id) else {
                     return;
@@ -753,7 +754,7 @@ impl Server {
                     match self.reload() {
                         Ok((rules, services)) => Response::Reloaded { rules, services },
                         Err(error) => {
-                            warn!("{error}");
+                            warn!("the policy was not reloaded and stays as it was: {error}");
                             Response::Failed(Failure::ReloadFailed { error })
                         }
                     }
@@ -818,9 +819,13 @@ impl Server {
         match outcome {
             Ok(bound) => {
                 let (sockets, fds): (Vec<GrantedSocket>, Vec<OwnedFd>) = bound.into_iter().unzip();
-                let lease = self
-                    .table
-                    .insert(id, holder.clone(), unix_now(), sockets.clone());
+                let inodes = fds
+                    .iter()
+                    .map(|fd| rustix::fs::fstat(fd).map_or(0, |st| st.st_ino))
+                    .collect();
+                let lease =
+                    self.table
+                        .insert(id, holder.clone(), unix_now(), sockets.clone(), inodes);
                 info!(
                     lease = lease.0,
                     "granted {} to {holder}",
@@ -879,7 +884,7 @@ impl Server {
         let mine = self.table.leases_of(who.uid);
         if who.uid != 0 && mine >= limits.leases_per_uid {
             return Err(Refusal::QuotaExceeded {
-                quota: format!("leases_per_uid (uid {})", who.uid),
+                quota: "leases_per_uid".into(),
                 used: mine,
                 limit: limits.leases_per_uid,
             });
@@ -951,8 +956,7 @@ impl Server {
         let Some(path) = old.source.clone() else {
             return Err("the daemon runs on the built-in policy; start it with --config FILE to have a file to reload".into());
         };
-        let new = Policy::load(&path)
-            .map_err(|e| format!("the policy was not reloaded and stays as it was: {e}"))?;
+        let new = Policy::load(&path).map_err(|e| e.to_string())?;
         if (&new.socket_path, new.socket_mode, new.socket_gid, new.pool)
             != (&old.socket_path, old.socket_mode, old.socket_gid, old.pool)
         {
@@ -1147,6 +1151,41 @@ impl Server {
                 info!(lease = lease_id.0, "released by {asker}");
                 Response::Released { id: lease_id }
             }
+        };
+        self.respond(id, &response, Vec::new());
+    }
+
+    /// Takes a lease away from its holder (admins only): its sockets stop accepting, the lease
+    /// ends, and the holder's connection is told.
+    fn revoke(&mut self, id: ConnId, lease_id: LeaseId) {
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
+        let asker = Rc::clone(&conn.holder);
+        let response = if !self.config.policy.is_admin(&conn.identity) {
+            warn!("refused to revoke lease {lease_id} for {asker}: not an administrator");
+            Response::Failed(Failure::NotPermitted {
+                reason: "revoking a lease needs root or a member of an [admin] group".into(),
+            })
+        } else if let Some(lease) = self.table.remove(lease_id) {
+            let found = crate::revoke::shut_down_everywhere(&lease.inodes);
+            warn!(
+                lease = lease_id.0,
+                "revoked by {asker}: {} of {}, {found} of {} sockets found and shut down",
+                SocketList(&lease.sockets),
+                lease.holder,
+                lease.sockets.len()
+            );
+            if let Some(owner) = self.conns.get_mut(&lease.conn) {
+                owner.leases.retain(|&l| l != lease_id);
+            }
+            self.respond(lease.conn, &Response::Revoked { id: lease_id }, Vec::new());
+            if lease.conn != id {
+                self.settle(lease.conn);
+            }
+            Response::Released { id: lease_id }
+        } else {
+            Response::Failed(Failure::UnknownLease { id: lease_id })
         };
         self.respond(id, &response, Vec::new());
     }

@@ -38,6 +38,8 @@ pub struct Lease {
     pub holder: Rc<Holder>,
     pub since: u64,
     pub sockets: Vec<GrantedSocket>,
+    /// The sockets' inodes, to find them in their holders' fd tables when revoked.
+    pub inodes: Vec<u64>,
 }
 
 impl Lease {
@@ -197,6 +199,7 @@ impl Table {
         holder: Rc<Holder>,
         since: u64,
         sockets: Vec<GrantedSocket>,
+        inodes: Vec<u64>,
     ) -> LeaseId {
         let id = LeaseId(self.next_id);
         self.next_id += 1;
@@ -225,6 +228,7 @@ impl Table {
                 holder,
                 since,
                 sockets,
+                inodes,
             },
         );
         id
@@ -298,7 +302,13 @@ mod tests {
             lo: 61000,
             hi: 61009,
         });
-        let id = table.insert(1, holder(), 0, vec![sock(Transport::Tcp, "127.0.0.1:8080")]);
+        let id = table.insert(
+            1,
+            holder(),
+            0,
+            vec![sock(Transport::Tcp, "127.0.0.1:8080")],
+            Vec::new(),
+        );
         let hit = table
             .conflict(Transport::Tcp, "0.0.0.0:8080".parse().unwrap())
             .unwrap();
@@ -339,7 +349,13 @@ mod tests {
             let port = table.free_pool_port(Transport::Tcp, 8, |_| false).unwrap();
             assert_eq!(port, expected);
             let addr = format!("127.0.0.1:{port}");
-            ids.push(table.insert(1, holder(), 0, vec![sock(Transport::Tcp, &addr)]));
+            ids.push(table.insert(
+                1,
+                holder(),
+                0,
+                vec![sock(Transport::Tcp, &addr)],
+                Vec::new(),
+            ));
         }
         assert_eq!(table.free_pool_port(Transport::Tcp, 8, |_| false), None);
         // UDP has its own pool map.

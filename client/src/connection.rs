@@ -1,6 +1,6 @@
 //! One connection to the broker: framed requests out, framed responses and fds in.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::io::{self, IoSliceMut};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use nix::sys::socket::{recvmsg, send, MsgFlags};
 use portbroker_proto::{
-    decode_response, encode_request, frame_payload_len, peek_hello_protocol, Failure, Request,
-    Response, HEADER_LEN, MAX_RESPONSE_FRAME, PROTOCOL_VERSION,
+    decode_response, encode_request, frame_payload_len, peek_hello_protocol, Failure, LeaseId,
+    Request, Response, HEADER_LEN, MAX_RESPONSE_FRAME, PROTOCOL_VERSION,
 };
 
 use crate::received_fds::adopt_scm_rights;
@@ -48,6 +48,8 @@ pub(crate) struct Connection {
     /// Requests sent without waiting for their answers (releases by dropped leases). Their
     /// answers come first, in order, and are read before the next request's answer.
     unanswered: usize,
+    /// Leases the broker said it revoked (it says so between answers, unasked).
+    revoked: HashSet<LeaseId>,
 }
 
 /// Unanswered requests allowed before the next one waits for their answers, so that the
@@ -64,6 +66,7 @@ impl Connection {
             cmsg_buf: nix::cmsg_space!([RawFd; MAX_FDS_PER_READ]),
             out_of_step: false,
             unanswered: 0,
+            revoked: HashSet::new(),
         }
     }
 
@@ -156,9 +159,56 @@ impl Connection {
         Ok(())
     }
 
-    /// Reads until one whole response frame is buffered, then decodes it and hands it the fds
-    /// it announces. Bytes and fds beyond it stay buffered for the next call.
+    /// The next answer; notices of revoked leases met on the way are recorded.
     pub(crate) fn receive(&mut self) -> Result<Reply, Error> {
+        loop {
+            let reply = self
+                .next_frame(true)?
+                .expect("a waiting read returns a frame");
+            match reply.response {
+                Response::Revoked { id } => {
+                    self.revoked.insert(id);
+                }
+                _ => return Ok(reply),
+            }
+        }
+    }
+
+    /// Reads, without waiting, what has arrived: notices of revoked leases and the answers to
+    /// releases nobody waited for. Anything else would be an answer to nothing.
+    pub(crate) fn poll_notices(&mut self) -> Result<(), Error> {
+        if self.out_of_step {
+            return Err(self.lost(io::Error::other(
+                "an earlier request on this connection failed half-way; connect again",
+            )));
+        }
+        while let Some(reply) = self.next_frame(false)? {
+            match reply.response {
+                Response::Revoked { id } => {
+                    self.revoked.insert(id);
+                }
+                Response::Released { .. } | Response::Failed(_) if self.unanswered > 0 => {
+                    self.unanswered -= 1;
+                }
+                other => {
+                    self.out_of_step = true;
+                    return Err(Error::protocol(format!(
+                        "the broker sent {other:?} unasked"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn is_revoked(&self, id: LeaseId) -> bool {
+        self.revoked.contains(&id)
+    }
+
+    /// Reads until one whole frame is buffered, then decodes it and hands it the fds it
+    /// announces. Bytes and fds beyond it stay buffered for the next call. Without `wait`,
+    /// `None` when no whole frame has arrived yet.
+    fn next_frame(&mut self, wait: bool) -> Result<Option<Reply>, Error> {
         loop {
             let payload_len =
                 frame_payload_len(&self.buf, MAX_RESPONSE_FRAME).map_err(|e| Error::Protocol {
@@ -167,12 +217,14 @@ impl Connection {
                 })?;
             let wanted = match payload_len {
                 Some(len) if self.buf.len() >= HEADER_LEN + len => {
-                    return self.take_frame(HEADER_LEN + len)
+                    return self.take_frame(HEADER_LEN + len).map(Some)
                 }
                 Some(len) => HEADER_LEN + len - self.buf.len(),
                 None => HEADER_LEN - self.buf.len(),
             };
-            self.fill(wanted.clamp(MIN_READ, MAX_READ))?;
+            if !self.fill(wanted.clamp(MIN_READ, MAX_READ), wait)? {
+                return Ok(None);
+            }
         }
     }
 
@@ -217,34 +269,43 @@ impl Connection {
         Ok(Reply { response, fds })
     }
 
-    /// Appends what one `recvmsg` of at most `max` bytes returns to the buffer.
-    fn fill(&mut self, max: usize) -> Result<(), Error> {
+    /// Appends what one `recvmsg` of at most `max` bytes returns to the buffer; `false` when
+    /// nothing had arrived and `wait` was not asked for.
+    fn fill(&mut self, max: usize, wait: bool) -> Result<bool, Error> {
         let old_len = self.buf.len();
         self.buf.resize(old_len + max, 0);
-        let received = self.recv_into(old_len);
+        let received = self.recv_into(old_len, wait);
         self.buf
-            .truncate(old_len + received.as_ref().map_or(0, |&n| n));
-        if received? == 0 {
-            return Err(self.lost(io::Error::new(
+            .truncate(old_len + received.as_ref().map_or(0, |n| n.unwrap_or(0)));
+        match received? {
+            None => Ok(false),
+            Some(0) => Err(self.lost(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "the broker closed the connection",
-            )));
+            ))),
+            Some(_) => Ok(true),
         }
-        Ok(())
     }
 
-    /// One `recvmsg` into `buf[start..]`; the fds it brings join the queue.
-    fn recv_into(&mut self, start: usize) -> Result<usize, Error> {
+    /// One `recvmsg` into `buf[start..]`; the fds it brings join the queue. Without `wait`,
+    /// `None` when nothing has arrived.
+    fn recv_into(&mut self, start: usize, wait: bool) -> Result<Option<usize>, Error> {
+        let flags = if wait {
+            MsgFlags::MSG_CMSG_CLOEXEC
+        } else {
+            MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT
+        };
         loop {
             let mut iov = [IoSliceMut::new(&mut self.buf[start..])];
             let msg = match recvmsg::<()>(
                 self.stream.as_raw_fd(),
                 &mut iov,
                 Some(&mut self.cmsg_buf),
-                MsgFlags::MSG_CMSG_CLOEXEC,
+                flags,
             ) {
                 Ok(msg) => msg,
                 Err(Errno::EINTR) => continue,
+                Err(Errno::EAGAIN) if !wait => return Ok(None),
                 Err(errno) => return Err(self.os_error(errno)),
             };
             // With MSG_CTRUNC the kernel closed the fds that did not fit (and nix will not
@@ -262,7 +323,7 @@ impl Connection {
             for cmsg in cmsgs {
                 adopt_scm_rights(cmsg, &mut self.fds);
             }
-            return Ok(msg.bytes);
+            return Ok(Some(msg.bytes));
         }
     }
 

@@ -112,6 +112,14 @@ impl Lease {
         &self.sockets
     }
 
+    /// Whether an administrator revoked this lease (`portctl revoke`). Its listening sockets
+    /// then refuse to accept (`accept()` fails), and the port is no longer the holder's: a
+    /// server whose `accept()` fails can ask this to tell a revocation from a fault. Reads what
+    /// the broker sent without waiting for anything.
+    pub fn is_revoked(&self) -> Result<bool, Error> {
+        self.shared.is_revoked(self.id)
+    }
+
     /// The first listening TCP socket.
     pub fn tcp_listener(&self) -> Option<&TcpListener> {
         self.sockets.iter().find_map(|socket| match socket {

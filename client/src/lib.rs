@@ -100,6 +100,14 @@ impl Shared {
             .round_trip(request)
     }
 
+    /// Whether the broker has said it revoked lease `id`, reading (without waiting) what it
+    /// sent since the last request.
+    pub(crate) fn is_revoked(&self, id: LeaseId) -> Result<bool, Error> {
+        let mut conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        conn.poll_notices()?;
+        Ok(conn.is_revoked(id))
+    }
+
     /// Ends a lease without waiting for the broker's answer (for `Drop`).
     pub(crate) fn release_unanswered(&self, id: LeaseId) -> Result<(), Error> {
         self.conn
@@ -127,6 +135,7 @@ fn unexpected(request: &str, response: &Response) -> Error {
         Response::Status(_) => "Status",
         Response::Failed(_) => "Failed",
         Response::Reloaded { .. } => "Reloaded",
+        Response::Revoked { .. } => "Revoked",
     };
     Error::protocol(format!("the broker answered {request} with {name}"))
 }
@@ -350,6 +359,17 @@ impl Broker {
             Response::Reloaded { rules, services } => Ok((rules, services)),
             Response::Failed(failure) => Err(Error::Failed(failure)),
             other => Err(unexpected("Reload", &other)),
+        }
+    }
+
+    /// Takes a lease away from its holder, whoever it is (root and the policy's admin groups
+    /// only): the lease's listening sockets stop accepting, a pending `accept()` on them fails,
+    /// and the holder's [`Lease::is_revoked`] turns true.
+    pub fn revoke(&self, id: LeaseId) -> Result<(), Error> {
+        match self.shared.round_trip(&Request::Revoke { id })?.response {
+            Response::Released { id: released } if released == id => Ok(()),
+            Response::Failed(failure) => Err(Error::Failed(failure)),
+            other => Err(unexpected("Revoke", &other)),
         }
     }
 }

@@ -303,8 +303,11 @@ addresses = ["127.0.0.1"]
 
     let refused = run_true_as(&daemon, NOBODY, "tcp:127.0.0.1:0", 75);
     let stderr = stderr_of(&refused);
+    // The refusal names the quota as the policy file does: `quota exceeded (2 of 2): leases_per_uid`.
     assert!(
-        stderr.contains("quota exceeded (2 of 2)") && stderr.contains("leases_per_uid"),
+        stderr.lines().any(|l| l
+            .trim_end()
+            .ends_with("quota exceeded (2 of 2): leases_per_uid")),
         "{stderr}"
     );
     assert_eq!(
@@ -405,6 +408,11 @@ fn reload_and_sighup_apply_a_valid_file_and_keep_the_old_policy_over_a_broken_on
     assert!(
         stderr.contains("colour") && stderr.contains("line 3"),
         "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("stays as it was").count(),
+        1,
+        "the error is the file's, told once: {stderr}"
     );
     assert!(
         wait_until(Duration::from_secs(5), || daemon.log().contains("colour")),

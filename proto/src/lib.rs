@@ -289,6 +289,13 @@ pub enum Request {
     },
     /// Re-read the policy file. Allowed to root and to the policy's admin groups.
     Reload,
+    /// Take a lease away from its holder: its listening sockets stop accepting (a pending
+    /// `accept()` fails), the lease ends, and the holder is told with [`Response::Revoked`].
+    /// Answered with `Released`. Allowed to root and to the policy's admin groups.
+    Revoke {
+        /// The lease.
+        id: LeaseId,
+    },
 }
 
 /// Why a lease was refused. A refusal leaves no trace: nothing of the request stays bound.
@@ -496,6 +503,12 @@ pub enum Response {
     Status(StatusInfo),
     /// The request failed.
     Failed(Failure),
+    /// Not an answer: sent to a holder, at any time between answers, when an administrator
+    /// revoked one of its leases.
+    Revoked {
+        /// The lease.
+        id: LeaseId,
+    },
     /// The policy was reloaded.
     Reloaded {
         /// Rules in the new policy.

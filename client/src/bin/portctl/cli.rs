@@ -35,8 +35,16 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Release a lease by id (its holder's user or root only)
+    /// Release a lease by id (its holder's user, root or the policy's admin groups)
     Release {
+        /// The lease id, as `portctl list` shows it
+        id: u64,
+    },
+    /// Take a lease away from its holder (root or the policy's admin groups only)
+    ///
+    /// The lease's listening sockets stop accepting: the holder's pending accept() fails and
+    /// its library reports the lease as revoked.
+    Revoke {
         /// The lease id, as `portctl list` shows it
         id: u64,
     },
@@ -119,6 +127,16 @@ mod tests {
         };
         assert_eq!(args.specs, ["web"]);
         assert_eq!(args.command, ["prog"]);
+    }
+
+    #[test]
+    fn revoke_takes_a_lease_id() {
+        assert!(matches!(
+            parse(&["revoke", "7"]).unwrap().command,
+            Command::Revoke { id: 7 }
+        ));
+        assert!(parse(&["revoke"]).is_err());
+        assert!(parse(&["revoke", "seven"]).is_err());
     }
 
     #[test]

@@ -65,6 +65,10 @@ fn run(cli: Cli) -> Result<u8> {
             connect(cli.socket)?.release(LeaseId(id))?;
             Ok(0)
         }
+        Command::Revoke { id } => {
+            connect(cli.socket)?.revoke(LeaseId(id))?;
+            Ok(0)
+        }
         Command::Reload => {
             let (rules, services) = connect(cli.socket)?.reload()?;
             output::print_stdout(&output::reloaded_text(rules, services))?;
