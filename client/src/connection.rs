@@ -86,7 +86,14 @@ impl Connection {
             source: Some(e),
         })?;
         self.out_of_step = true;
-        self.send_all(&frame)?;
+        if let Err(send_error) = self.send_all(&frame) {
+            // A broker that refuses a connection (a limit) answers and hangs up without reading:
+            // its answer, already here, says why better than the broken pipe does.
+            return match self.next_frame(false) {
+                Ok(Some(reply)) if matches!(reply.response, Response::Failed(_)) => Ok(reply),
+                _ => Err(send_error),
+            };
+        }
         self.read_unanswered()?;
         let reply = self.receive()?;
         self.out_of_step = false;

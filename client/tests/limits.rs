@@ -1,0 +1,201 @@
+//! The policy's limits as a user meets them: connections per user, a request budget per user,
+//! an idle timeout for connections that hold no lease, and named services.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use portbroker::ErrorKind;
+use support::{as_user, free_port, wait_until, Daemon};
+
+const NOBODY: u32 = 65534;
+const STRANGER: u32 = 65533;
+
+/// Starts `python3 -c CODE` as `uid` and waits for it to print "ready".
+fn python_as(uid: u32, daemon: &Daemon, code: &str) -> Child {
+    let mut child = as_user(uid, &[], Path::new("/usr/bin/python3"))
+        .args(["-c", code])
+        .env("PORTBROKER_SOCKET", &daemon.socket)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready", "the python client did not start");
+    child
+}
+
+fn stop(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn a_user_at_its_connection_limit_is_refused_and_others_are_not() {
+    let policy = "[socket]\nmode = \"0666\"\n[limits]\nconnections_per_uid = 3\n[[rule]]\nwho = \"everyone\"\nports = [\"pool\"]\n";
+    let daemon = Daemon::start_for_all_users(Some(policy), &[]);
+    let hold_three = "import os, socket, sys\n\
+                      conns = [socket.socket(socket.AF_UNIX) for _ in range(3)]\n\
+                      [c.connect(os.environ['PORTBROKER_SOCKET']) for c in conns]\n\
+                      print('ready', flush=True)\n\
+                      sys.stdin.read()";
+    let holder = python_as(NOBODY, &daemon, hold_three);
+    let broker = daemon.broker();
+    assert!(wait_until(Duration::from_secs(5), || broker
+        .status()
+        .unwrap()
+        .connections
+        >= 4));
+
+    let refused = daemon.portctl_as(NOBODY).arg("status").output().unwrap();
+    assert_eq!(refused.status.code(), Some(77), "{refused:?}");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("connections_per_uid"), "{stderr}");
+    let other = daemon.portctl_as(STRANGER).arg("status").output().unwrap();
+    assert_eq!(
+        other.status.code(),
+        Some(0),
+        "another user is unaffected: {other:?}"
+    );
+
+    stop(holder);
+    let freed = daemon.portctl_as(NOBODY).arg("status").output().unwrap();
+    let freed_ok = wait_until(Duration::from_secs(5), || {
+        daemon
+            .portctl_as(NOBODY)
+            .arg("status")
+            .status()
+            .unwrap()
+            .success()
+    });
+    assert!(
+        freed_ok,
+        "closing connections frees the user's places: {freed:?}"
+    );
+}
+
+#[test]
+fn a_user_over_its_request_budget_is_refused_and_root_is_not() {
+    let policy = "[socket]\nmode = \"0666\"\n[limits]\nrequests_per_sec_per_uid = 4\n";
+    let daemon = Daemon::start_for_all_users(Some(policy), &[]);
+    // Each portctl status is two requests (Hello and Status): the budget runs out on the third.
+    let codes: Vec<Option<i32>> = (0..6)
+        .map(|_| {
+            daemon
+                .portctl_as(NOBODY)
+                .arg("status")
+                .output()
+                .unwrap()
+                .status
+                .code()
+        })
+        .collect();
+    assert!(
+        codes.contains(&Some(0)),
+        "the budget allows some requests: {codes:?}"
+    );
+    let refused = (0..6)
+        .map(|_| daemon.portctl_as(NOBODY).arg("status").output().unwrap())
+        .find(|out| out.status.code() == Some(77))
+        .expect("a burst over 4 requests a second must be refused");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("requests_per_sec_per_uid"), "{stderr}");
+    let broker = daemon.broker();
+    for _ in 0..50 {
+        broker.status().expect("root has no request budget");
+    }
+}
+
+#[test]
+fn connections_holding_no_lease_are_closed_when_idle_and_holders_are_not() {
+    let policy = "[limits]\nidle_timeout_secs = 1\n";
+    let daemon = Daemon::start_for_all_users(Some(policy), &[]);
+    let idle = daemon.broker();
+    idle.status().unwrap();
+    let holder = daemon.broker();
+    let lease = holder.lease_str(&["tcp:127.0.0.1:0"]).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || daemon
+            .log()
+            .contains("closing the idle connection")),
+        "the idle connection was not closed:\n{}",
+        daemon.log()
+    );
+    let err = idle.status().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ConnectionLost, "{err}");
+    // The connection holding a lease stays, and so does its lease.
+    let listed = holder.list().unwrap();
+    assert!(listed.iter().any(|l| l.id == lease.id()), "{listed:?}");
+}
+
+#[test]
+fn a_named_service_is_leased_by_name_by_those_it_names() {
+    let port = free_port();
+    let policy = format!(
+        "[socket]\nmode = \"0666\"\n\n[services.web]\nsockets = [\"tcp:127.0.0.1:{port}\"]\nwho = [\"uid:{NOBODY}\"]\n"
+    );
+    let daemon = Daemon::start_for_all_users(Some(&policy), &[]);
+    let serve = "import os, socket\n\
+                 s = socket.socket(fileno=3)\n\
+                 c, _ = s.accept()\n\
+                 c.sendall((os.environ['LISTEN_FDNAMES'] + ' ' + str(os.getuid())).encode())";
+    let child = daemon
+        .portctl_as(NOBODY)
+        .args(["run", "-q", "web", "--", "/usr/bin/python3", "-c", serve])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut conn = None;
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            conn = TcpStream::connect(("127.0.0.1", port)).ok();
+            conn.is_some()
+        }),
+        "the service never listened:\n{}",
+        daemon.log()
+    );
+    let mut answer = String::new();
+    let mut conn = conn.unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    conn.read_to_string(&mut answer).unwrap();
+    assert_eq!(answer, format!("web {NOBODY}"));
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+
+    // The service is not open to others, and an unknown name says so.
+    let stranger = daemon
+        .portctl_as(STRANGER)
+        .args(["run", "-q", "web", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(stranger.status.code(), Some(77), "{stranger:?}");
+    assert!(
+        String::from_utf8_lossy(&stranger.stderr).contains("not open to uid 65533"),
+        "{stranger:?}"
+    );
+    let unknown = daemon
+        .portctl_as(NOBODY)
+        .args(["run", "-q", "mail", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(unknown.status.code(), Some(78), "{unknown:?}");
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("\"mail\""),
+        "{unknown:?}"
+    );
+    // Its socket spec is still the policy's: nobody may lease the port by number.
+    let by_number = daemon
+        .portctl_as(NOBODY)
+        .args(["run", "-q", &format!("tcp:127.0.0.1:{port}"), "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(by_number.status.code(), Some(77), "{by_number:?}");
+}
