@@ -813,10 +813,7 @@ impl Server {
             return;
         };
         let (holder, identity) = (Rc::clone(&conn.holder), Rc::clone(&conn.identity));
-        let outcome = self
-            .check_quotas(&identity)
-            .and_then(|()| self.bind_all(&identity, specs, by_rules));
-        match outcome {
+        match self.bind_all(&identity, specs, by_rules) {
             Ok(bound) => {
                 let (sockets, fds): (Vec<GrantedSocket>, Vec<OwnedFd>) = bound.into_iter().unzip();
                 let inodes = fds
@@ -992,16 +989,24 @@ impl Server {
                 ),
             });
         }
+        // Every spec is checked before anything is bound, and the rules before the quotas: a
+        // request no rule allows is "not permitted", whatever the user's count.
+        for (index, spec) in specs.iter().enumerate() {
+            self.check_spec(who, spec, by_rules).map_err(|problem| match problem {
+                SpecProblem::Invalid(reason) => Refusal::InvalidSpec {
+                    index: index as u32,
+                    reason,
+                },
+                SpecProblem::Refused(refusal) => refusal,
+            })?;
+        }
+        self.check_quotas(who)?;
         let mut bound: Vec<(GrantedSocket, OwnedFd)> = Vec::with_capacity(specs.len());
         for (index, spec) in specs.iter().enumerate() {
             let invalid = |reason: String| Refusal::InvalidSpec {
                 index: index as u32,
                 reason,
             };
-            self.check_spec(who, spec, by_rules).map_err(|r| match r {
-                SpecProblem::Invalid(reason) => invalid(reason),
-                SpecProblem::Refused(refusal) => refusal,
-            })?;
             let ip = spec.addr.unwrap_or(self.config.default_addr);
             let taken_here = |port: u16| {
                 bound.iter().position(|(g, _)| {
