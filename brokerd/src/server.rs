@@ -669,7 +669,9 @@ impl Server {
                             "{} closed the connection in the middle of a frame", conn.holder
                         );
                     }
-                    conn.broken = true;
+                    // Every whole request before the end is served by now: send the answers
+                    // (a client may close only its sending side), then close.
+                    conn.closing = true;
                     break;
                 }
                 Ok(n) => {
@@ -992,13 +994,14 @@ impl Server {
         // Every spec is checked before anything is bound, and the rules before the quotas: a
         // request no rule allows is "not permitted", whatever the user's count.
         for (index, spec) in specs.iter().enumerate() {
-            self.check_spec(who, spec, by_rules).map_err(|problem| match problem {
-                SpecProblem::Invalid(reason) => Refusal::InvalidSpec {
-                    index: index as u32,
-                    reason,
-                },
-                SpecProblem::Refused(refusal) => refusal,
-            })?;
+            self.check_spec(who, spec, by_rules)
+                .map_err(|problem| match problem {
+                    SpecProblem::Invalid(reason) => Refusal::InvalidSpec {
+                        index: index as u32,
+                        reason,
+                    },
+                    SpecProblem::Refused(refusal) => refusal,
+                })?;
         }
         self.check_quotas(who)?;
         let mut bound: Vec<(GrantedSocket, OwnedFd)> = Vec::with_capacity(specs.len());

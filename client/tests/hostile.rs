@@ -677,3 +677,30 @@ fn a_client_that_never_reads_its_sockets_cannot_hoard_fds_in_the_broker() {
         "the hoarder's leases must end with its connection"
     );
 }
+
+/// A client may send its requests, close its sending side and then read: every request before
+/// the end is answered, beyond the per-turn quota too, before the broker closes.
+#[test]
+fn requests_before_a_half_close_are_all_answered() {
+    const REQUESTS: usize = 200;
+    let daemon = Daemon::start();
+    let mut stream = greeted(&daemon);
+    let status = encode_request(&Request::Status).unwrap();
+    stream.write_all(&status.repeat(REQUESTS)).unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let bytes = read_until_closed(&mut stream, PROMPT);
+    let mut answers = 0;
+    let mut rest = &bytes[..];
+    while let Some(len) = frame_payload_len(rest, MAX_RESPONSE_FRAME).unwrap() {
+        assert!(matches!(
+            decode_response(&rest[HEADER_LEN..HEADER_LEN + len]).unwrap(),
+            Response::Status(_)
+        ));
+        rest = &rest[HEADER_LEN + len..];
+        answers += 1;
+    }
+    assert_eq!(
+        answers, REQUESTS,
+        "every request sent before the half-close is answered"
+    );
+}
