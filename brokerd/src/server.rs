@@ -818,13 +818,9 @@ impl Server {
         match self.bind_all(&identity, specs, by_rules) {
             Ok(bound) => {
                 let (sockets, fds): (Vec<GrantedSocket>, Vec<OwnedFd>) = bound.into_iter().unzip();
-                let inodes = fds
-                    .iter()
-                    .map(|fd| rustix::fs::fstat(fd).map_or(0, |st| st.st_ino))
-                    .collect();
-                let lease =
-                    self.table
-                        .insert(id, holder.clone(), unix_now(), sockets.clone(), inodes);
+                let lease = self
+                    .table
+                    .insert(id, holder.clone(), unix_now(), sockets.clone());
                 info!(
                     lease = lease.0,
                     "granted {} to {holder}",
@@ -880,8 +876,11 @@ impl Server {
                 limit: limits.leases_total,
             });
         }
+        if who.uid == 0 {
+            return Ok(());
+        }
         let mine = self.table.leases_of(who.uid);
-        if who.uid != 0 && mine >= limits.leases_per_uid {
+        if mine >= limits.leases_per_uid {
             return Err(Refusal::QuotaExceeded {
                 quota: "leases_per_uid".into(),
                 used: mine,
@@ -1176,7 +1175,8 @@ impl Server {
                 reason: "revoking a lease needs root or a member of an [admin] group".into(),
             })
         } else if let Some(lease) = self.table.remove(lease_id) {
-            let found = crate::revoke::shut_down_everywhere(&lease.inodes);
+            let inodes = crate::revoke::inodes_of(&lease.sockets);
+            let found = crate::revoke::shut_down_everywhere(&inodes);
             warn!(
                 lease = lease_id.0,
                 "revoked by {asker}: {} of {}, {found} of {} sockets found and shut down",

@@ -38,8 +38,6 @@ pub struct Lease {
     pub holder: Rc<Holder>,
     pub since: u64,
     pub sockets: Vec<GrantedSocket>,
-    /// The sockets' inodes, to find them in their holders' fd tables when revoked.
-    pub inodes: Vec<u64>,
 }
 
 impl Lease {
@@ -199,7 +197,6 @@ impl Table {
         holder: Rc<Holder>,
         since: u64,
         sockets: Vec<GrantedSocket>,
-        inodes: Vec<u64>,
     ) -> LeaseId {
         let id = LeaseId(self.next_id);
         self.next_id += 1;
@@ -228,7 +225,6 @@ impl Table {
                 holder,
                 since,
                 sockets,
-                inodes,
             },
         );
         id
@@ -302,13 +298,7 @@ mod tests {
             lo: 61000,
             hi: 61009,
         });
-        let id = table.insert(
-            1,
-            holder(),
-            0,
-            vec![sock(Transport::Tcp, "127.0.0.1:8080")],
-            Vec::new(),
-        );
+        let id = table.insert(1, holder(), 0, vec![sock(Transport::Tcp, "127.0.0.1:8080")]);
         let hit = table
             .conflict(Transport::Tcp, "0.0.0.0:8080".parse().unwrap())
             .unwrap();
@@ -349,13 +339,7 @@ mod tests {
             let port = table.free_pool_port(Transport::Tcp, 8, |_| false).unwrap();
             assert_eq!(port, expected);
             let addr = format!("127.0.0.1:{port}");
-            ids.push(table.insert(
-                1,
-                holder(),
-                0,
-                vec![sock(Transport::Tcp, &addr)],
-                Vec::new(),
-            ));
+            ids.push(table.insert(1, holder(), 0, vec![sock(Transport::Tcp, &addr)]));
         }
         assert_eq!(table.free_pool_port(Transport::Tcp, 8, |_| false), None);
         // UDP has its own pool map.
