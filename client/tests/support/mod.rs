@@ -206,7 +206,7 @@ impl Daemon {
 
     /// [`Daemon::portctl_as`] with these supplementary groups.
     pub fn portctl_as_in_groups(&self, uid: u32, groups: &[u32]) -> Command {
-        let mut cmd = as_user(uid, groups, Path::new(portctl_bin()));
+        let mut cmd = as_user(uid, groups, portctl_for_others());
         cmd.env("PORTBROKER_SOCKET", &self.socket);
         cmd
     }
@@ -290,17 +290,36 @@ pub fn as_user(uid: u32, groups: &[u32], program: &Path) -> Command {
             nix::unistd::geteuid().is_root(),
             "running clients as other users needs root (CI runs the tests as root)"
         );
-        let out = setpriv_command(65534, &[], Path::new(portctl_bin()))
+        let out = setpriv_command(65534, &[], portctl_for_others())
             .arg("--version")
             .output()
             .expect("run setpriv");
         assert!(
             out.status.success(),
-            "uid 65534 cannot run {}: is every directory of its path traversable (o+x)? {out:?}",
-            portctl_bin()
+            "uid 65534 cannot run {}: {out:?}",
+            portctl_for_others().display()
         );
     });
     setpriv_command(uid, groups, program)
+}
+
+/// portctl where any user can run it: the checkout may lie under a directory others cannot
+/// enter (/root, say), so it is linked (or copied) into a world-readable directory of its own.
+pub fn portctl_for_others() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("portbroker-tests-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let bin = dir.join("portctl");
+        let _ = std::fs::remove_file(&bin);
+        if std::fs::hard_link(portctl_bin(), &bin).is_err() {
+            std::fs::copy(portctl_bin(), &bin).unwrap();
+        }
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        bin
+    })
 }
 
 fn setpriv_command(uid: u32, groups: &[u32], program: &Path) -> Command {
