@@ -76,16 +76,7 @@ impl Connection {
 
     /// Sends one request and waits for its response.
     pub(crate) fn round_trip(&mut self, request: &Request) -> Result<Reply, Error> {
-        if self.out_of_step {
-            return Err(self.lost(io::Error::other(
-                "an earlier request on this connection failed half-way; connect again",
-            )));
-        }
-        let frame = encode_request(request).map_err(|e| Error::Protocol {
-            detail: "cannot encode the request".into(),
-            source: Some(e),
-        })?;
-        self.out_of_step = true;
+        let frame = self.begin(request)?;
         if let Err(send_error) = self.send_all(&frame) {
             // A broker that refuses a connection (a limit) answers and hangs up without reading:
             // its answer, already here, says why better than the broken pipe does.
@@ -100,19 +91,31 @@ impl Connection {
         Ok(reply)
     }
 
-    /// Sends a request whose answer nobody waits for: a release by a dropped lease. Its answer
-    /// is read (and checked) before the answer of a later request.
-    pub(crate) fn send_unanswered(&mut self, request: &Request) -> Result<(), Error> {
-        if self.out_of_step {
-            return Err(self.lost(io::Error::other(
-                "an earlier request on this connection failed half-way; connect again",
-            )));
-        }
+    /// Encodes a request and marks the connection busy until the request completes; refuses
+    /// when an earlier request failed half-way.
+    fn begin(&mut self, request: &Request) -> Result<Vec<u8>, Error> {
+        self.refuse_if_out_of_step()?;
         let frame = encode_request(request).map_err(|e| Error::Protocol {
             detail: "cannot encode the request".into(),
             source: Some(e),
         })?;
         self.out_of_step = true;
+        Ok(frame)
+    }
+
+    fn refuse_if_out_of_step(&self) -> Result<(), Error> {
+        if self.out_of_step {
+            return Err(self.lost(io::Error::other(
+                "an earlier request on this connection failed half-way; connect again",
+            )));
+        }
+        Ok(())
+    }
+
+    /// Sends a request whose answer nobody waits for: a release by a dropped lease. Its answer
+    /// is read (and checked) before the answer of a later request.
+    pub(crate) fn send_unanswered(&mut self, request: &Request) -> Result<(), Error> {
+        let frame = self.begin(request)?;
         if self.unanswered >= MAX_UNANSWERED {
             self.read_unanswered()?;
         }
@@ -184,11 +187,7 @@ impl Connection {
     /// Reads, without waiting, what has arrived: notices of revoked leases and the answers to
     /// releases nobody waited for. Anything else would be an answer to nothing.
     pub(crate) fn poll_notices(&mut self) -> Result<(), Error> {
-        if self.out_of_step {
-            return Err(self.lost(io::Error::other(
-                "an earlier request on this connection failed half-way; connect again",
-            )));
-        }
+        self.refuse_if_out_of_step()?;
         while let Some(reply) = self.next_frame(false)? {
             match reply.response {
                 Response::Revoked { id } => {

@@ -24,10 +24,9 @@ use portbroker_proto::{
     Failure, LeaseId, Listen, Request, Response, SocketSpec, Transport, HEADER_LEN,
     MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME, PROTOCOL_VERSION,
 };
+use support::raw::{frame, hello_frame, raw, read_response, PROMPT};
 use support::{raise_fd_limit, wait_until, Daemon};
 
-/// How long the daemon may take to answer or close a connection it has everything for.
-const PROMPT: Duration = Duration::from_secs(3);
 /// Request timeout of the good client: a daemon stuck on a bad client fails fast, not in 30 s.
 const GOOD_CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -38,46 +37,6 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 // ----------------------------------------------------------------------------------------------
 // Helpers (the small ones are copies of hostile.rs's)
 // ----------------------------------------------------------------------------------------------
-
-/// A raw connection to the daemon that speaks no protocol unless told to.
-fn raw(daemon: &Daemon) -> UnixStream {
-    let stream = UnixStream::connect(&daemon.socket)
-        .unwrap_or_else(|e| panic!("raw connect: {e}\n{}", daemon.log()));
-    stream.set_write_timeout(Some(PROMPT)).unwrap();
-    stream
-}
-
-fn hello_frame(protocol: u32) -> Vec<u8> {
-    encode_request(&Request::Hello {
-        protocol,
-        client: "fuzz-live-test".into(),
-    })
-    .unwrap()
-}
-
-/// A frame of any payload, length prefix included.
-fn frame(payload: &[u8]) -> Vec<u8> {
-    let mut out = u32::try_from(payload.len()).unwrap().to_le_bytes().to_vec();
-    out.extend_from_slice(payload);
-    out
-}
-
-/// Reads one response frame, failing the test if none arrives within `limit`.
-fn read_response(stream: &mut UnixStream, limit: Duration) -> Response {
-    stream.set_read_timeout(Some(limit)).unwrap();
-    let mut header = [0; HEADER_LEN];
-    stream
-        .read_exact(&mut header)
-        .unwrap_or_else(|e| panic!("no response frame within {limit:?}: {e}"));
-    let len = frame_payload_len(&header, MAX_RESPONSE_FRAME)
-        .expect("a sane response length")
-        .expect("a whole header");
-    let mut payload = vec![0; len];
-    stream
-        .read_exact(&mut payload)
-        .unwrap_or_else(|e| panic!("truncated response frame: {e}"));
-    decode_response(&payload).expect("a decodable response")
-}
 
 /// A well-behaved client connects, gets `tcp:127.0.0.1:0` and a real TCP client reaches the
 /// socket, all promptly.

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use portbroker::proto::LeaseInfo;
-use support::{free_port, wait_until, Daemon};
+use support::{finish, free_port, wait_until, Daemon};
 
 /// The unprivileged user the policies name, and one they do not.
 const NOBODY: u32 = 65534;
@@ -84,18 +84,6 @@ fn lease_of(daemon: &Daemon, child: &mut Child) -> LeaseInfo {
 fn leases_of_uid(daemon: &Daemon, uid: u32) -> usize {
     let leases = daemon.broker().list().unwrap();
     leases.iter().filter(|l| l.holder.uid == uid).count()
-}
-
-fn finish(mut child: Child) -> Output {
-    let done = wait_until(Duration::from_secs(10), || {
-        child.try_wait().unwrap().is_some()
-    });
-    if !done {
-        let _ = child.kill();
-    }
-    let output = child.wait_with_output().unwrap();
-    assert!(done, "portctl did not exit: {output:?}");
-    output
 }
 
 /// Long-running clients, ended when the test ends however it ends: their stdin is closed

@@ -5,10 +5,10 @@ mod support;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use support::{example_bin, free_port, wait_until, Daemon};
+use support::{example_bin, finish, free_port, wait_until, Daemon};
 
 /// The address of the lease that process `pid` (a portctl) holds, once it shows up.
 fn leased_addr_of(daemon: &Daemon, pid: u32) -> SocketAddr {
@@ -47,18 +47,6 @@ fn first_line(child: &mut Child) -> String {
         .read_line(&mut line)
         .unwrap();
     line
-}
-
-fn finish(mut child: Child) -> Output {
-    let done = wait_until(Duration::from_secs(10), || {
-        child.try_wait().unwrap().is_some()
-    });
-    if !done {
-        let _ = child.kill();
-    }
-    let output = child.wait_with_output().unwrap();
-    assert!(done, "portctl did not exit: {output:?}");
-    output
 }
 
 const PYTHON_SERVER: &str = r#"

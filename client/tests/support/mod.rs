@@ -1,6 +1,8 @@
 //! Shared by the integration tests: a real `portbrokerd` in a temp dir, and polling helpers.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod raw;
+
 use std::net::TcpListener;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -337,6 +339,19 @@ fn setpriv_command(uid: u32, groups: &[u32], program: &Path) -> Command {
         .env_clear()
         .env("PATH", "/usr/local/bin:/usr/bin:/bin");
     cmd
+}
+
+/// Waits (up to 10 s) for a child to exit and returns its output; kills it if it does not.
+pub fn finish(mut child: std::process::Child) -> std::process::Output {
+    let done = wait_until(Duration::from_secs(10), || {
+        child.try_wait().unwrap().is_some()
+    });
+    if !done {
+        let _ = child.kill();
+    }
+    let output = child.wait_with_output().unwrap();
+    assert!(done, "the child did not exit within 10 s: {output:?}");
+    output
 }
 
 /// Raises this process's open-file limit to its hard limit (tests that open many connections).
