@@ -230,6 +230,7 @@ pub struct Server {
     read_chunk: Box<[u8]>,
     encoded: Vec<u8>,
     last_full_warning: Option<Instant>,
+    last_budget_warning: Option<Instant>,
     /// Connections with complete frames left over from their quota of a turn.
     ready: VecDeque<ConnId>,
     /// Granted sockets waiting in connections' output queues, over all connections.
@@ -294,6 +295,7 @@ impl Server {
             read_chunk: vec![0; READ_CHUNK].into_boxed_slice(),
             encoded: Vec::with_capacity(256),
             last_full_warning: None,
+            last_budget_warning: None,
             ready: VecDeque::new(),
             queued_fds: 0,
             accept_paused_until: None,
@@ -908,7 +910,7 @@ impl Server {
             *tokens -= 1.0;
             return None;
         }
-        if warning_due(&mut self.last_full_warning) {
+        if warning_due(&mut self.last_budget_warning) {
             warn!("uid {uid} is over its request budget ({rate} per second)");
         }
         Some(Failure::NotPermitted {
