@@ -122,11 +122,14 @@ pub fn serve(path: &Path, pool: (u16, u16)) -> Result<()> {
                         }
                     }
                     Ok(Request::Release { id }) => Response::Released { id },
-                    Ok(Request::LeaseNamed { .. } | Request::Reload | Request::Revoke { .. }) => {
-                        Response::Failed(portbroker_proto::Failure::NotPermitted {
-                            reason: "the minimal server has no policy".into(),
-                        })
-                    }
+                    Ok(
+                        Request::LeaseNamed { .. }
+                        | Request::Reload
+                        | Request::Revoke { .. }
+                        | Request::Renew { .. },
+                    ) => Response::Failed(portbroker_proto::Failure::NotPermitted {
+                        reason: "the minimal server has no policy".into(),
+                    }),
                     Ok(Request::List) => Response::Leases(Vec::new()),
                     Ok(Request::Status) => Response::Status(StatusInfo {
                         daemon_version: "minimal".into(),

@@ -3,7 +3,8 @@
 //! Connections are non-blocking with bounded buffers; a request is read, served and answered
 //! with one `sendmsg` in the same turn, so one slow or hostile client only ever delays itself.
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
@@ -244,6 +245,9 @@ pub struct Server {
     /// Request budget per uid: (tokens left, when last refilled).
     request_budget: HashMap<u32, (f64, Instant)>,
     next_idle_sweep: Instant,
+    /// Time limits of leases, earliest first. An entry is stale when its lease was renewed or
+    /// has ended; it is dropped when it comes up.
+    expiries: BinaryHeap<Reverse<(Instant, LeaseId)>>,
     shutting_down: bool,
 }
 
@@ -304,6 +308,7 @@ impl Server {
             conns_by_uid: HashMap::new(),
             request_budget: HashMap::new(),
             next_idle_sweep: Instant::now() + IDLE_SWEEP,
+            expiries: BinaryHeap::new(),
             shutting_down: false,
         })
     }
@@ -340,6 +345,7 @@ impl Server {
                 }
             }
             self.expire_hellos();
+            self.expire_leases();
             if self.next_idle_sweep <= Instant::now() {
                 self.close_idle();
             }
@@ -376,7 +382,9 @@ impl Server {
             return EpollTimeout::ZERO;
         }
         let hello = self.hello_deadlines.front().map(|&(deadline, _)| deadline);
+        let next_expiry = self.expiries.peek().map(|Reverse((at, _))| *at);
         let deadlines = [
+            next_expiry,
             self.accept_paused_until,
             self.log_flush_due,
             Some(self.next_idle_sweep),
@@ -741,6 +749,7 @@ impl Server {
             Request::LeaseNamed { name } => self.lease_named(id, &name),
             Request::Release { id: lease } => self.release(id, lease),
             Request::Revoke { id: lease } => self.revoke(id, lease),
+            Request::Renew { id: lease, ttl_ms } => self.renew(id, lease, ttl_ms),
             Request::Reload => {
                 let Some(conn) = self.conns.get(&id) else {
                     return;
@@ -1162,6 +1171,75 @@ impl Server {
             }
         };
         self.respond(id, &response, Vec::new());
+    }
+
+    /// Gives a lease a time limit from now, or removes it (`ttl_ms` 0).
+    fn renew(&mut self, id: ConnId, lease_id: LeaseId, ttl_ms: u32) {
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
+        let admin = self.config.policy.is_admin(&conn.identity);
+        let asker = Rc::clone(&conn.holder);
+        let response = match self.table.get_mut(lease_id) {
+            None => Response::Failed(Failure::UnknownLease { id: lease_id }),
+            Some(lease) if lease.holder.uid != asker.uid && !admin => {
+                Response::Failed(Failure::NotYourLease {
+                    id: lease_id,
+                    holder_uid: lease.holder.uid,
+                })
+            }
+            Some(lease) => {
+                lease.expires = (ttl_ms > 0).then(|| {
+                    let ttl = Duration::from_millis(u64::from(ttl_ms));
+                    let unix_ms = SystemTime::now()
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .map_or(0, |d| (d + ttl).as_millis() as u64);
+                    (Instant::now() + ttl, unix_ms)
+                });
+                if let Some((at, _)) = lease.expires {
+                    self.expiries.push(Reverse((at, lease_id)));
+                }
+                debug!(
+                    lease = lease_id.0,
+                    "time limit set to {ttl_ms} ms by {asker}"
+                );
+                Response::Renewed {
+                    id: lease_id,
+                    expires_unix_ms: lease.expires.map(|(_, ms)| ms),
+                }
+            }
+        };
+        self.respond(id, &response, Vec::new());
+    }
+
+    /// Ends the leases whose time limit has passed, and tells their holders.
+    fn expire_leases(&mut self) {
+        let now = Instant::now();
+        while let Some(&Reverse((at, lease_id))) = self.expiries.peek() {
+            if at > now {
+                break;
+            }
+            self.expiries.pop();
+            let current = self
+                .table
+                .get(lease_id)
+                .is_some_and(|l| l.expires.is_some_and(|(a, _)| a == at));
+            if !current {
+                continue; // renewed since, or ended
+            }
+            let lease = self.table.remove(lease_id).expect("looked up above");
+            info!(
+                lease = lease_id.0,
+                "expired: {} of {}",
+                SocketList(&lease.sockets),
+                lease.holder
+            );
+            if let Some(owner) = self.conns.get_mut(&lease.conn) {
+                owner.leases.retain(|&l| l != lease_id);
+            }
+            self.respond(lease.conn, &Response::Expired { id: lease_id }, Vec::new());
+            self.settle(lease.conn);
+        }
     }
 
     /// Takes a lease away from its holder (admins only): its sockets stop accepting, the lease

@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
+use std::time::Instant;
 
 use portbroker_proto::{GrantedSocket, Holder, LeaseId, LeaseInfo, PortRange, Transport};
 
@@ -38,6 +39,8 @@ pub struct Lease {
     pub holder: Rc<Holder>,
     pub since: u64,
     pub sockets: Vec<GrantedSocket>,
+    /// When it ends unless renewed: the loop's clock, and the same moment for clients.
+    pub expires: Option<(Instant, u64)>,
 }
 
 impl Lease {
@@ -47,6 +50,7 @@ impl Lease {
             holder: Holder::clone(&self.holder),
             since: self.since,
             sockets: self.sockets.clone(),
+            expires_unix_ms: self.expires.map(|(_, unix_ms)| unix_ms),
         }
     }
 }
@@ -120,6 +124,10 @@ impl Table {
 
     pub fn get(&self, id: LeaseId) -> Option<&Lease> {
         self.leases.get(&id)
+    }
+
+    pub fn get_mut(&mut self, id: LeaseId) -> Option<&mut Lease> {
+        self.leases.get_mut(&id)
     }
 
     pub fn leases(&self) -> impl Iterator<Item = &Lease> {
@@ -225,6 +233,7 @@ impl Table {
                 holder,
                 since,
                 sockets,
+                expires: None,
             },
         );
         id

@@ -1,6 +1,6 @@
 //! One connection to the broker: framed requests out, framed responses and fds in.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSliceMut};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -21,6 +21,13 @@ const MAX_FDS_PER_READ: usize = 64;
 /// Smallest and largest amount of buffer offered to one `recvmsg`.
 const MIN_READ: usize = 4096;
 const MAX_READ: usize = 1 << 20;
+
+/// How the broker ended a lease by itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ended {
+    Revoked,
+    Expired,
+}
 
 /// A response with the fds that belong to it (only `Granted` carries any).
 #[derive(Debug)]
@@ -48,8 +55,8 @@ pub(crate) struct Connection {
     /// Requests sent without waiting for their answers (releases by dropped leases). Their
     /// answers come first, in order, and are read before the next request's answer.
     unanswered: usize,
-    /// Leases the broker said it revoked (it says so between answers, unasked).
-    revoked: HashSet<LeaseId>,
+    /// Leases the broker said it ended by itself (it says so between answers, unasked).
+    ended: HashMap<LeaseId, Ended>,
 }
 
 /// Unanswered requests allowed before the next one waits for their answers, so that the
@@ -66,7 +73,7 @@ impl Connection {
             cmsg_buf: nix::cmsg_space!([RawFd; MAX_FDS_PER_READ]),
             out_of_step: false,
             unanswered: 0,
-            revoked: HashSet::new(),
+            ended: HashMap::new(),
         }
     }
 
@@ -169,19 +176,27 @@ impl Connection {
         Ok(())
     }
 
-    /// The next answer; notices of revoked leases met on the way are recorded.
+    /// The next answer; notices of leases the broker ended, met on the way, are recorded.
     pub(crate) fn receive(&mut self) -> Result<Reply, Error> {
         loop {
             let reply = self
                 .next_frame(true)?
                 .expect("a waiting read returns a frame");
-            match reply.response {
-                Response::Revoked { id } => {
-                    self.revoked.insert(id);
-                }
-                _ => return Ok(reply),
+            if !self.record_notice(&reply.response) {
+                return Ok(reply);
             }
         }
+    }
+
+    /// Records a notice of a lease the broker ended; false for anything else.
+    fn record_notice(&mut self, response: &Response) -> bool {
+        let (id, how) = match response {
+            Response::Revoked { id } => (*id, Ended::Revoked),
+            Response::Expired { id } => (*id, Ended::Expired),
+            _ => return false,
+        };
+        self.ended.insert(id, how);
+        true
     }
 
     /// Reads, without waiting, what has arrived: notices of revoked leases and the answers to
@@ -189,10 +204,10 @@ impl Connection {
     pub(crate) fn poll_notices(&mut self) -> Result<(), Error> {
         self.refuse_if_out_of_step()?;
         while let Some(reply) = self.next_frame(false)? {
+            if self.record_notice(&reply.response) {
+                continue;
+            }
             match reply.response {
-                Response::Revoked { id } => {
-                    self.revoked.insert(id);
-                }
                 Response::Released { .. } | Response::Failed(_) if self.unanswered > 0 => {
                     self.unanswered -= 1;
                 }
@@ -207,8 +222,9 @@ impl Connection {
         Ok(())
     }
 
-    pub(crate) fn is_revoked(&self, id: LeaseId) -> bool {
-        self.revoked.contains(&id)
+    /// How the broker ended lease `id` by itself, if it did.
+    pub(crate) fn ended(&self, id: LeaseId) -> Option<Ended> {
+        self.ended.get(&id).copied()
     }
 
     /// Reads until one whole frame is buffered, then decodes it and hands it the fds it

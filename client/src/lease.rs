@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use portbroker_proto::{GrantedSocket, LeaseId, SocketSpec};
 
+use crate::connection::Ended;
 use crate::{Error, LeasedSocket, Shared};
 
 /// A live lease and its sockets.
@@ -117,7 +118,19 @@ impl Lease {
     /// server whose `accept()` fails can ask this to tell a revocation from a fault. Reads what
     /// the broker sent without waiting for anything.
     pub fn is_revoked(&self) -> Result<bool, Error> {
-        self.shared.is_revoked(self.id)
+        Ok(self.shared.ended(self.id)? == Some(Ended::Revoked))
+    }
+
+    /// Whether the lease reached its time limit ([`Broker::renew`](crate::Broker::renew)) and
+    /// the broker ended it. Reads what the broker sent without waiting for anything.
+    pub fn is_expired(&self) -> Result<bool, Error> {
+        Ok(self.shared.ended(self.id)? == Some(Ended::Expired))
+    }
+
+    /// Gives this lease a time limit of `ttl` from now, or extends it; see
+    /// [`Broker::renew`](crate::Broker::renew).
+    pub fn renew(&self, ttl: std::time::Duration) -> Result<Option<std::time::SystemTime>, Error> {
+        self.shared.renew(self.id, ttl)
     }
 
     /// The first listening TCP socket.

@@ -61,7 +61,7 @@ use std::fmt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// The wire protocol crate, for the types that appear in errors (such as its codec error).
 pub use portbroker_proto as proto;
@@ -102,10 +102,24 @@ impl Shared {
 
     /// Whether the broker has said it revoked lease `id`, reading (without waiting) what it
     /// sent since the last request.
-    pub(crate) fn is_revoked(&self, id: LeaseId) -> Result<bool, Error> {
+    pub(crate) fn ended(&self, id: LeaseId) -> Result<Option<connection::Ended>, Error> {
         let mut conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
         conn.poll_notices()?;
-        Ok(conn.is_revoked(id))
+        Ok(conn.ended(id))
+    }
+
+    pub(crate) fn renew(&self, id: LeaseId, ttl: Duration) -> Result<Option<SystemTime>, Error> {
+        let ttl_ms = u32::try_from(ttl.as_millis()).unwrap_or(u32::MAX);
+        match self.round_trip(&Request::Renew { id, ttl_ms })?.response {
+            Response::Renewed {
+                id: renewed,
+                expires_unix_ms,
+            } if renewed == id => {
+                Ok(expires_unix_ms.map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms)))
+            }
+            Response::Failed(failure) => Err(Error::Failed(failure)),
+            other => Err(unexpected("Renew", &other)),
+        }
     }
 
     /// Ends a lease without waiting for the broker's answer (for `Drop`).
@@ -136,6 +150,8 @@ fn unexpected(request: &str, response: &Response) -> Error {
         Response::Failed(_) => "Failed",
         Response::Reloaded { .. } => "Reloaded",
         Response::Revoked { .. } => "Revoked",
+        Response::Expired { .. } => "Expired",
+        Response::Renewed { .. } => "Renewed",
     };
     Error::protocol(format!("the broker answered {request} with {name}"))
 }
@@ -360,6 +376,28 @@ impl Broker {
             Response::Failed(failure) => Err(Error::Failed(failure)),
             other => Err(unexpected("Reload", &other)),
         }
+    }
+
+    /// Gives lease `id` a time limit of `ttl` from now, or extends it: unless renewed again, the
+    /// broker ends the lease then (and the holder's [`Lease::is_expired`] turns true). The
+    /// holder should then close its sockets: until it does, the kernel keeps the port bound and
+    /// a new lease of it is refused as in use outside the broker. A zero `ttl` removes the
+    /// limit. Returns when the lease now expires. Allowed to the holder's user and to
+    /// administrators.
+    pub fn renew(&self, id: LeaseId, ttl: Duration) -> Result<Option<SystemTime>, Error> {
+        self.shared.renew(id, ttl)
+    }
+
+    /// [`Broker::lease`] with a time limit of `ttl` from the grant (see [`Broker::renew`]).
+    pub fn lease_for(
+        &self,
+        specs: impl IntoIterator<Item = SocketSpec>,
+        ttl: Duration,
+    ) -> Result<Lease, Error> {
+        let lease = self.lease(specs)?;
+        // On failure the lease is dropped, which releases it: no lease without its limit.
+        lease.renew(ttl)?;
+        Ok(lease)
     }
 
     /// Takes a lease away from its holder, whoever it is (root and the policy's admin groups

@@ -235,6 +235,9 @@ pub struct LeaseInfo {
     pub since: u64,
     /// Its sockets.
     pub sockets: Vec<GrantedSocket>,
+    /// When it expires unless renewed, in milliseconds since the Unix epoch; `None` for a lease
+    /// without a time limit.
+    pub expires_unix_ms: Option<u64>,
 }
 
 /// The broker's state as `Status` reports it.
@@ -295,6 +298,14 @@ pub enum Request {
     Revoke {
         /// The lease.
         id: LeaseId,
+    },
+    /// Give a lease a time limit, or extend it: it expires `ttl_ms` from now unless renewed
+    /// again; 0 removes the limit. Allowed to its holder's uid and to administrators.
+    Renew {
+        /// The lease.
+        id: LeaseId,
+        /// Milliseconds from now.
+        ttl_ms: u32,
     },
 }
 
@@ -508,6 +519,19 @@ pub enum Response {
     Revoked {
         /// The lease.
         id: LeaseId,
+    },
+    /// Not an answer: sent to a holder, at any time between answers, when one of its leases
+    /// reached its time limit and ended.
+    Expired {
+        /// The lease.
+        id: LeaseId,
+    },
+    /// The answer to `Renew`.
+    Renewed {
+        /// The lease.
+        id: LeaseId,
+        /// When it now expires, in milliseconds since the Unix epoch; `None` without a limit.
+        expires_unix_ms: Option<u64>,
     },
     /// The policy was reloaded.
     Reloaded {

@@ -98,14 +98,16 @@ fn response() -> impl Strategy<Value = Response> {
             any::<u64>(),
             holder(),
             any::<u64>(),
-            proptest::collection::vec(granted(), 0..4)
+            proptest::collection::vec(granted(), 0..4),
+            proptest::option::of(any::<u64>())
         )
             .prop_map(
-                |(id, holder, since, sockets)| Response::Leases(vec![LeaseInfo {
+                |(id, holder, since, sockets, expires_unix_ms)| Response::Leases(vec![LeaseInfo {
                     id: LeaseId(id),
                     holder,
                     since,
-                    sockets
+                    sockets,
+                    expires_unix_ms
                 }])
             ),
         (any::<u64>(), any::<u32>()).prop_map(|(id, holder_uid)| Response::Failed(

@@ -40,6 +40,16 @@ pub enum Command {
         /// The lease id, as `portctl list` shows it
         id: u64,
     },
+    /// Give a lease a time limit from now, or extend it (its holder's user or an administrator)
+    ///
+    /// Unless renewed again, the broker ends the lease when the time is up. Prints the new
+    /// deadline in seconds since the Unix epoch.
+    Renew {
+        /// The lease id, as `portctl list` shows it
+        id: u64,
+        /// Seconds from now (fractions allowed); 0 removes the limit
+        seconds: f64,
+    },
     /// Take a lease away from its holder (root or the policy's admin groups only)
     ///
     /// The lease's listening sockets stop accepting: the holder's pending accept() fails and
@@ -127,6 +137,15 @@ mod tests {
         };
         assert_eq!(args.specs, ["web"]);
         assert_eq!(args.command, ["prog"]);
+    }
+
+    #[test]
+    fn renew_takes_a_lease_id_and_seconds() {
+        assert!(matches!(
+            parse(&["renew", "7", "1.5"]).unwrap().command,
+            Command::Renew { id: 7, seconds } if seconds == 1.5
+        ));
+        assert!(parse(&["renew", "7"]).is_err());
     }
 
     #[test]

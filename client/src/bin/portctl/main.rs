@@ -16,7 +16,11 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Parser;
+use std::time::Duration;
+
 use portbroker::{Broker, LeaseId};
+
+use crate::exit::UsageError;
 
 use cli::{Cli, Command};
 
@@ -63,6 +67,26 @@ fn run(cli: Cli) -> Result<u8> {
         }
         Command::Release { id } => {
             connect(cli.socket)?.release(LeaseId(id))?;
+            Ok(0)
+        }
+        Command::Renew { id, seconds } => {
+            if !(seconds.is_finite() && (0.0..=4_000_000.0).contains(&seconds)) {
+                return Err(anyhow::Error::new(UsageError(format!(
+                    "renew: {seconds} is not a number of seconds from 0 to 4000000"
+                ))));
+            }
+            let expires =
+                connect(cli.socket)?.renew(LeaseId(id), Duration::from_secs_f64(seconds))?;
+            let text = match expires {
+                Some(at) => format!(
+                    "lease {id} expires at {:.3}\n",
+                    at.duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_secs_f64()
+                ),
+                None => format!("lease {id} has no time limit\n"),
+            };
+            output::print_stdout(&text)?;
             Ok(0)
         }
         Command::Revoke { id } => {

@@ -102,6 +102,8 @@ struct SocketRow<'a> {
     name: &'a str,
     since: u64,
     listening: bool,
+    /// Milliseconds since the Unix epoch; null for a lease without a time limit.
+    expires_unix_ms: Option<u64>,
 }
 
 pub fn leases_json(leases: &[LeaseInfo]) -> Result<String> {
@@ -118,6 +120,7 @@ pub fn leases_json(leases: &[LeaseInfo]) -> Result<String> {
                 name: &lease.holder.name,
                 since: lease.since,
                 listening: socket.listening,
+                expires_unix_ms: lease.expires_unix_ms,
             })
         })
         .collect();
@@ -189,6 +192,7 @@ mod tests {
                 name: "python3".into(),
             },
             since: 1_764_130_000,
+            expires_unix_ms: None,
             sockets: vec![
                 GrantedSocket {
                     transport: Transport::Tcp,
@@ -246,7 +250,8 @@ mod tests {
         assert_eq!(
             json[0],
             serde_json::json!({"id": 7, "proto": "tcp", "addr": "127.0.0.1:40123", "pid": 123,
-                "uid": 0, "gid": 0, "name": "python3", "since": 1_764_130_000u64, "listening": true})
+                "uid": 0, "gid": 0, "name": "python3", "since": 1_764_130_000u64, "listening": true,
+                "expires_unix_ms": null})
         );
         assert_eq!(json[1]["addr"], "[::]:8080");
         assert_eq!(leases_json(&[]).unwrap().trim(), "[]");

@@ -1,0 +1,172 @@
+//! Time-limited leases: they end at their deadline unless renewed, and their holder is told.
+
+mod support;
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant, SystemTime};
+
+use portbroker::{LeaseId, SocketSpec};
+use support::{wait_until, Daemon};
+
+fn loopback_any() -> SocketSpec {
+    SocketSpec::tcp(Some(Ipv4Addr::LOCALHOST.into()), 0)
+}
+
+/// Polls the lease table from another connection until `id` is gone; returns when that was.
+fn gone_at(daemon: &Daemon, id: LeaseId, limit: Duration) -> SystemTime {
+    let watcher = daemon.broker();
+    let gone = wait_until(limit, || {
+        !watcher.list().unwrap().iter().any(|l| l.id == id)
+    });
+    assert!(
+        gone,
+        "lease {id} still listed after {limit:?}:\n{}",
+        daemon.log()
+    );
+    SystemTime::now()
+}
+
+fn late_by(deadline: SystemTime, at: SystemTime) -> Duration {
+    at.duration_since(deadline).unwrap_or_else(|early| {
+        panic!("the lease ended {:?} before its deadline", early.duration())
+    })
+}
+
+#[test]
+fn a_time_limited_lease_expires_on_time_and_its_holder_is_told() {
+    let daemon = Daemon::start();
+    let broker = daemon.broker();
+    let lease = broker
+        .lease_for([loopback_any()], Duration::from_millis(300))
+        .unwrap();
+    let listed = broker.list().unwrap();
+    let info = listed.iter().find(|l| l.id == lease.id()).unwrap();
+    let deadline_ms = info
+        .expires_unix_ms
+        .expect("a time-limited lease lists its deadline");
+    let deadline = SystemTime::UNIX_EPOCH + Duration::from_millis(deadline_ms);
+    assert!(!lease.is_expired().unwrap());
+
+    let late = late_by(
+        deadline,
+        gone_at(&daemon, lease.id(), Duration::from_secs(5)),
+    );
+    assert!(
+        late <= Duration::from_millis(100),
+        "expired {late:?} after its deadline"
+    );
+    assert!(wait_until(Duration::from_secs(2), || lease
+        .is_expired()
+        .unwrap()));
+    assert!(!lease.is_revoked().unwrap());
+    eprintln!("expired {late:?} after the deadline");
+    // The holder still has the socket, so the kernel keeps the port: a new lease of it is
+    // refused until the holder closes its copy, and granted after.
+    let spec = format!("tcp:{}", lease.local_addr());
+    let err = daemon.broker().lease_str(&[&spec]).unwrap_err();
+    assert_eq!(err.kind(), portbroker::ErrorKind::InUseOutside, "{err}");
+    drop(lease);
+    daemon
+        .broker()
+        .lease_str(&[&spec])
+        .expect("free once the holder closed it");
+}
+
+#[test]
+fn renewal_extends_a_lease_and_a_zero_limit_removes_it() {
+    let daemon = Daemon::start();
+    let broker = daemon.broker();
+    let lease = broker
+        .lease_for([loopback_any()], Duration::from_millis(300))
+        .unwrap();
+    let started = Instant::now();
+    // Renew twice, each time before the limit, for twice the first limit in all.
+    let mut deadline = None;
+    for _ in 0..2 {
+        let due = started.elapsed() + Duration::from_millis(150);
+        wait_until(Duration::from_secs(1), || started.elapsed() >= due);
+        deadline = lease.renew(Duration::from_millis(300)).unwrap();
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "renewed past the first limit"
+    );
+    assert!(
+        broker.list().unwrap().iter().any(|l| l.id == lease.id()),
+        "a renewed lease lives on"
+    );
+    let late = late_by(
+        deadline.unwrap(),
+        gone_at(&daemon, lease.id(), Duration::from_secs(5)),
+    );
+    assert!(
+        late <= Duration::from_millis(100),
+        "expired {late:?} after its renewed deadline"
+    );
+
+    let unlimited = broker
+        .lease_for([loopback_any()], Duration::from_millis(100))
+        .unwrap();
+    assert_eq!(unlimited.renew(Duration::ZERO).unwrap(), None);
+    let later = Instant::now() + Duration::from_millis(300);
+    wait_until(Duration::from_secs(1), || Instant::now() >= later);
+    let listed = broker.list().unwrap();
+    let info = listed
+        .iter()
+        .find(|l| l.id == unlimited.id())
+        .expect("no limit: still there");
+    assert_eq!(info.expires_unix_ms, None);
+}
+
+#[test]
+fn renewing_an_unknown_lease_is_an_error() {
+    let daemon = Daemon::start();
+    let lease = daemon.broker().lease_str(&["tcp:127.0.0.1:0"]).unwrap();
+    let err = daemon
+        .broker()
+        .renew(LeaseId(lease.id().0 + 1000), Duration::from_secs(1))
+        .unwrap_err();
+    assert_eq!(err.kind(), portbroker::ErrorKind::UnknownLease, "{err}");
+}
+
+#[test]
+fn portctl_renew_sets_and_removes_a_time_limit() {
+    let daemon = Daemon::start();
+    let broker = daemon.broker();
+    let lease = broker.lease_str(&["tcp:127.0.0.1:0"]).unwrap();
+    let id = lease.id().0.to_string();
+    let out = daemon
+        .portctl()
+        .args(["renew", &id, "60"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with(&format!("lease {id} expires at ")));
+    let listed = broker.list().unwrap();
+    let expires = listed[0].expires_unix_ms.expect("a deadline");
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(
+        (now + 55_000..=now + 61_000).contains(&expires),
+        "{expires} vs now {now}"
+    );
+    let out = daemon.portctl().args(["renew", &id, "0"]).output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("lease {id} has no time limit\n")
+    );
+    let bad = daemon
+        .portctl()
+        .args(["renew", &id, "-1"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(64), "{bad:?}");
+    let unknown = daemon
+        .portctl()
+        .args(["renew", "999999", "5"])
+        .output()
+        .unwrap();
+    assert!(!unknown.status.success(), "{unknown:?}");
+}
