@@ -126,7 +126,8 @@ pub fn serve(path: &Path, pool: (u16, u16)) -> Result<()> {
                         Request::LeaseNamed { .. }
                         | Request::Reload
                         | Request::Revoke { .. }
-                        | Request::Renew { .. },
+                        | Request::Renew { .. }
+                        | Request::TieToProcess { .. },
                     ) => Response::Failed(portbroker_proto::Failure::NotPermitted {
                         reason: "the minimal server has no policy".into(),
                     }),

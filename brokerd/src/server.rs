@@ -50,6 +50,10 @@ pub struct Config {
 const LISTENER_TOKEN: u64 = 0;
 const SIGNAL_TOKEN: u64 = 1;
 const FIRST_CONN_ID: ConnId = 2;
+/// Tokens with this bit set are pidfds of processes leases are tied to; the rest is the lease id.
+const PROCESS_TOKEN: u64 = 1 << 63;
+/// The connection of a lease tied to a process: none.
+const NO_CONN: ConnId = 0;
 
 const READ_CHUNK: usize = 16 * 1024;
 /// Frames served from one connection per wakeup, so a pipelining client cannot starve others.
@@ -334,6 +338,9 @@ impl Server {
                 match event.data() {
                     LISTENER_TOKEN => self.accept_all(),
                     SIGNAL_TOKEN => self.take_signals(),
+                    token if token & PROCESS_TOKEN != 0 => {
+                        self.process_exited(LeaseId(token & !PROCESS_TOKEN))
+                    }
                     id => self.serve(id, event.events()),
                 }
             }
@@ -750,6 +757,7 @@ impl Server {
             Request::Release { id: lease } => self.release(id, lease),
             Request::Revoke { id: lease } => self.revoke(id, lease),
             Request::Renew { id: lease, ttl_ms } => self.renew(id, lease, ttl_ms),
+            Request::TieToProcess { id: lease, pid } => self.tie(id, lease, pid),
             Request::Reload => {
                 let Some(conn) = self.conns.get(&id) else {
                     return;
@@ -1173,6 +1181,86 @@ impl Server {
         self.respond(id, &response, Vec::new());
     }
 
+    /// Ties a lease to process `pid`: it ends when the process exits, not with the connection.
+    fn tie(&mut self, id: ConnId, lease_id: LeaseId, pid: i32) {
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
+        let admin = self.config.policy.is_admin(&conn.identity);
+        let asker = Rc::clone(&conn.holder);
+        let response = match self.tie_checked(lease_id, pid, &asker, admin) {
+            Ok((holder, old_conn)) => {
+                if let Some(conn) = self.conns.get_mut(&old_conn) {
+                    conn.leases.retain(|&l| l != lease_id);
+                }
+                info!(lease = lease_id.0, "tied to {holder} by {asker}");
+                Response::Tied {
+                    id: lease_id,
+                    holder,
+                }
+            }
+            Err(failure) => Response::Failed(failure),
+        };
+        self.respond(id, &response, Vec::new());
+    }
+
+    /// The lease's new holder and the connection it leaves.
+    fn tie_checked(
+        &mut self,
+        lease_id: LeaseId,
+        pid: i32,
+        asker: &Holder,
+        admin: bool,
+    ) -> Result<(Holder, ConnId), Failure> {
+        let lease = self
+            .table
+            .get(lease_id)
+            .ok_or(Failure::UnknownLease { id: lease_id })?;
+        if lease.holder.uid != asker.uid && !admin {
+            return Err(Failure::NotYourLease {
+                id: lease_id,
+                holder_uid: lease.holder.uid,
+            });
+        }
+        let not_permitted = |reason: String| Failure::NotPermitted { reason };
+        let owner =
+            process_uid(pid).ok_or_else(|| not_permitted(format!("there is no process {pid}")))?;
+        if owner != asker.uid && !admin {
+            return Err(not_permitted(format!(
+                "process {pid} belongs to uid {owner}, not to uid {}",
+                asker.uid
+            )));
+        }
+        let process = rustix::process::Pid::from_raw(pid)
+            .ok_or_else(|| not_permitted(format!("{pid} is not a process id")))
+            .and_then(|p| {
+                rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())
+                    .map_err(|e| not_permitted(format!("cannot watch process {pid}: {e}")))
+            })?;
+        self.epoll
+            .add(
+                &process,
+                EpollEvent::new(EpollFlags::EPOLLIN, PROCESS_TOKEN | lease_id.0),
+            )
+            .map_err(|e| not_permitted(format!("cannot watch process {pid}: {e}")))?;
+        let lease = self.table.get_mut(lease_id).expect("looked up above");
+        let holder = Holder {
+            pid,
+            name: crate::peer::process_name(pid).unwrap_or_default(),
+            ..Holder::clone(&lease.holder)
+        };
+        lease.holder = Rc::new(holder.clone());
+        lease.process = Some(process);
+        Ok((holder, std::mem::replace(&mut lease.conn, NO_CONN)))
+    }
+
+    /// A process a lease was tied to has exited: the lease ends.
+    fn process_exited(&mut self, lease_id: LeaseId) {
+        if let Some(lease) = self.table.remove(lease_id) {
+            info!(lease = lease_id.0, "released: {} exited", lease.holder);
+        }
+    }
+
     /// Gives a lease a time limit from now, or removes it (`ttl_ms` 0).
     fn renew(&mut self, id: ConnId, lease_id: LeaseId, ttl_ms: u32) {
         let Some(conn) = self.conns.get(&id) else {
@@ -1341,6 +1429,18 @@ impl std::fmt::Display for SocketList<'_> {
         }
         Ok(())
     }
+}
+
+/// The real uid of a process, from `/proc/PID/status`.
+fn process_uid(pid: i32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 enum SpecProblem {

@@ -41,6 +41,9 @@ pub struct Lease {
     pub sockets: Vec<GrantedSocket>,
     /// When it ends unless renewed: the loop's clock, and the same moment for clients.
     pub expires: Option<(Instant, u64)>,
+    /// The process the lease is tied to, instead of its connection (`TieToProcess`); it becomes
+    /// readable when the process exits. Closed with the lease, which also unwatches it.
+    pub process: Option<std::os::fd::OwnedFd>,
 }
 
 impl Lease {
@@ -234,6 +237,7 @@ impl Table {
                 since,
                 sockets,
                 expires: None,
+                process: None,
             },
         );
         id

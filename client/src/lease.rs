@@ -127,6 +127,14 @@ impl Lease {
         Ok(self.shared.ended(self.id)? == Some(Ended::Expired))
     }
 
+    /// Ties the lease to process `pid` (of this user) instead of this connection: from now on it
+    /// lasts exactly as long as that process, even if this one exits or drops the `Lease`.
+    /// For a parent that hands its sockets to a child it starts; `portctl run` does this.
+    /// Returns the lease's holder as the broker now lists it.
+    pub fn tie_to_process(&self, pid: i32) -> Result<crate::Holder, Error> {
+        self.shared.tie_to_process(self.id, pid)
+    }
+
     /// Gives this lease a time limit of `ttl` from now, or extends it; see
     /// [`Broker::renew`](crate::Broker::renew).
     pub fn renew(&self, ttl: std::time::Duration) -> Result<Option<std::time::SystemTime>, Error> {

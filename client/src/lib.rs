@@ -108,6 +108,17 @@ impl Shared {
         Ok(conn.ended(id))
     }
 
+    pub(crate) fn tie_to_process(&self, id: LeaseId, pid: i32) -> Result<Holder, Error> {
+        match self
+            .round_trip(&Request::TieToProcess { id, pid })?
+            .response
+        {
+            Response::Tied { id: tied, holder } if tied == id => Ok(holder),
+            Response::Failed(failure) => Err(Error::Failed(failure)),
+            other => Err(unexpected("TieToProcess", &other)),
+        }
+    }
+
     pub(crate) fn renew(&self, id: LeaseId, ttl: Duration) -> Result<Option<SystemTime>, Error> {
         let ttl_ms = u32::try_from(ttl.as_millis()).unwrap_or(u32::MAX);
         match self.round_trip(&Request::Renew { id, ttl_ms })?.response {
@@ -152,6 +163,7 @@ fn unexpected(request: &str, response: &Response) -> Error {
         Response::Revoked { .. } => "Revoked",
         Response::Expired { .. } => "Expired",
         Response::Renewed { .. } => "Renewed",
+        Response::Tied { .. } => "Tied",
     };
     Error::protocol(format!("the broker answered {request} with {name}"))
 }

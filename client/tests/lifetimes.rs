@@ -170,3 +170,80 @@ fn portctl_renew_sets_and_removes_a_time_limit() {
         .unwrap();
     assert!(!unknown.status.success(), "{unknown:?}");
 }
+
+/// `portctl run` ties its lease to the program it starts: killing portctl (SIGKILL, no chance
+/// to clean up) leaves the program serving and its lease listed, until the program exits.
+#[test]
+fn a_lease_tied_to_the_program_outlives_a_killed_portctl() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::process::Stdio;
+    let daemon = Daemon::start();
+    // Serves each connection with its pid, until its stdin closes.
+    let server = "import os, select, socket, sys\n\
+                  s = socket.socket(fileno=3)\n\
+                  print('ready', flush=True)\n\
+                  while True:\n\
+                  \x20   r, _, _ = select.select([s, sys.stdin], [], [])\n\
+                  \x20   if sys.stdin in r: break\n\
+                  \x20   c, _ = s.accept(); c.sendall(str(os.getpid()).encode()); c.close()";
+    let mut portctl = daemon
+        .portctl()
+        .args([
+            "run",
+            "-q",
+            "tcp:127.0.0.1:0",
+            "--",
+            "python3",
+            "-c",
+            server,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    BufReader::new(portctl.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(ready.trim(), "ready");
+    let broker = daemon.broker();
+    let mut lease = None;
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            lease = broker.list().unwrap().into_iter().next();
+            lease
+                .as_ref()
+                .is_some_and(|l| l.holder.pid != portctl.id() as i32)
+        }),
+        "the lease was never tied to the program: {lease:?}"
+    );
+    let lease = lease.unwrap();
+    let program_pid = lease.holder.pid;
+    let ask = || {
+        let mut conn = std::net::TcpStream::connect(lease.sockets[0].addr).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).unwrap();
+        answer
+    };
+    assert_eq!(ask(), program_pid.to_string());
+
+    let mut stdin = portctl.stdin.take().unwrap();
+    portctl.kill().unwrap(); // SIGKILL
+    portctl.wait().unwrap();
+    // The connection that leased is gone; the lease and the server are not.
+    assert_eq!(ask(), program_pid.to_string());
+    assert!(
+        broker.list().unwrap().iter().any(|l| l.id == lease.id),
+        "the lease must stay listed"
+    );
+
+    // The program exits (its stdin closes): the lease ends with it.
+    stdin.write_all(b"bye\n").unwrap();
+    drop(stdin);
+    assert!(
+        wait_until(Duration::from_secs(1), || broker.list().unwrap().is_empty()),
+        "the lease outlived its program:\n{}",
+        daemon.log()
+    );
+}

@@ -70,7 +70,7 @@ fn lease_of(daemon: &Daemon, child: &mut Child) -> LeaseInfo {
             .list()
             .unwrap()
             .into_iter()
-            .find(|lease| lease.holder.pid == pid);
+            .find(|lease| support::held_by_portctl(lease, pid as u32));
         lease.is_some()
     });
     assert!(

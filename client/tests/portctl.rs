@@ -19,7 +19,7 @@ fn leased_addr_of(daemon: &Daemon, pid: u32) -> SocketAddr {
             .list()
             .unwrap()
             .into_iter()
-            .find(|lease| lease.holder.pid == pid as i32)
+            .find(|lease| support::held_by_portctl(lease, pid))
             .map(|lease| lease.sockets[0].addr);
         addr.is_some()
     });

@@ -60,7 +60,7 @@ fn hold_as(daemon: &Daemon, uid: u32) -> (Child, LeaseId) {
         .list()
         .unwrap()
         .into_iter()
-        .find(|l| l.holder.pid == child.id() as i32)
+        .find(|l| support::held_by_portctl(l, child.id()))
         .expect("the holder's lease is listed");
     assert_eq!(lease.holder.uid, uid);
     (child, lease.id)

@@ -299,6 +299,16 @@ pub enum Request {
         /// The lease.
         id: LeaseId,
     },
+    /// Tie a lease to a process instead of this connection: it then lasts exactly as long as
+    /// that process (watched through a pidfd), whatever happens to the connection. The process
+    /// must belong to the asker's user (or the asker be an administrator). `portctl run` ties
+    /// its lease to the program it starts. Answered with `Tied`.
+    TieToProcess {
+        /// The lease.
+        id: LeaseId,
+        /// The process.
+        pid: i32,
+    },
     /// Give a lease a time limit, or extend it: it expires `ttl_ms` from now unless renewed
     /// again; 0 removes the limit. Allowed to its holder's uid and to administrators.
     Renew {
@@ -525,6 +535,13 @@ pub enum Response {
     Expired {
         /// The lease.
         id: LeaseId,
+    },
+    /// The answer to `TieToProcess`.
+    Tied {
+        /// The lease.
+        id: LeaseId,
+        /// Its holder now.
+        holder: Holder,
     },
     /// The answer to `Renew`.
     Renewed {

@@ -341,6 +341,24 @@ fn setpriv_command(uid: u32, groups: &[u32], program: &Path) -> Command {
     cmd
 }
 
+/// Whether `lease` belongs to the `portctl run` with pid `portctl`: held by portctl itself until
+/// it ties the lease to the program it started, and by that program (its child) after.
+pub fn held_by_portctl(lease: &portbroker::LeaseInfo, portctl: u32) -> bool {
+    let pid = lease.holder.pid;
+    let parent = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // pid (comm) state ppid ...: comm may hold spaces, so count from its closing paren.
+            stat.rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse::<u32>()
+                .ok()
+        });
+    pid as u32 == portctl || parent == Some(portctl)
+}
+
 /// Waits (up to 10 s) for a child to exit and returns its output; kills it if it does not.
 pub fn finish(mut child: std::process::Child) -> std::process::Output {
     let done = wait_until(Duration::from_secs(10), || {

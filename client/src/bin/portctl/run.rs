@@ -140,11 +140,26 @@ pub fn run(socket: Option<PathBuf>, args: RunArgs) -> Result<u8> {
         .collect();
     // The lease (and its connection) stays with us: it lasts exactly as long as CMD.
     let child = spawn::spawn(&program, sockets, &names)?;
+    // Tied to CMD, the lease outlives this process if it is killed, and ends with CMD.
+    let tied = match lease.tie_to_process(child.as_raw()) {
+        Ok(_) => true,
+        Err(err) => {
+            warn(&format!(
+                "warning: lease {} stays tied to portctl, not to the program: {}",
+                lease.id(),
+                describe(&err.into())
+            ));
+            false
+        }
+    };
     let status = relay.forward_until_exit(child)?;
     drop(relay);
 
     let id = lease.id();
-    if let Err(err) = lease.release() {
+    if tied {
+        // The broker ends it as CMD exits; dropping it says so too, without waiting.
+        drop(lease);
+    } else if let Err(err) = lease.release() {
         warn(&format!(
             "warning: cannot release lease {id}: {}",
             describe(&err.into())
