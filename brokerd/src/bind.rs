@@ -47,6 +47,32 @@ pub fn bind_socket(transport: Transport, addr: SocketAddr, mode: Listen) -> Resu
     Ok(fd)
 }
 
+/// Whether no socket is bound to `addr` any more: a probe bind succeeds only after the last
+/// copy of a leased socket closed, wherever it was (a forked child, an unread SCM_RIGHTS
+/// message). TCP probes set SO_REUSEADDR, as the leased listeners did, so that TIME_WAIT
+/// connections of a closed listener do not count.
+pub fn is_free(transport: Transport, addr: SocketAddr) -> bool {
+    let family = match addr {
+        SocketAddr::V4(_) => AddressFamily::Inet,
+        SocketAddr::V6(_) => AddressFamily::Inet6,
+    };
+    let kind = match transport {
+        Transport::Tcp => SockType::Stream,
+        Transport::Udp => SockType::Datagram,
+    };
+    let Ok(fd) = socket(family, kind, SockFlag::SOCK_CLOEXEC, None) else {
+        return false;
+    };
+    if addr.is_ipv6() && setsockopt(&fd, sockopt::Ipv6V6Only, &!addr.ip().is_unspecified()).is_err()
+    {
+        return false;
+    }
+    if transport == Transport::Tcp && setsockopt(&fd, sockopt::ReuseAddr, &true).is_err() {
+        return false;
+    }
+    bind(fd.as_raw_fd(), &SockaddrStorage::from(addr)).is_ok()
+}
+
 /// Whether this host can bind IPv6 sockets.
 pub fn ipv6_available() -> bool {
     socket(

@@ -74,14 +74,53 @@ fn parse_proc_addr(text: &str) -> Option<SocketAddr> {
 /// Shuts down one copy of each socket in `inodes`; returns how many were found.
 pub fn shut_down_everywhere(inodes: &[u64]) -> usize {
     let mut left: HashSet<u64> = inodes.iter().copied().collect();
+    let mut pidfd = None;
+    visit_copies(inodes, |pid, number, inode| {
+        if !left.contains(&inode) {
+            return false;
+        }
+        if pidfd.as_ref().is_none_or(|(of, _)| *of != pid) {
+            pidfd = Pid::from_raw(pid)
+                .and_then(|p| pidfd_open(p, PidfdFlags::empty()).ok())
+                .map(|fd| (pid, fd));
+        }
+        let copy = pidfd
+            .as_ref()
+            .and_then(|(_, pf)| pidfd_getfd(pf, number, PidfdGetfdFlags::empty()).ok());
+        if let Some(copy) = copy {
+            match shutdown(copy.as_raw_fd(), Shutdown::Read) {
+                Ok(()) => {
+                    left.remove(&inode);
+                }
+                Err(err) => tracing::warn!("cannot shut down socket {inode} of pid {pid}: {err}"),
+            }
+        }
+        left.is_empty()
+    });
+    inodes.len() - left.len()
+}
+
+/// A process that holds one of these sockets, if any can be seen.
+pub fn a_holder_of(inodes: &[u64]) -> Option<i32> {
+    let mut found = None;
+    visit_copies(inodes, |pid, _, _| {
+        found = Some(pid);
+        true
+    });
+    found
+}
+
+/// Calls `visit(pid, fd, inode)` for every fd of every other process that is one of these
+/// sockets, until it returns true.
+fn visit_copies(inodes: &[u64], mut visit: impl FnMut(i32, i32, u64) -> bool) {
+    if inodes.is_empty() {
+        return;
+    }
     let own = std::process::id();
     let Ok(procs) = std::fs::read_dir("/proc") else {
-        return 0;
+        return;
     };
     for entry in procs.flatten() {
-        if left.is_empty() {
-            break;
-        }
         let Some(pid) = entry
             .file_name()
             .to_str()
@@ -95,36 +134,22 @@ pub fn shut_down_everywhere(inodes: &[u64]) -> usize {
         let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
             continue;
         };
-        let mut pidfd = None;
         for fd in fds.flatten() {
             let Some(inode) = std::fs::read_link(fd.path())
                 .ok()
                 .and_then(|target| socket_inode(&target.to_string_lossy()))
-                .filter(|inode| left.contains(inode))
+                .filter(|inode| inodes.contains(inode))
             else {
                 continue;
             };
             let Some(number) = fd.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
                 continue;
             };
-            if pidfd.is_none() {
-                pidfd = Pid::from_raw(pid).and_then(|p| pidfd_open(p, PidfdFlags::empty()).ok());
-            }
-            let Some(copy) = pidfd
-                .as_ref()
-                .and_then(|pf| pidfd_getfd(pf, number, PidfdGetfdFlags::empty()).ok())
-            else {
-                continue;
-            };
-            match shutdown(copy.as_raw_fd(), Shutdown::Read) {
-                Ok(()) => {
-                    left.remove(&inode);
-                }
-                Err(err) => tracing::warn!("cannot shut down socket {inode} of pid {pid}: {err}"),
+            if visit(pid, number, inode) {
+                return;
             }
         }
     }
-    inodes.len() - left.len()
 }
 
 fn socket_inode(link: &str) -> Option<u64> {

@@ -70,6 +70,8 @@ const MAX_SOCKETS_PER_LEASE: usize = 64;
 const POOL_TRIES: usize = 64;
 /// How long a logged line may wait in the buffer before it is written.
 const LOG_DELAY: Duration = Duration::from_millis(50);
+/// How often lingering leases are probed again.
+const LINGER_CHECK: Duration = Duration::from_millis(100);
 /// How often connections are checked against the idle timeout.
 const IDLE_SWEEP: Duration = Duration::from_secs(1);
 
@@ -252,6 +254,9 @@ pub struct Server {
     /// Time limits of leases, earliest first. An entry is stale when its lease was renewed or
     /// has ended; it is dropped when it comes up.
     expiries: BinaryHeap<Reverse<(Instant, LeaseId)>>,
+    /// Ended leases whose sockets live on somewhere; probed again at `next_linger_check`.
+    lingering: Vec<LeaseId>,
+    next_linger_check: Option<Instant>,
     shutting_down: bool,
 }
 
@@ -313,6 +318,8 @@ impl Server {
             request_budget: HashMap::new(),
             next_idle_sweep: Instant::now() + IDLE_SWEEP,
             expiries: BinaryHeap::new(),
+            lingering: Vec::new(),
+            next_linger_check: None,
             shutting_down: false,
         })
     }
@@ -353,6 +360,9 @@ impl Server {
             }
             self.expire_hellos();
             self.expire_leases();
+            if self.next_linger_check.is_some_and(|t| t <= Instant::now()) {
+                self.check_lingering();
+            }
             if self.next_idle_sweep <= Instant::now() {
                 self.close_idle();
             }
@@ -392,6 +402,7 @@ impl Server {
         let next_expiry = self.expiries.peek().map(|Reverse((at, _))| *at);
         let deadlines = [
             next_expiry,
+            self.next_linger_check,
             self.accept_paused_until,
             self.log_flush_due,
             Some(self.next_idle_sweep),
@@ -1169,6 +1180,15 @@ impl Server {
                     holder_uid: lease.holder.uid,
                 })
             }
+            Some(lease) if lease.lingering => {
+                // Its holder is done with it already; the port returns when the last copy
+                // closes, not before.
+                info!(
+                    lease = lease_id.0,
+                    "release by {asker}: lingers until its last copy closes"
+                );
+                Response::Released { id: lease_id }
+            }
             Some(_) => {
                 let lease = self.table.remove(lease_id).expect("lease looked up above");
                 if let Some(owner) = self.conns.get_mut(&lease.conn) {
@@ -1256,9 +1276,76 @@ impl Server {
 
     /// A process a lease was tied to has exited: the lease ends.
     fn process_exited(&mut self, lease_id: LeaseId) {
-        if let Some(lease) = self.table.remove(lease_id) {
-            info!(lease = lease_id.0, "released: {} exited", lease.holder);
+        if let Some(lease) = self.table.get(lease_id) {
+            let why = format!("{} exited", lease.holder);
+            self.end_truthfully(lease_id, &why);
         }
+    }
+
+    /// Ends a lease whose holder is gone (connection closed, process exited). The port goes
+    /// back only once a probe bind shows that no copy of a socket survives; until then the
+    /// lease lingers, held by the process found holding a copy, and is probed again.
+    fn end_truthfully(&mut self, lease_id: LeaseId, why: &str) {
+        let Some(lease) = self.table.get(lease_id) else {
+            return;
+        };
+        if lease
+            .sockets
+            .iter()
+            .all(|s| crate::bind::is_free(s.transport, s.addr))
+        {
+            self.table.remove(lease_id);
+            info!(lease = lease_id.0, "released: {why}");
+            return;
+        }
+        let inodes = crate::revoke::inodes_of(&lease.sockets);
+        let survivor = crate::revoke::a_holder_of(&inodes);
+        let lease = self.table.get_mut(lease_id).expect("looked up above");
+        lease.lingering = true;
+        lease.conn = NO_CONN;
+        lease.expires = None;
+        lease.process = None;
+        if let Some(pid) = survivor {
+            lease.holder = Rc::new(Holder {
+                pid,
+                name: crate::peer::process_name(pid).unwrap_or_default(),
+                ..Holder::clone(&lease.holder)
+            });
+        }
+        warn!(
+            lease = lease_id.0,
+            "lingering: {why}, but {} still holds a copy of {}",
+            lease.holder,
+            SocketList(&lease.sockets)
+        );
+        self.lingering.push(lease_id);
+        self.next_linger_check
+            .get_or_insert(Instant::now() + LINGER_CHECK);
+    }
+
+    /// Probes the lingering leases again; those whose last copy closed end.
+    fn check_lingering(&mut self) {
+        let table = &mut self.table;
+        self.lingering.retain(|&id| {
+            let Some(lease) = table.get(id) else {
+                return false; // released or revoked meanwhile
+            };
+            if !lease
+                .sockets
+                .iter()
+                .all(|s| crate::bind::is_free(s.transport, s.addr))
+            {
+                return true;
+            }
+            table.remove(id);
+            info!(
+                lease = id.0,
+                "released: the last copy of its sockets closed"
+            );
+            false
+        });
+        self.next_linger_check =
+            (!self.lingering.is_empty()).then(|| Instant::now() + LINGER_CHECK);
     }
 
     /// Gives a lease a time limit from now, or removes it (`ttl_ms` 0).
@@ -1404,13 +1491,9 @@ impl Server {
         if let Err(err) = self.epoll.delete(conn.stream.as_fd()) {
             debug!(conn = id, "epoll delete: {err}");
         }
-        for lease in &conn.leases {
-            if self.table.remove(*lease).is_some() {
-                info!(
-                    lease = lease.0,
-                    "released: {} closed its connection", conn.holder
-                );
-            }
+        let why = format!("{} closed its connection", conn.holder);
+        for &lease in &conn.leases {
+            self.end_truthfully(lease, &why);
         }
         debug!(conn = id, "closed the connection of {}", conn.holder);
     }

@@ -44,6 +44,8 @@ pub struct Lease {
     /// The process the lease is tied to, instead of its connection (`TieToProcess`); it becomes
     /// readable when the process exits. Closed with the lease, which also unwatches it.
     pub process: Option<std::os::fd::OwnedFd>,
+    /// Ended, but a copy of a socket survives (see `LeaseInfo::lingering`).
+    pub lingering: bool,
 }
 
 impl Lease {
@@ -54,6 +56,7 @@ impl Lease {
             since: self.since,
             sockets: self.sockets.clone(),
             expires_unix_ms: self.expires.map(|(_, unix_ms)| unix_ms),
+            lingering: self.lingering,
         }
     }
 }
@@ -238,6 +241,7 @@ impl Table {
                 sockets,
                 expires: None,
                 process: None,
+                lingering: false,
             },
         );
         id

@@ -247,3 +247,78 @@ fn a_lease_tied_to_the_program_outlives_a_killed_portctl() {
         daemon.log()
     );
 }
+
+/// A grandchild forked by the holder keeps a leased socket after the holder exits: the lease
+/// lingers (listed, held by the grandchild) and the port is not granted; once the grandchild
+/// exits, the port is free again within a second.
+#[test]
+fn a_socket_surviving_in_a_grandchild_keeps_the_port_out_of_reach_until_it_closes() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+    let daemon = Daemon::start();
+    let port = support::free_port();
+    let spec = format!("tcp:127.0.0.1:{port}");
+    // The program forks a child that keeps fd 3 and waits for its stdin to close, and exits.
+    let program = "import os, sys\n\
+                   if os.fork() == 0:\n\
+                   \x20   print('grandchild', os.getpid(), flush=True)\n\
+                   \x20   sys.stdin.read()\n\
+                   \x20   os._exit(0)\n\
+                   os._exit(0)";
+    let mut portctl = daemon
+        .portctl()
+        .args(["run", "-q", &spec, "--", "python3", "-c", program])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(portctl.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let grandchild: i32 = line
+        .trim()
+        .strip_prefix("grandchild ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut grandchild_stdin = portctl.stdin.take().unwrap();
+    assert!(
+        portctl.wait().unwrap().success(),
+        "portctl exits with its program"
+    );
+
+    let broker = daemon.broker();
+    let mut listed = Vec::new();
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            listed = broker.list().unwrap();
+            listed.first().is_some_and(|l| l.lingering)
+        }),
+        "the lease must linger while the grandchild holds the socket: {listed:?}\n{}",
+        daemon.log()
+    );
+    assert_eq!(
+        listed[0].holder.pid, grandchild,
+        "the holder shown is the process with the copy"
+    );
+    let err = daemon.broker().lease_str(&[&spec]).unwrap_err();
+    assert!(err.is_in_use(), "a lingering port is not granted: {err}");
+
+    grandchild_stdin.write_all(b"exit\n").unwrap();
+    drop(grandchild_stdin);
+    let exited = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(1), || broker.list().unwrap().is_empty()),
+        "still lingering a second after the grandchild exited:\n{}",
+        daemon.log()
+    );
+    daemon
+        .broker()
+        .lease_str(&[&spec])
+        .expect("the port is free again");
+    eprintln!(
+        "free {:?} after the grandchild was told to exit",
+        exited.elapsed()
+    );
+}

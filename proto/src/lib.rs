@@ -238,6 +238,10 @@ pub struct LeaseInfo {
     /// When it expires unless renewed, in milliseconds since the Unix epoch; `None` for a lease
     /// without a time limit.
     pub expires_unix_ms: Option<u64>,
+    /// Ended, but a copy of a socket survives somewhere (a forked child, say): the port stays
+    /// out of the pool, and the holder is the process found holding it, until the last copy
+    /// closes.
+    pub lingering: bool,
 }
 
 /// The broker's state as `Status` reports it.

@@ -107,7 +107,8 @@ fn response() -> impl Strategy<Value = Response> {
                     holder,
                     since,
                     sockets,
-                    expires_unix_ms
+                    expires_unix_ms,
+                    lingering: false,
                 }])
             ),
         (any::<u64>(), any::<u32>()).prop_map(|(id, holder_uid)| Response::Failed(

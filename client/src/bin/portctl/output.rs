@@ -104,6 +104,7 @@ struct SocketRow<'a> {
     listening: bool,
     /// Milliseconds since the Unix epoch; null for a lease without a time limit.
     expires_unix_ms: Option<u64>,
+    lingering: bool,
 }
 
 pub fn leases_json(leases: &[LeaseInfo]) -> Result<String> {
@@ -121,6 +122,7 @@ pub fn leases_json(leases: &[LeaseInfo]) -> Result<String> {
                 since: lease.since,
                 listening: socket.listening,
                 expires_unix_ms: lease.expires_unix_ms,
+                lingering: lease.lingering,
             })
         })
         .collect();
@@ -193,6 +195,7 @@ mod tests {
             },
             since: 1_764_130_000,
             expires_unix_ms: None,
+            lingering: false,
             sockets: vec![
                 GrantedSocket {
                     transport: Transport::Tcp,
@@ -251,7 +254,7 @@ mod tests {
             json[0],
             serde_json::json!({"id": 7, "proto": "tcp", "addr": "127.0.0.1:40123", "pid": 123,
                 "uid": 0, "gid": 0, "name": "python3", "since": 1_764_130_000u64, "listening": true,
-                "expires_unix_ms": null})
+                "expires_unix_ms": null, "lingering": false})
         );
         assert_eq!(json[1]["addr"], "[::]:8080");
         assert_eq!(leases_json(&[]).unwrap().trim(), "[]");
