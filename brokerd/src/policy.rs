@@ -78,6 +78,8 @@ struct FileRule {
 struct FileService {
     sockets: Vec<String>,
     who: Option<Vec<String>>,
+    #[serde(default)]
+    sticky_secs: u64,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -126,6 +128,9 @@ pub struct Rule {
 pub struct Service {
     pub sockets: Vec<SocketSpec>,
     who: Option<Vec<Who>>,
+    /// How long a lease of the service that ended with its holder (a crash) stays reserved
+    /// for the same user and service; 0 for not at all.
+    pub sticky: std::time::Duration,
 }
 
 /// The peer of a connection as the kernel reported it, with its groups from `/proc`.
@@ -379,7 +384,15 @@ impl Policy {
                 ),
                 None => None,
             };
-            services.insert(name.clone(), Service { sockets, who });
+            let sticky = std::time::Duration::from_secs(service.sticky_secs);
+            services.insert(
+                name.clone(),
+                Service {
+                    sockets,
+                    who,
+                    sticky,
+                },
+            );
         }
         Ok(Policy {
             source: Some(path.to_owned()),

@@ -841,6 +841,17 @@ impl Server {
     /// Grants `specs` as one lease, or refuses them. `by_rules`: whether the policy's rules
     /// decide (false for a named service whose own `who` list already admitted the client).
     fn grant(&mut self, id: ConnId, specs: &[SocketSpec], by_rules: bool) {
+        self.grant_as(id, specs, by_rules, None);
+    }
+
+    /// [`Server::grant`], recording the named service the lease is for.
+    fn grant_as(
+        &mut self,
+        id: ConnId,
+        specs: &[SocketSpec],
+        by_rules: bool,
+        service: Option<&str>,
+    ) {
         let Some(conn) = self.conns.get(&id) else {
             return;
         };
@@ -851,6 +862,9 @@ impl Server {
                 let lease = self
                     .table
                     .insert(id, holder.clone(), unix_now(), sockets.clone());
+                if let (Some(name), Some(entry)) = (service, self.table.get_mut(lease)) {
+                    entry.service = Some(Rc::from(name));
+                }
                 info!(
                     lease = lease.0,
                     "granted {} to {holder}",
@@ -888,7 +902,26 @@ impl Server {
             },
         };
         match checked {
-            Ok((specs, by_rules)) => self.grant(id, &specs, by_rules),
+            Ok((specs, by_rules)) => {
+                // A restarted server gets back the ports kept for it since its crash.
+                let uid = conn.identity.uid;
+                let kept: Vec<LeaseId> = self
+                    .table
+                    .leases()
+                    .filter(|l| {
+                        l.sticky && l.holder.uid == uid && l.service.as_deref() == Some(name)
+                    })
+                    .map(|l| l.id)
+                    .collect();
+                for lease in kept {
+                    self.table.remove(lease);
+                    info!(
+                        lease = lease.0,
+                        "kept ports of service {name:?} go back to uid {uid}"
+                    );
+                }
+                self.grant_as(id, &specs, by_rules, Some(name));
+            }
             Err(refusal) => {
                 info!("refused {}: {refusal}", conn.holder);
                 self.respond(id, &Response::Refused(refusal), Vec::new());
@@ -1294,8 +1327,17 @@ impl Server {
             .iter()
             .all(|s| crate::bind::is_free(s.transport, s.addr))
         {
-            self.table.remove(lease_id);
-            info!(lease = lease_id.0, "released: {why}");
+            let grace = lease
+                .service
+                .as_deref()
+                .and_then(|name| self.config.policy.services.get(name))
+                .map_or(Duration::ZERO, |service| service.sticky);
+            if grace.is_zero() {
+                self.table.remove(lease_id);
+                info!(lease = lease_id.0, "released: {why}");
+            } else {
+                self.keep_for_owner(lease_id, grace, why);
+            }
             return;
         }
         let inodes = crate::revoke::inodes_of(&lease.sockets);
@@ -1321,6 +1363,30 @@ impl Server {
         self.lingering.push(lease_id);
         self.next_linger_check
             .get_or_insert(Instant::now() + LINGER_CHECK);
+    }
+
+    /// Keeps the ports of a named service whose holder ended for the same user, so that the
+    /// restarted server gets them back and nobody else takes them meanwhile.
+    fn keep_for_owner(&mut self, lease_id: LeaseId, grace: Duration, why: &str) {
+        let Some(lease) = self.table.get_mut(lease_id) else {
+            return;
+        };
+        let at = Instant::now() + grace;
+        let unix_ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| (d + grace).as_millis() as u64);
+        lease.sticky = true;
+        lease.conn = NO_CONN;
+        lease.process = None;
+        lease.expires = Some((at, unix_ms));
+        self.expiries.push(Reverse((at, lease_id)));
+        info!(
+            lease = lease_id.0,
+            "{why}: its service {:?} keeps {} for uid {} for {grace:?}",
+            lease.service.as_deref().unwrap_or_default(),
+            SocketList(&lease.sockets),
+            lease.holder.uid
+        );
     }
 
     /// Probes the lingering leases again; those whose last copy closed end.

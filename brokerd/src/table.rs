@@ -46,6 +46,10 @@ pub struct Lease {
     pub process: Option<std::os::fd::OwnedFd>,
     /// Ended, but a copy of a socket survives (see `LeaseInfo::lingering`).
     pub lingering: bool,
+    /// The named service it was leased as, if any.
+    pub service: Option<Rc<str>>,
+    /// Ended with its holder, and kept for the same user and service until `expires`.
+    pub sticky: bool,
 }
 
 impl Lease {
@@ -242,6 +246,8 @@ impl Table {
                 expires: None,
                 process: None,
                 lingering: false,
+                service: None,
+                sticky: false,
             },
         );
         id

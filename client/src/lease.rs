@@ -135,6 +135,14 @@ impl Lease {
         self.shared.tie_to_process(self.id, pid)
     }
 
+    /// Lets go of the handle without ending the lease: for a lease tied to a process
+    /// ([`Lease::tie_to_process`]), which the broker ends when that process exits. The sockets
+    /// this handle still holds are closed.
+    pub fn detach(mut self) {
+        self.released = true;
+        self.sockets.clear();
+    }
+
     /// Gives this lease a time limit of `ttl` from now, or extends it; see
     /// [`Broker::renew`](crate::Broker::renew).
     pub fn renew(&self, ttl: std::time::Duration) -> Result<Option<std::time::SystemTime>, Error> {

@@ -322,3 +322,95 @@ fn a_socket_surviving_in_a_grandchild_keeps_the_port_out_of_reach_until_it_close
         exited.elapsed()
     );
 }
+
+/// A named service whose server crashed keeps its ports for the same user for the policy's
+/// grace period: nobody else gets them, the restarted server does, and after the grace period
+/// they are free.
+#[test]
+fn a_sticky_service_keeps_its_port_for_its_restarted_server() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let port = support::free_port();
+    let policy = format!("[services.web]\nsockets = [\"tcp:127.0.0.1:{port}\"]\nsticky_secs = 1\n");
+    let daemon = Daemon::start_for_all_users(Some(&policy), &[]);
+    let spec = format!("tcp:127.0.0.1:{port}");
+    let start_server = || {
+        let mut portctl = daemon
+            .portctl()
+            .args([
+                "run",
+                "-q",
+                "web",
+                "--",
+                "python3",
+                "-c",
+                "import os, sys; print(os.getpid(), flush=True); sys.stdin.read()",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(portctl.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let server: i32 = line
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("no server: {line:?}\n{}", daemon.log()));
+        (portctl, server)
+    };
+    let crash = |server: i32| {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(server),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+    };
+    let broker = daemon.broker();
+
+    let (mut first, server) = start_server();
+    crash(server);
+    first.wait().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(2), || broker
+            .list()
+            .unwrap()
+            .first()
+            .is_some_and(|l| l.expires_unix_ms.is_some())),
+        "the crashed server's port is kept: {:?}\n{}",
+        broker.list(),
+        daemon.log()
+    );
+    let err = daemon.broker().lease_str(&[&spec]).unwrap_err();
+    assert!(err.is_in_use(), "nobody else gets a kept port: {err}");
+
+    // The restarted server gets it back.
+    let (mut second, server) = start_server();
+    let listed = broker.list().unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].sockets[0].addr.port(), port);
+    assert_eq!(
+        listed[0].expires_unix_ms, None,
+        "a live server's lease has no deadline"
+    );
+
+    // After a crash with no restart, the grace period ends and the port is free.
+    crash(server);
+    second.wait().unwrap();
+    let crashed = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(3), || broker.list().unwrap().is_empty()),
+        "{}",
+        daemon.log()
+    );
+    let kept_for = crashed.elapsed();
+    assert!(
+        kept_for >= Duration::from_millis(900),
+        "kept only {kept_for:?} of the 1 s grace period"
+    );
+    daemon
+        .broker()
+        .lease_str(&[&spec])
+        .expect("free after the grace period");
+}

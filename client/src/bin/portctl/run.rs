@@ -157,8 +157,8 @@ pub fn run(socket: Option<PathBuf>, args: RunArgs) -> Result<u8> {
 
     let id = lease.id();
     if tied {
-        // The broker ends it as CMD exits; dropping it says so too, without waiting.
-        drop(lease);
+        // The broker ends it as CMD exits (or keeps it for a sticky service's restart).
+        lease.detach();
     } else if let Err(err) = lease.release() {
         warn(&format!(
             "warning: cannot release lease {id}: {}",
