@@ -14,19 +14,7 @@ use portbroker_proto::{Listen, Transport};
 /// spec asked for bind-only. The fd is blocking, as `std::net` expects, and close-on-exec.
 pub fn bind_socket(transport: Transport, addr: SocketAddr, mode: Listen) -> Result<OwnedFd, Errno> {
     debug_assert_ne!(addr.port(), 0, "the broker always binds an explicit port");
-    let family = match addr {
-        SocketAddr::V4(_) => AddressFamily::Inet,
-        SocketAddr::V6(_) => AddressFamily::Inet6,
-    };
-    let kind = match transport {
-        Transport::Tcp => SockType::Stream,
-        Transport::Udp => SockType::Datagram,
-    };
-    let fd = socket(family, kind, SockFlag::SOCK_CLOEXEC, None)?;
-    if addr.is_ipv6() {
-        // `[::]` is dual-stack, as the table assumes; a specific IPv6 address never takes IPv4.
-        setsockopt(&fd, sockopt::Ipv6V6Only, &!addr.ip().is_unspecified())?;
-    }
+    let fd = unbound_socket(transport, addr)?;
     let backlog = match (transport, mode) {
         (Transport::Tcp, Listen::Default) => Some(Backlog::MAXCONN),
         (Transport::Tcp, Listen::Backlog(n)) => Some(Backlog::new(
@@ -52,6 +40,18 @@ pub fn bind_socket(transport: Transport, addr: SocketAddr, mode: Listen) -> Resu
 /// message). TCP probes set SO_REUSEADDR, as the leased listeners did, so that TIME_WAIT
 /// connections of a closed listener do not count.
 pub fn is_free(transport: Transport, addr: SocketAddr) -> bool {
+    let Ok(fd) = unbound_socket(transport, addr) else {
+        return false;
+    };
+    if transport == Transport::Tcp && setsockopt(&fd, sockopt::ReuseAddr, &true).is_err() {
+        return false;
+    }
+    bind(fd.as_raw_fd(), &SockaddrStorage::from(addr)).is_ok()
+}
+
+/// A close-on-exec socket of the transport and the address's family. `[::]` is dual-stack, as
+/// the table assumes; a specific IPv6 address never takes IPv4.
+fn unbound_socket(transport: Transport, addr: SocketAddr) -> Result<OwnedFd, Errno> {
     let family = match addr {
         SocketAddr::V4(_) => AddressFamily::Inet,
         SocketAddr::V6(_) => AddressFamily::Inet6,
@@ -60,17 +60,11 @@ pub fn is_free(transport: Transport, addr: SocketAddr) -> bool {
         Transport::Tcp => SockType::Stream,
         Transport::Udp => SockType::Datagram,
     };
-    let Ok(fd) = socket(family, kind, SockFlag::SOCK_CLOEXEC, None) else {
-        return false;
-    };
-    if addr.is_ipv6() && setsockopt(&fd, sockopt::Ipv6V6Only, &!addr.ip().is_unspecified()).is_err()
-    {
-        return false;
+    let fd = socket(family, kind, SockFlag::SOCK_CLOEXEC, None)?;
+    if addr.is_ipv6() {
+        setsockopt(&fd, sockopt::Ipv6V6Only, &!addr.ip().is_unspecified())?;
     }
-    if transport == Transport::Tcp && setsockopt(&fd, sockopt::ReuseAddr, &true).is_err() {
-        return false;
-    }
-    bind(fd.as_raw_fd(), &SockaddrStorage::from(addr)).is_ok()
+    Ok(fd)
 }
 
 /// Whether this host can bind IPv6 sockets.

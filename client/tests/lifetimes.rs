@@ -175,8 +175,7 @@ fn portctl_renew_sets_and_removes_a_time_limit() {
 /// to clean up) leaves the program serving and its lease listed, until the program exits.
 #[test]
 fn a_lease_tied_to_the_program_outlives_a_killed_portctl() {
-    use std::io::{BufRead, BufReader, Read, Write};
-    use std::process::Stdio;
+    use std::io::{Read, Write};
     let daemon = Daemon::start();
     // Serves each connection with its pid, until its stdin closes.
     let server = "import os, select, socket, sys\n\
@@ -186,25 +185,15 @@ fn a_lease_tied_to_the_program_outlives_a_killed_portctl() {
                   \x20   r, _, _ = select.select([s, sys.stdin], [], [])\n\
                   \x20   if sys.stdin in r: break\n\
                   \x20   c, _ = s.accept(); c.sendall(str(os.getpid()).encode()); c.close()";
-    let mut portctl = daemon
-        .portctl()
-        .args([
-            "run",
-            "-q",
-            "tcp:127.0.0.1:0",
-            "--",
-            "python3",
-            "-c",
-            server,
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut ready = String::new();
-    BufReader::new(portctl.stdout.take().unwrap())
-        .read_line(&mut ready)
-        .unwrap();
+    let (mut portctl, ready) = support::spawn_and_read_line(daemon.portctl().args([
+        "run",
+        "-q",
+        "tcp:127.0.0.1:0",
+        "--",
+        "python3",
+        "-c",
+        server,
+    ]));
     assert_eq!(ready.trim(), "ready");
     let broker = daemon.broker();
     let mut lease = None;
@@ -253,8 +242,7 @@ fn a_lease_tied_to_the_program_outlives_a_killed_portctl() {
 /// exits, the port is free again within a second.
 #[test]
 fn a_socket_surviving_in_a_grandchild_keeps_the_port_out_of_reach_until_it_closes() {
-    use std::io::{BufRead, BufReader, Write};
-    use std::process::Stdio;
+    use std::io::Write;
     let daemon = Daemon::start();
     let port = support::free_port();
     let spec = format!("tcp:127.0.0.1:{port}");
@@ -265,17 +253,11 @@ fn a_socket_surviving_in_a_grandchild_keeps_the_port_out_of_reach_until_it_close
                    \x20   sys.stdin.read()\n\
                    \x20   os._exit(0)\n\
                    os._exit(0)";
-    let mut portctl = daemon
-        .portctl()
-        .args(["run", "-q", &spec, "--", "python3", "-c", program])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(portctl.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let (mut portctl, line) = support::spawn_and_read_line(
+        daemon
+            .portctl()
+            .args(["run", "-q", &spec, "--", "python3", "-c", program]),
+    );
     let grandchild: i32 = line
         .trim()
         .strip_prefix("grandchild ")
@@ -328,32 +310,20 @@ fn a_socket_surviving_in_a_grandchild_keeps_the_port_out_of_reach_until_it_close
 /// they are free.
 #[test]
 fn a_sticky_service_keeps_its_port_for_its_restarted_server() {
-    use std::io::{BufRead, BufReader};
-    use std::process::Stdio;
     let port = support::free_port();
     let policy = format!("[services.web]\nsockets = [\"tcp:127.0.0.1:{port}\"]\nsticky_secs = 1\n");
     let daemon = Daemon::start_for_all_users(Some(&policy), &[]);
     let spec = format!("tcp:127.0.0.1:{port}");
     let start_server = || {
-        let mut portctl = daemon
-            .portctl()
-            .args([
-                "run",
-                "-q",
-                "web",
-                "--",
-                "python3",
-                "-c",
-                "import os, sys; print(os.getpid(), flush=True); sys.stdin.read()",
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(portctl.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let (portctl, line) = support::spawn_and_read_line(daemon.portctl().args([
+            "run",
+            "-q",
+            "web",
+            "--",
+            "python3",
+            "-c",
+            "import os, sys; print(os.getpid(), flush=True); sys.stdin.read()",
+        ]));
         let server: i32 = line
             .trim()
             .parse()

@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Stdio};
@@ -17,17 +17,11 @@ const STRANGER: u32 = 65533;
 
 /// Starts `python3 -c CODE` as `uid` and waits for it to print "ready".
 fn python_as(uid: u32, daemon: &Daemon, code: &str) -> Child {
-    let mut child = as_user(uid, &[], Path::new("/usr/bin/python3"))
-        .args(["-c", code])
-        .env("PORTBROKER_SOCKET", &daemon.socket)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let (child, line) = support::spawn_and_read_line(
+        as_user(uid, &[], Path::new("/usr/bin/python3"))
+            .args(["-c", code])
+            .env("PORTBROKER_SOCKET", &daemon.socket),
+    );
     assert_eq!(line.trim(), "ready", "the python client did not start");
     child
 }

@@ -3,8 +3,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Output, Stdio};
+use std::process::{Child, Output};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -30,25 +29,15 @@ ports = ["pool"]
 
 /// A lease held by `uid` through `portctl run`, whose program waits for its stdin to close.
 fn hold_as(daemon: &Daemon, uid: u32) -> (Child, LeaseId) {
-    let mut child = daemon
-        .portctl_as(uid)
-        .args([
-            "run",
-            "-q",
-            "tcp:127.0.0.1:0",
-            "--",
-            "python3",
-            "-c",
-            "import sys; print('ready', flush=True); sys.stdin.read()",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let (child, line) = support::spawn_and_read_line(daemon.portctl_as(uid).args([
+        "run",
+        "-q",
+        "tcp:127.0.0.1:0",
+        "--",
+        "python3",
+        "-c",
+        "import sys; print('ready', flush=True); sys.stdin.read()",
+    ]));
     assert_eq!(
         line.trim(),
         "ready",

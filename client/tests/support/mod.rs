@@ -359,6 +359,21 @@ pub fn held_by_portctl(lease: &portbroker::LeaseInfo, portctl: u32) -> bool {
     pid as u32 == portctl || parent == Some(portctl)
 }
 
+/// Starts `cmd` with piped stdin and stdout and returns it with the first line it prints.
+pub fn spawn_and_read_line(cmd: &mut Command) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (child, line.trim().to_owned())
+}
+
 /// Waits (up to 10 s) for a child to exit and returns its output; kills it if it does not.
 pub fn finish(mut child: std::process::Child) -> std::process::Output {
     let done = wait_until(Duration::from_secs(10), || {
