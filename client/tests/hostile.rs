@@ -8,7 +8,7 @@
 mod support;
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -17,7 +17,7 @@ use portbroker_proto::{
     HEADER_LEN, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME, PROTOCOL_VERSION,
 };
 use support::raw::{frame, hello_frame, raw, read_response, PROMPT};
-use support::{raise_fd_limit, wait_until, Daemon};
+use support::{lease_and_accept, raise_fd_limit, wait_until, Daemon};
 
 /// Request timeout of the good client: a daemon stuck on a bad client fails fast, not in 30 s.
 const GOOD_CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -138,33 +138,6 @@ fn assert_serves(daemon: &Daemon) {
 fn assert_prompt(started: Instant, what: &str) {
     let took = started.elapsed();
     assert!(took < PROMPT, "{what} took {took:?}");
-}
-
-fn lease_and_accept(daemon: &Daemon, broker: &portbroker::Broker) {
-    let lease = broker
-        .lease_str(&["tcp:127.0.0.1:0"])
-        .unwrap_or_else(|e| panic!("a good client was refused: {e}\n{}", daemon.log()));
-    let addr = lease.local_addr();
-    assert_eq!(addr.ip(), IpAddr::V4(Ipv4Addr::LOCALHOST));
-    assert!(
-        (daemon.pool.0..=daemon.pool.1).contains(&addr.port()),
-        "{addr} is outside the pool {:?}",
-        daemon.pool
-    );
-    let listener = lease.tcp_listener().expect("a listening TCP socket");
-    // connect() succeeding means the connection sits in this listener's queue, so the accept
-    // below returns at once.
-    let mut client =
-        TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect to the leased {addr}: {e}"));
-    client.write_all(b"ping").unwrap();
-    let (mut served, _) = listener.accept().expect("accept on the leased socket");
-    served.set_read_timeout(Some(PROMPT)).unwrap();
-    let mut got = [0; 4];
-    served.read_exact(&mut got).unwrap();
-    assert_eq!(&got, b"ping");
-    lease
-        .release()
-        .unwrap_or_else(|e| panic!("release: {e}\n{}", daemon.log()));
 }
 
 /// A fixed pseudo-random byte pattern (xorshift64*), the same on every run.

@@ -359,6 +359,37 @@ pub fn held_by_portctl(lease: &portbroker::LeaseInfo, portctl: u32) -> bool {
     pid as u32 == portctl || parent == Some(portctl)
 }
 
+/// A good client leases a pool port on loopback, and a real connection reaches its listener.
+pub fn lease_and_accept(daemon: &Daemon, broker: &portbroker::Broker) {
+    let lease = broker
+        .lease_str(&["tcp:127.0.0.1:0"])
+        .unwrap_or_else(|e| panic!("a good client was refused: {e}\n{}", daemon.log()));
+    let addr = lease.local_addr();
+    assert_eq!(
+        addr.ip(),
+        std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+    );
+    assert!(
+        (daemon.pool.0..=daemon.pool.1).contains(&addr.port()),
+        "{addr} is outside the pool {:?}",
+        daemon.pool
+    );
+    let listener = lease.tcp_listener().expect("a listening TCP socket");
+    // connect() succeeding means the connection sits in this listener's queue, so the accept
+    // below returns at once.
+    let mut client = std::net::TcpStream::connect(addr)
+        .unwrap_or_else(|e| panic!("connect to the leased {addr}: {e}"));
+    std::io::Write::write_all(&mut client, b"ping").unwrap();
+    let (mut served, _) = listener.accept().expect("accept on the leased socket");
+    served.set_read_timeout(Some(raw::PROMPT)).unwrap();
+    let mut got = [0; 4];
+    std::io::Read::read_exact(&mut served, &mut got).unwrap();
+    assert_eq!(&got, b"ping");
+    lease
+        .release()
+        .unwrap_or_else(|e| panic!("release: {e}\n{}", daemon.log()));
+}
+
 /// Starts `cmd` with piped stdin and stdout and returns it with the first line it prints.
 pub fn spawn_and_read_line(cmd: &mut Command) -> (std::process::Child, String) {
     use std::io::BufRead;
