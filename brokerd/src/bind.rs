@@ -35,6 +35,31 @@ pub fn bind_socket(transport: Transport, addr: SocketAddr, mode: Listen) -> Resu
     Ok(fd)
 }
 
+/// A reservation: `addr` bound, not listening and without SO_REUSEADDR, so that no other
+/// socket, SO_REUSEADDR or not, can bind the port.
+pub fn reserve(transport: Transport, addr: SocketAddr) -> Result<OwnedFd, Errno> {
+    let fd = unbound_socket(transport, addr)?;
+    bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
+    Ok(fd)
+}
+
+/// Turns a reservation into what a lease hands out: listening for TCP unless bind-only (with
+/// SO_REUSEADDR, as `bind_socket` gives listeners). There is no moment the port is unbound.
+pub fn take_reservation(fd: OwnedFd, transport: Transport, mode: Listen) -> Result<OwnedFd, Errno> {
+    let backlog = match (transport, mode) {
+        (Transport::Tcp, Listen::Default) => Some(Backlog::MAXCONN),
+        (Transport::Tcp, Listen::Backlog(n)) => Some(Backlog::new(
+            i32::try_from(n).unwrap_or(i32::MAX).min(libc::SOMAXCONN),
+        )?),
+        (Transport::Tcp, Listen::BindOnly) | (Transport::Udp, _) => None,
+    };
+    if let Some(backlog) = backlog {
+        setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+        listen(&fd, backlog)?;
+    }
+    Ok(fd)
+}
+
 /// Whether no socket is bound to `addr` any more: a probe bind succeeds only after the last
 /// copy of a leased socket closed, wherever it was (a forked child, an unread SCM_RIGHTS
 /// message). TCP probes set SO_REUSEADDR, as the leased listeners did, so that TIME_WAIT

@@ -97,7 +97,21 @@ struct File {
     rules: Vec<FileRule>,
     #[serde(default)]
     services: BTreeMap<String, FileService>,
+    #[serde(default)]
+    reserve: FileReserve,
 }
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileReserve {
+    #[serde(default)]
+    tcp: Vec<String>,
+    #[serde(default)]
+    udp: Vec<String>,
+}
+
+/// The most ports a policy may reserve: each is an fd the daemon holds.
+const MAX_RESERVED: usize = 4096;
 
 /// Whom a rule or service names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,6 +178,9 @@ pub struct Policy {
     admin_gids: Vec<u32>,
     rules: Vec<Rule>,
     pub services: BTreeMap<String, Service>,
+    /// Ports the broker holds bound (not listening, on every address) from start-up, so that
+    /// nothing outside it can take them; a lease of one gets the held socket.
+    pub reserved: Vec<(Transport, u16)>,
 }
 
 /// A policy file could not be used. The message names the file, and the key, line and column
@@ -275,6 +292,7 @@ impl Policy {
             admin_gids: Vec::new(),
             rules: vec![everyone],
             services: BTreeMap::new(),
+            reserved: Vec::new(),
         }
         .with_socket_defaults(None, None)
     }
@@ -394,6 +412,26 @@ impl Policy {
                 },
             );
         }
+        let mut reserved = Vec::new();
+        for (transport, ranges) in [
+            (Transport::Tcp, &file.reserve.tcp),
+            (Transport::Udp, &file.reserve.udp),
+        ] {
+            for text in ranges {
+                match parse_ports(text) {
+                    Ok(Ports::Range(lo, hi)) => reserved.extend((lo..=hi).map(|port| (transport, port))),
+                    _ => return Err(invalid(format!("[reserve] {transport}: {text:?} is not a port or a range such as \"20000-20009\""))),
+                }
+            }
+        }
+        if reserved.len() > MAX_RESERVED {
+            return Err(invalid(format!(
+                "[reserve] names {} ports; at most {MAX_RESERVED}",
+                reserved.len()
+            )));
+        }
+        reserved.sort_unstable();
+        reserved.dedup();
         Ok(Policy {
             source: Some(path.to_owned()),
             socket_path: file.socket.path,
@@ -404,6 +442,7 @@ impl Policy {
             admin_gids,
             rules,
             services,
+            reserved,
         }
         .with_socket_defaults(mode, gid))
     }

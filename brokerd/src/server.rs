@@ -254,6 +254,9 @@ pub struct Server {
     /// Time limits of leases, earliest first. An entry is stale when its lease was renewed or
     /// has ended; it is dropped when it comes up.
     expiries: BinaryHeap<Reverse<(Instant, LeaseId)>>,
+    /// Reserved ports the broker holds now (see `Policy::reserved`); a leased one is taken
+    /// back when its lease has ended and no copy survives (`maintain_reservations`).
+    reservations: HashMap<(Transport, u16), OwnedFd>,
     /// Ended leases whose sockets live on somewhere; probed again at `next_linger_check`.
     lingering: Vec<LeaseId>,
     next_linger_check: Option<Instant>,
@@ -318,6 +321,7 @@ impl Server {
             request_budget: HashMap::new(),
             next_idle_sweep: Instant::now() + IDLE_SWEEP,
             expiries: BinaryHeap::new(),
+            reservations: HashMap::new(),
             lingering: Vec::new(),
             next_linger_check: None,
             shutting_down: false,
@@ -325,6 +329,7 @@ impl Server {
     }
 
     pub fn run(mut self) -> Result<()> {
+        self.maintain_reservations();
         info!(
             socket = %self.socket.path().display(),
             pool = %self.config.pool,
@@ -1099,8 +1104,25 @@ impl Server {
                         holder: Holder::clone(&conflict.lease.holder),
                     });
                 }
-                let fd = bind_socket(spec.transport, addr, spec.listen)
-                    .map_err(|errno| bind_refusal(spec.transport, addr, errno))?;
+                let reservation = self.reservations.remove(&(spec.transport, spec.port));
+                if reservation.is_some() {
+                    // Watch for the lease's end, to take the port back.
+                    self.next_linger_check
+                        .get_or_insert(Instant::now() + LINGER_CHECK);
+                }
+                let fd = match reservation {
+                    // The held socket itself: the port is never unbound on the way.
+                    Some(held) if ip == self.config.default_addr => {
+                        crate::bind::take_reservation(held, spec.transport, spec.listen)
+                    }
+                    // Another address: the reservation (on every address) must go first.
+                    Some(held) => {
+                        drop(held);
+                        bind_socket(spec.transport, addr, spec.listen)
+                    }
+                    None => bind_socket(spec.transport, addr, spec.listen),
+                }
+                .map_err(|errno| bind_refusal(spec.transport, addr, errno))?;
                 (addr, fd)
             };
             let listening = spec.transport == Transport::Tcp && spec.listen != Listen::BindOnly;
@@ -1389,6 +1411,37 @@ impl Server {
         );
     }
 
+    /// Binds every reserved port the broker does not hold and no lease has. While any is not
+    /// held (leased, a holder's socket lives on, or a process outside the broker has it), this
+    /// runs again with the lingering check, every 100 ms: at most a few thousand hash lookups.
+    fn maintain_reservations(&mut self) {
+        let wildcard = self.config.default_addr;
+        let mut missing = 0;
+        for &(transport, port) in &self.config.policy.reserved {
+            let addr = SocketAddr::new(wildcard, port);
+            if self.reservations.contains_key(&(transport, port)) {
+                continue;
+            }
+            if self.table.conflict(transport, addr).is_some() {
+                missing += 1; // leased: taken back once the lease has ended
+                continue;
+            }
+            match crate::bind::reserve(transport, addr) {
+                Ok(fd) => {
+                    self.reservations.insert((transport, port), fd);
+                }
+                Err(errno) => {
+                    missing += 1;
+                    debug!("cannot reserve {transport}:{addr} yet: {errno}");
+                }
+            }
+        }
+        if missing > 0 {
+            self.next_linger_check
+                .get_or_insert(Instant::now() + LINGER_CHECK);
+        }
+    }
+
     /// Probes the lingering leases again; those whose last copy closed end.
     fn check_lingering(&mut self) {
         let table = &mut self.table;
@@ -1412,6 +1465,7 @@ impl Server {
         });
         self.next_linger_check =
             (!self.lingering.is_empty()).then(|| Instant::now() + LINGER_CHECK);
+        self.maintain_reservations();
     }
 
     /// Gives a lease a time limit from now, or removes it (`ttl_ms` 0).

@@ -384,3 +384,39 @@ fn a_sticky_service_keeps_its_port_for_its_restarted_server() {
         .lease_str(&[&spec])
         .expect("free after the grace period");
 }
+
+/// Reserved ports are held by the broker from start-up: nothing outside it can bind them, a
+/// lease gets the held socket, and after the lease the broker holds the port again.
+#[test]
+fn reserved_ports_are_out_of_reach_except_through_a_lease() {
+    let port = support::free_port();
+    let policy = format!("[reserve]\ntcp = [\"{port}\"]\n");
+    let daemon = Daemon::start_for_all_users(Some(&policy), &[]);
+    let outside_bind = |addr: &str| std::net::TcpListener::bind((addr, port)).is_ok();
+    let held = || !outside_bind("127.0.0.1") && !outside_bind("0.0.0.0");
+    assert!(
+        wait_until(Duration::from_secs(5), held),
+        "the reservation does not hold:\n{}",
+        daemon.log()
+    );
+
+    let broker = daemon.broker();
+    let lease = broker.lease_str(&[&format!("tcp:{port}")]).unwrap();
+    std::net::TcpStream::connect(("127.0.0.1", port)).expect("the leased reservation listens");
+    lease.release().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(1), held),
+        "not reserved again after the lease"
+    );
+
+    // A lease of one address of a reserved port takes the reservation down and puts it back.
+    let specific = broker
+        .lease_str(&[&format!("tcp:127.0.0.1:{port}")])
+        .unwrap();
+    assert_eq!(specific.local_addr().port(), port);
+    drop(specific);
+    assert!(
+        wait_until(Duration::from_secs(1), held),
+        "not reserved again after the lease"
+    );
+}
