@@ -97,6 +97,27 @@ fn default_pool(ephemeral: PortRange, unprivileged_start: u16) -> Result<PortRan
     Ok(PortRange { lo, hi })
 }
 
+const RESERVED_PORTS: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
+
+/// Adds the pool to the kernel's reserved ports of this network namespace (keeping what is
+/// there), so that no outgoing connection or bind(0) takes a pool port as its own.
+fn reserve_in_kernel(pool: PortRange) -> Result<()> {
+    let current = read_sysctl(RESERVED_PORTS)?;
+    let ours = format!("{}-{}", pool.lo, pool.hi);
+    let mut entries: Vec<&str> = current
+        .trim()
+        .split(',')
+        .filter(|e| !e.is_empty())
+        .collect();
+    if !entries.contains(&ours.as_str()) {
+        entries.push(&ours);
+    }
+    std::fs::write(RESERVED_PORTS, entries.join(","))
+        .with_context(|| format!("cannot add the pool {pool} to {RESERVED_PORTS}"))?;
+    tracing::info!("the kernel reserves the pool {pool} ({RESERVED_PORTS})");
+    Ok(())
+}
+
 /// Every connection is an fd: take the hard limit rather than the usual soft 1,024.
 fn raise_fd_limit() -> u64 {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
@@ -140,6 +161,9 @@ fn run(args: Args) -> Result<()> {
         }
         None => default_pool(ephemeral, unprivileged_port_start)?,
     };
+    if policy.reserve_pool_in_kernel {
+        reserve_in_kernel(pool)?;
+    }
     let fd_limit = raise_fd_limit();
     let default_addr = if bind::ipv6_available() {
         std::net::Ipv6Addr::UNSPECIFIED.into()

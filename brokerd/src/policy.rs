@@ -30,6 +30,8 @@ struct FileSocket {
 #[serde(deny_unknown_fields)]
 struct FilePool {
     range: Option<String>,
+    #[serde(default)]
+    reserve_in_kernel: bool,
 }
 
 /// The `[limits]` table; every field has a safe default.
@@ -174,6 +176,9 @@ pub struct Policy {
     pub socket_mode: u32,
     pub socket_gid: Option<u32>,
     pub pool: Option<PortRange>,
+    /// Add the pool to `net.ipv4.ip_local_reserved_ports`, so that the kernel's own ephemeral
+    /// picker never lands on a pool port (matters where the pool overlaps the ephemeral range).
+    pub reserve_pool_in_kernel: bool,
     pub limits: Limits,
     admin_gids: Vec<u32>,
     rules: Vec<Rule>,
@@ -288,6 +293,7 @@ impl Policy {
             socket_mode: 0,
             socket_gid: None,
             pool: None,
+            reserve_pool_in_kernel: false,
             limits: Limits::default(),
             admin_gids: Vec::new(),
             rules: vec![everyone],
@@ -438,6 +444,7 @@ impl Policy {
             socket_mode: 0,
             socket_gid: None,
             pool,
+            reserve_pool_in_kernel: file.pool.reserve_in_kernel,
             limits: file.limits,
             admin_gids,
             rules,

@@ -420,3 +420,56 @@ fn reserved_ports_are_out_of_reach_except_through_a_lease() {
         "not reserved again after the lease"
     );
 }
+
+/// With `reserve_in_kernel`, the pool joins `net.ipv4.ip_local_reserved_ports` of the daemon's
+/// network namespace. The daemon runs in a namespace of the test's own (`unshare --net`), so
+/// the host's setting is never touched.
+#[test]
+fn the_pool_can_be_reserved_in_the_kernel_of_the_daemons_namespace() {
+    use std::process::{Command, Stdio};
+    const RESERVED: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
+    let host_before = std::fs::read_to_string(RESERVED).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("portbroker.toml");
+    std::fs::write(
+        &config,
+        "[pool]\nrange = \"40000-40099\"\nreserve_in_kernel = true\n",
+    )
+    .unwrap();
+    let socket = dir.path().join("portbroker.sock");
+    let log = std::fs::File::create(dir.path().join("log")).unwrap();
+    let mut daemon = Command::new("unshare")
+        .arg("--net")
+        .arg("--")
+        .arg(support::portbrokerd_bin())
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--config")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let up = wait_until(Duration::from_secs(10), || {
+        std::os::unix::net::UnixStream::connect(&socket).is_ok()
+    });
+    let log = || std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
+    assert!(up, "the daemon did not start in its namespace:\n{}", log());
+    let inside = Command::new("nsenter")
+        .args(["-t", &daemon.id().to_string(), "-n", "cat", RESERVED])
+        .output()
+        .unwrap();
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let inside = String::from_utf8_lossy(&inside.stdout);
+    assert!(
+        inside.split(',').any(|e| e.trim() == "40000-40099"),
+        "reserved in the namespace: {inside:?}\n{}",
+        log()
+    );
+    assert_eq!(
+        std::fs::read_to_string(RESERVED).unwrap(),
+        host_before,
+        "the host's setting is untouched"
+    );
+}
