@@ -127,7 +127,9 @@ pub fn serve(path: &Path, pool: (u16, u16)) -> Result<()> {
                         | Request::Reload
                         | Request::Revoke { .. }
                         | Request::Renew { .. }
-                        | Request::TieToProcess { .. },
+                        | Request::TieToProcess { .. }
+                        | Request::Handover { .. }
+                        | Request::Claim { .. },
                     ) => Response::Failed(portbroker_proto::Failure::NotPermitted {
                         reason: "the minimal server has no policy".into(),
                     }),

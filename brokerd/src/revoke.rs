@@ -100,6 +100,18 @@ pub fn shut_down_everywhere(inodes: &[u64]) -> usize {
     inodes.len() - left.len()
 }
 
+/// A copy of the socket with this inode, fetched from a process that holds it.
+pub fn copy_of(inode: u64) -> Option<std::os::fd::OwnedFd> {
+    let mut copy = None;
+    visit_copies(&[inode], |pid, number, _| {
+        copy = Pid::from_raw(pid)
+            .and_then(|p| pidfd_open(p, PidfdFlags::empty()).ok())
+            .and_then(|pidfd| pidfd_getfd(&pidfd, number, PidfdGetfdFlags::empty()).ok());
+        copy.is_some()
+    });
+    copy
+}
+
 /// A process that holds one of these sockets, if any can be seen.
 pub fn a_holder_of(inodes: &[u64]) -> Option<i32> {
     let mut found = None;

@@ -254,6 +254,8 @@ pub struct Server {
     /// Time limits of leases, earliest first. An entry is stale when its lease was renewed or
     /// has ended; it is dropped when it comes up.
     expiries: BinaryHeap<Reverse<(Instant, LeaseId)>>,
+    /// Offered handovers: token to lease.
+    handovers: HashMap<u64, LeaseId>,
     /// Reserved ports the broker holds now (see `Policy::reserved`); a leased one is taken
     /// back when its lease has ended and no copy survives (`maintain_reservations`).
     reservations: HashMap<(Transport, u16), OwnedFd>,
@@ -321,6 +323,7 @@ impl Server {
             request_budget: HashMap::new(),
             next_idle_sweep: Instant::now() + IDLE_SWEEP,
             expiries: BinaryHeap::new(),
+            handovers: HashMap::new(),
             reservations: HashMap::new(),
             lingering: Vec::new(),
             next_linger_check: None,
@@ -774,6 +777,8 @@ impl Server {
             Request::Revoke { id: lease } => self.revoke(id, lease),
             Request::Renew { id: lease, ttl_ms } => self.renew(id, lease, ttl_ms),
             Request::TieToProcess { id: lease, pid } => self.tie(id, lease, pid),
+            Request::Handover { id: lease } => self.offer_handover(id, lease),
+            Request::Claim { token } => self.claim(id, token),
             Request::Reload => {
                 let Some(conn) = self.conns.get(&id) else {
                     return;
@@ -1468,6 +1473,90 @@ impl Server {
         self.maintain_reservations();
     }
 
+    fn offer_handover(&mut self, id: ConnId, lease_id: LeaseId) {
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
+        let admin = self.config.policy.is_admin(&conn.identity);
+        let asker = Rc::clone(&conn.holder);
+        let response = match self.table.get(lease_id) {
+            None => Response::Failed(Failure::UnknownLease { id: lease_id }),
+            Some(lease) if lease.holder.uid != asker.uid && !admin => {
+                Response::Failed(Failure::NotYourLease {
+                    id: lease_id,
+                    holder_uid: lease.holder.uid,
+                })
+            }
+            Some(_) => {
+                let token = random_token();
+                self.handovers.retain(|_, offered| *offered != lease_id);
+                self.handovers.insert(token, lease_id);
+                info!(lease = lease_id.0, "offered for handover by {asker}");
+                Response::HandoverOffered {
+                    id: lease_id,
+                    token,
+                }
+            }
+        };
+        self.respond(id, &response, Vec::new());
+    }
+
+    /// Hands an offered lease to this connection, with copies of the very sockets its holder
+    /// has: the port is never unbound, and the lease (same id) changes hands at once.
+    fn claim(&mut self, id: ConnId, token: u64) {
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
+        let admin = self.config.policy.is_admin(&conn.identity);
+        let claimant = Rc::clone(&conn.holder);
+        let outcome = match self.handovers.get(&token).and_then(|l| self.table.get(*l)) {
+            None => Err(Failure::NotPermitted {
+                reason: "no lease is offered with this token".into(),
+            }),
+            Some(lease) if lease.holder.uid != claimant.uid && !admin => {
+                Err(Failure::NotYourLease {
+                    id: lease.id,
+                    holder_uid: lease.holder.uid,
+                })
+            }
+            Some(lease) => lease
+                .sockets
+                .iter()
+                .map(|socket| {
+                    crate::revoke::inodes_of(std::slice::from_ref(socket))
+                        .first()
+                        .and_then(|&inode| crate::revoke::copy_of(inode))
+                })
+                .collect::<Option<Vec<OwnedFd>>>()
+                .map(|fds| (lease.id, lease.conn, lease.sockets.clone(), fds))
+                .ok_or_else(|| Failure::NotPermitted {
+                    reason: "the lease's sockets cannot be found with any process".into(),
+                }),
+        };
+        let (lease_id, old_conn, sockets, fds) = match outcome {
+            Ok(found) => found,
+            Err(failure) => return self.respond(id, &Response::Failed(failure), Vec::new()),
+        };
+        self.handovers.remove(&token);
+        let lease = self.table.get_mut(lease_id).expect("looked up above");
+        let from = std::mem::replace(&mut lease.holder, Rc::clone(&claimant));
+        lease.conn = id;
+        lease.process = None;
+        if let Some(old) = self.conns.get_mut(&old_conn) {
+            old.leases.retain(|&l| l != lease_id);
+        }
+        if let Some(new) = self.conns.get_mut(&id) {
+            new.leases.push(lease_id);
+        }
+        info!(lease = lease_id.0, "handed over from {from} to {claimant}");
+        let granted = Response::Granted {
+            id: lease_id,
+            sockets,
+            fds: fds.len() as u32,
+        };
+        self.respond(id, &granted, fds);
+    }
+
     /// Gives a lease a time limit from now, or removes it (`ttl_ms` 0).
     fn renew(&mut self, id: ConnId, lease_id: LeaseId, ttl_ms: u32) {
         let Some(conn) = self.conns.get(&id) else {
@@ -1632,6 +1721,15 @@ impl std::fmt::Display for SocketList<'_> {
         }
         Ok(())
     }
+}
+
+/// An unguessable handover token (from the kernel's random pool).
+fn random_token() -> u64 {
+    let mut bytes = [0u8; 8];
+    if let Ok(mut urandom) = std::fs::File::open("/dev/urandom") {
+        let _ = urandom.read_exact(&mut bytes);
+    }
+    u64::from_ne_bytes(bytes) ^ unix_now().rotate_left(32)
 }
 
 /// The real uid of a process, from `/proc/PID/status`.

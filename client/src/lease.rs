@@ -135,6 +135,17 @@ impl Lease {
         self.shared.tie_to_process(self.id, pid)
     }
 
+    /// Offers the lease to another process (the next version of a server, say), which takes it
+    /// over with [`Broker::claim`](crate::Broker::claim) and this token. This handle lets go
+    /// of the lease without ending it; the sockets are returned, to serve on until the new
+    /// holder runs, and should be closed then. If this process exits before the claim, the
+    /// lease ends as usual.
+    pub fn handover(mut self) -> Result<(u64, Vec<LeasedSocket>), Error> {
+        let token = self.shared.offer_handover(self.id)?;
+        self.released = true;
+        Ok((token, std::mem::take(&mut self.sockets)))
+    }
+
     /// Lets go of the handle without ending the lease: for a lease tied to a process
     /// ([`Lease::tie_to_process`]), which the broker ends when that process exits. The sockets
     /// this handle still holds are closed.

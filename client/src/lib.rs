@@ -108,6 +108,14 @@ impl Shared {
         Ok(conn.ended(id))
     }
 
+    pub(crate) fn offer_handover(&self, id: LeaseId) -> Result<u64, Error> {
+        match self.round_trip(&Request::Handover { id })?.response {
+            Response::HandoverOffered { id: offered, token } if offered == id => Ok(token),
+            Response::Failed(failure) => Err(Error::Failed(failure)),
+            other => Err(unexpected("Handover", &other)),
+        }
+    }
+
     pub(crate) fn tie_to_process(&self, id: LeaseId, pid: i32) -> Result<Holder, Error> {
         match self
             .round_trip(&Request::TieToProcess { id, pid })?
@@ -164,6 +172,7 @@ fn unexpected(request: &str, response: &Response) -> Error {
         Response::Expired { .. } => "Expired",
         Response::Renewed { .. } => "Renewed",
         Response::Tied { .. } => "Tied",
+        Response::HandoverOffered { .. } => "HandoverOffered",
     };
     Error::protocol(format!("the broker answered {request} with {name}"))
 }
@@ -319,6 +328,16 @@ impl Broker {
             name: name.to_owned(),
         })?;
         self.take_grant("LeaseNamed", reply, Asked::Service(name))
+    }
+
+    /// Takes over a lease another process offered with [`Lease::handover`]: the returned
+    /// `Lease` has the same id and the *same* sockets (the broker fetches copies from the
+    /// holder), so the port is never unbound and never held by two leases. The previous holder
+    /// keeps serving on its copies until it closes them. Allowed to the holder's user and to
+    /// administrators.
+    pub fn claim(&self, token: u64) -> Result<Lease, Error> {
+        let reply = self.shared.round_trip(&Request::Claim { token })?;
+        self.take_grant("Claim", reply, Asked::Service("a handover"))
     }
 
     /// The answer to a lease request: a checked [`Lease`], or the refusal or failure.

@@ -473,3 +473,117 @@ fn the_pool_can_be_reserved_in_the_kernel_of_the_daemons_namespace() {
         "the host's setting is untouched"
     );
 }
+
+/// Handover under load: while a client connects in a tight loop, holder A offers its lease, B
+/// claims it (same id, same listening socket), A stops and closes its copy. No connection is
+/// refused, and the lease is B's.
+#[test]
+fn a_handover_under_load_refuses_no_connection() {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// Accepts until `stop`, answering each connection with `name`.
+    fn serve(
+        listener: TcpListener,
+        name: u8,
+        stop: Arc<AtomicBool>,
+    ) -> std::thread::JoinHandle<usize> {
+        listener.set_nonblocking(true).unwrap();
+        std::thread::spawn(move || {
+            let mut served = 0;
+            while !stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut conn, _)) => {
+                        conn.set_nonblocking(false).unwrap();
+                        let _ = conn.write_all(&[name]);
+                        served += 1;
+                    }
+                    Err(_) => std::thread::park_timeout(Duration::from_millis(1)),
+                }
+            }
+            served // the listener (this holder's copy) closes here
+        })
+    }
+    fn listener_of(sockets: Vec<portbroker::LeasedSocket>) -> TcpListener {
+        match sockets.into_iter().next() {
+            Some(portbroker::LeasedSocket::TcpListener(listener)) => listener,
+            other => panic!("not a listener: {other:?}"),
+        }
+    }
+
+    let daemon = Daemon::start();
+    let holder_a = daemon.broker();
+    let lease = holder_a.lease_str(&["tcp:127.0.0.1:0"]).unwrap();
+    let (addr, id) = (lease.local_addr(), lease.id());
+    let (token, sockets) = lease.handover().unwrap();
+    let stop_a = Arc::new(AtomicBool::new(false));
+    let a = serve(listener_of(sockets), b'A', stop_a.clone());
+
+    // The load: bounded in count and time; every connection must be answered.
+    let stop_load = Arc::new(AtomicBool::new(false));
+    let refused = Arc::new(AtomicUsize::new(0));
+    let answers = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let load = {
+        let (stop, refused, answers) = (stop_load.clone(), refused.clone(), answers.clone());
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            for _ in 0..20_000 {
+                if stop.load(Ordering::Relaxed) || started.elapsed() > Duration::from_secs(10) {
+                    break;
+                }
+                match TcpStream::connect(addr) {
+                    Ok(mut conn) => {
+                        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                        let mut who = [0u8];
+                        if conn.read_exact(&mut who).is_ok() {
+                            answers.lock().unwrap().push(who[0]);
+                        }
+                    }
+                    Err(_) => {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        })
+    };
+    let answered = |by: u8, at_least: usize| {
+        let answers = answers.clone();
+        wait_until(Duration::from_secs(5), move || {
+            answers.lock().unwrap().iter().filter(|&&w| w == by).count() >= at_least
+        })
+    };
+    assert!(answered(b'A', 50), "A never served the load");
+
+    let holder_b = daemon.broker();
+    let mut claimed = holder_b.claim(token).unwrap();
+    assert_eq!(claimed.id(), id, "the lease keeps its id");
+    assert_eq!(claimed.local_addr(), addr);
+    let stop_b = Arc::new(AtomicBool::new(false));
+    let b = serve(listener_of(claimed.take_sockets()), b'B', stop_b.clone());
+    stop_a.store(true, Ordering::Relaxed);
+    let served_by_a = a.join().unwrap();
+    drop(holder_a); // A is gone; the lease is B's now
+    let before = answers.lock().unwrap().len();
+    assert!(answered(b'B', 50), "B never served the load");
+    stop_load.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+    stop_b.store(true, Ordering::Relaxed);
+    let served_by_b = b.join().unwrap();
+
+    let refused = refused.load(Ordering::Relaxed);
+    assert_eq!(refused, 0, "connections were refused during the handover");
+    assert!(
+        answers.lock().unwrap().len() > before,
+        "the load went on after A left"
+    );
+    let listed = holder_b.list().unwrap();
+    assert!(
+        listed.iter().any(|l| l.id == id),
+        "the lease lives on with B: {listed:?}"
+    );
+    eprintln!(
+        "handover under load: A served {served_by_a}, B served {served_by_b}, refused {refused}"
+    );
+}

@@ -313,6 +313,19 @@ pub enum Request {
         /// The process.
         pid: i32,
     },
+    /// Offer a lease to another process (the next version of a server, say): answered with a
+    /// `HandoverOffered` token that the other process `Claim`s. Until then nothing changes.
+    Handover {
+        /// The lease.
+        id: LeaseId,
+    },
+    /// Take over a lease offered with `Handover`: answered with `Granted` carrying the same
+    /// lease id and the *same* sockets (copies of the holder's), so the port is never unbound
+    /// and never held by two leases. The claimant must be the holder's user or an administrator.
+    Claim {
+        /// The token from `HandoverOffered`.
+        token: u64,
+    },
     /// Give a lease a time limit, or extend it: it expires `ttl_ms` from now unless renewed
     /// again; 0 removes the limit. Allowed to its holder's uid and to administrators.
     Renew {
@@ -539,6 +552,13 @@ pub enum Response {
     Expired {
         /// The lease.
         id: LeaseId,
+    },
+    /// The answer to `Handover`.
+    HandoverOffered {
+        /// The lease.
+        id: LeaseId,
+        /// What the next holder claims it with.
+        token: u64,
     },
     /// The answer to `TieToProcess`.
     Tied {
