@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod bind;
+mod journal;
 mod log_buffer;
 mod peer;
 mod policy;
@@ -40,6 +41,16 @@ struct Args {
     /// Run on the built-in policy, whatever files exist.
     #[arg(long)]
     no_config: bool,
+    /// Where the lease journal lives, so that leases survive a restart [default: the socket's
+    /// directory]
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Keep no journal: a restart forgets every lease.
+    #[arg(long, conflicts_with = "state_dir")]
+    no_journal: bool,
+    /// On SIGTERM or SIGINT, end every lease instead of keeping them for the next start.
+    #[arg(long)]
+    release_on_exit: bool,
     /// Log at debug level (RUST_LOG overrides).
     #[arg(short, long)]
     verbose: bool,
@@ -148,6 +159,10 @@ fn run(args: Args) -> Result<()> {
         Some(path) => path,
         None => portbroker_proto::default_socket_path()?,
     };
+    let socket_dir = socket
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .map(PathBuf::from);
     let ephemeral = ephemeral_range()?;
     let pool = match args.pool.or(policy.pool) {
         Some(pool) => {
@@ -180,6 +195,12 @@ fn run(args: Args) -> Result<()> {
             .unwrap_or(usize::MAX)
             .clamp(16, 65_536),
         max_queued_fds: usize::try_from(fd_limit / 4).unwrap_or(usize::MAX).max(64),
+        journal: match (args.no_journal, args.state_dir, socket_dir) {
+            (true, _, _) => None,
+            (false, Some(dir), _) | (false, None, Some(dir)) => Some(dir.join("leases.journal")),
+            (false, None, None) => None,
+        },
+        release_on_exit: args.release_on_exit,
         policy,
     };
     Server::new(config)?.run()

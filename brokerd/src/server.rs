@@ -28,6 +28,7 @@ use signal_hook::iterator::exfiltrator::SignalOnly;
 use tracing::{debug, info, warn};
 
 use crate::bind::bind_socket;
+use crate::journal::{Entry, Journal, Recovered};
 use crate::log_buffer;
 use crate::peer::peer_holder;
 use crate::policy::{groups_of, Identity, Policy};
@@ -45,6 +46,10 @@ pub struct Config {
     pub max_queued_fds: usize,
     /// Who may lease what, and the limits; replaced by a reload.
     pub policy: Policy,
+    /// Where the lease journal lives; `None` keeps no journal.
+    pub journal: Option<PathBuf>,
+    /// On a clean shutdown, end every lease instead of keeping them for the next start.
+    pub release_on_exit: bool,
 }
 
 const LISTENER_TOKEN: u64 = 0;
@@ -86,6 +91,8 @@ struct Conn {
     stream: UnixStream,
     holder: Rc<Holder>,
     identity: Rc<Identity>,
+    /// The peer's start time, journaled with its leases (see `journal::start_time`).
+    start_time: u64,
     /// When the last request came, for the idle timeout.
     last_request: Instant,
     rbuf: Vec<u8>,
@@ -254,6 +261,7 @@ pub struct Server {
     /// Time limits of leases, earliest first. An entry is stale when its lease was renewed or
     /// has ended; it is dropped when it comes up.
     expiries: BinaryHeap<Reverse<(Instant, LeaseId)>>,
+    journal: Option<Journal>,
     /// Offered handovers: token to lease.
     handovers: HashMap<u64, LeaseId>,
     /// Reserved ports the broker holds now (see `Policy::reserved`); a leased one is taken
@@ -300,7 +308,14 @@ impl Server {
                 EpollEvent::new(EpollFlags::EPOLLIN, SIGNAL_TOKEN),
             )
             .context("cannot watch the signal pipe")?;
-        Ok(Server {
+        let journal = match &config.journal {
+            Some(path) => Some(
+                Journal::open(path)
+                    .with_context(|| format!("cannot open the journal {}", path.display()))?,
+            ),
+            None => None,
+        };
+        let mut server = Server {
             table: Table::new(config.pool),
             config,
             socket,
@@ -324,11 +339,17 @@ impl Server {
             next_idle_sweep: Instant::now() + IDLE_SWEEP,
             expiries: BinaryHeap::new(),
             handovers: HashMap::new(),
+            journal: None,
             reservations: HashMap::new(),
             lingering: Vec::new(),
             next_linger_check: None,
             shutting_down: false,
-        })
+        };
+        if let Some((journal, recovered)) = journal {
+            server.journal = Some(journal);
+            server.recover(recovered);
+        }
+        Ok(server)
     }
 
     pub fn run(mut self) -> Result<()> {
@@ -342,6 +363,7 @@ impl Server {
         );
         let mut events = vec![EpollEvent::empty(); 256];
         while !self.shutting_down {
+            self.journal_turn();
             self.flush_log_when_due();
             let timeout = self.next_timeout();
             let ready = match self.epoll.wait(&mut events, timeout) {
@@ -382,8 +404,113 @@ impl Server {
             }
         }
         let (leases, conns) = (self.table.lease_count(), self.conns.len());
-        info!("shutting down: closing {conns} connections and ending {leases} leases");
+        self.journal_turn();
+        match &mut self.journal {
+            Some(journal) if self.config.release_on_exit => {
+                journal.rewrite(std::iter::empty()).context("cannot empty the journal")?;
+                info!("shutting down: closing {conns} connections and ending {leases} leases");
+            }
+            Some(_) => info!(
+                "shutting down: closing {conns} connections; {leases} leases stay in the journal for the next start"
+            ),
+            None => info!("shutting down: closing {conns} connections and ending {leases} leases"),
+        }
         Ok(())
+    }
+
+    /// Writes this turn's grants, changes and ends to the journal with one write and one
+    /// fdatasync (group commit), compacting it now and then.
+    fn journal_turn(&mut self) {
+        let Some(journal) = self.journal.as_mut() else {
+            return;
+        };
+        let (changed, ended) = self.table.take_changes();
+        for id in changed {
+            if let Some(lease) = self.table.get(id) {
+                journal.grant(journal_entry(lease));
+            }
+        }
+        for id in ended {
+            journal.end(id.0);
+        }
+        let result = if journal.wants_compaction(self.table.lease_count()) {
+            let entries: Vec<Entry> = self.table.leases().map(journal_entry).collect();
+            journal.rewrite(entries.iter())
+        } else {
+            journal.commit()
+        };
+        if let Err(err) = result {
+            if warning_due(&mut self.last_full_warning) {
+                warn!("cannot write the journal: {err}; leases may not survive a restart");
+            }
+        }
+    }
+
+    /// Puts back the leases of the journal: those whose holder still runs (same pid and start
+    /// time) are tied to that process; the others end once a probe shows their ports free,
+    /// and linger until then.
+    fn recover(&mut self, recovered: Recovered) {
+        let (mut kept, mut ended, mut lingering) = (0, 0, 0);
+        for entry in recovered.leases {
+            let id = LeaseId(entry.id);
+            let alive = crate::journal::start_time(entry.pid) == Some(entry.start_time);
+            let holder = Holder {
+                pid: entry.pid,
+                uid: entry.uid,
+                gid: entry.gid,
+                name: entry.name.clone(),
+            };
+            self.table
+                .restore(id, Rc::new(holder), entry.since, entry.sockets.clone());
+            if let Some(lease) = self.table.get_mut(id) {
+                lease.conn = NO_CONN;
+                lease.start_time = entry.start_time;
+                lease.service = entry.service.as_deref().map(Rc::from);
+            }
+            let tied = alive
+                && rustix::process::Pid::from_raw(entry.pid)
+                    .and_then(|p| {
+                        rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok()
+                    })
+                    .and_then(|pidfd| {
+                        self.epoll
+                            .add(
+                                &pidfd,
+                                EpollEvent::new(EpollFlags::EPOLLIN, PROCESS_TOKEN | id.0),
+                            )
+                            .ok()
+                            .map(|()| pidfd)
+                    })
+                    .map(|pidfd| {
+                        if let Some(lease) = self.table.get_mut(id) {
+                            lease.process = Some(pidfd);
+                        }
+                    })
+                    .is_some();
+            if tied {
+                kept += 1;
+                continue;
+            }
+            self.end_truthfully(id, "its holder exited while the daemon was down");
+            if self.table.get(id).is_some() {
+                lingering += 1;
+            } else {
+                ended += 1;
+            }
+        }
+        // The journal was just rewritten as what it held; restoring is no change.
+        self.table.take_changes();
+        info!(
+            "recovered from the journal: {kept} leases kept, {ended} ended, {lingering} lingering"
+        );
+        if let Some((line, unread)) = recovered.damage {
+            warn!(
+                "the journal is damaged at line {line}: that line and the {} after it were not \
+                 read. Leases they named are unknown; their ports are refused by the kernel while \
+                 any holder keeps them, and every grant binds (probes) its port first.",
+                unread.saturating_sub(1)
+            );
+        }
     }
 
     /// Logged lines wait up to `LOG_DELAY`, so that one `write` carries many of them.
@@ -538,6 +665,7 @@ impl Server {
             id,
             Conn {
                 stream,
+                start_time: crate::journal::start_time(holder.pid).unwrap_or(0),
                 identity: Rc::new(identity),
                 last_request: Instant::now(),
                 holder: Rc::new(holder),
@@ -872,8 +1000,10 @@ impl Server {
                 let lease = self
                     .table
                     .insert(id, holder.clone(), unix_now(), sockets.clone());
-                if let (Some(name), Some(entry)) = (service, self.table.get_mut(lease)) {
-                    entry.service = Some(Rc::from(name));
+                let start_time = self.conns.get(&id).map_or(0, |c| c.start_time);
+                if let Some(entry) = self.table.get_mut(lease) {
+                    entry.service = service.map(Rc::from);
+                    entry.start_time = start_time;
                 }
                 info!(
                     lease = lease.0,
@@ -1330,8 +1460,11 @@ impl Server {
             ..Holder::clone(&lease.holder)
         };
         lease.holder = Rc::new(holder.clone());
+        lease.start_time = crate::journal::start_time(pid).unwrap_or(0);
         lease.process = Some(process);
-        Ok((holder, std::mem::replace(&mut lease.conn, NO_CONN)))
+        let old_conn = std::mem::replace(&mut lease.conn, NO_CONN);
+        self.table.touch(lease_id);
+        Ok((holder, old_conn))
     }
 
     /// A process a lease was tied to has exited: the lease ends.
@@ -1542,6 +1675,8 @@ impl Server {
         let from = std::mem::replace(&mut lease.holder, Rc::clone(&claimant));
         lease.conn = id;
         lease.process = None;
+        lease.start_time = self.conns.get(&id).map_or(0, |c| c.start_time);
+        self.table.touch(lease_id);
         if let Some(old) = self.conns.get_mut(&old_conn) {
             old.leases.retain(|&l| l != lease_id);
         }
@@ -1720,6 +1855,21 @@ impl std::fmt::Display for SocketList<'_> {
             write!(f, "{socket}")?;
         }
         Ok(())
+    }
+}
+
+/// A lease as the journal keeps it.
+fn journal_entry(lease: &crate::table::Lease) -> Entry {
+    Entry {
+        id: lease.id.0,
+        pid: lease.holder.pid,
+        start_time: lease.start_time,
+        uid: lease.holder.uid,
+        gid: lease.holder.gid,
+        name: lease.holder.name.clone(),
+        since: lease.since,
+        sockets: lease.sockets.clone(),
+        service: lease.service.as_deref().map(str::to_owned),
     }
 }
 

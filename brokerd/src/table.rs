@@ -48,6 +48,8 @@ pub struct Lease {
     pub lingering: bool,
     /// The named service it was leased as, if any.
     pub service: Option<Rc<str>>,
+    /// The holder's start time, to know it again after a restart (see `journal`).
+    pub start_time: u64,
     /// Ended with its holder, and kept for the same user and service until `expires`.
     pub sticky: bool,
 }
@@ -88,6 +90,9 @@ pub struct Table {
     sockets: usize,
     /// Live leases per holder uid, for the per-user quota.
     per_uid: HashMap<u32, u64>,
+    /// Leases granted or changed, and leases ended, since the journal last took them.
+    changed: Vec<LeaseId>,
+    ended: Vec<LeaseId>,
     next_id: u64,
 }
 
@@ -112,6 +117,8 @@ impl Table {
             pool_maps: [map(), map()],
             sockets: 0,
             per_uid: HashMap::new(),
+            changed: Vec::new(),
+            ended: Vec::new(),
             next_id: 1,
         }
     }
@@ -218,6 +225,7 @@ impl Table {
     ) -> LeaseId {
         let id = LeaseId(self.next_id);
         self.next_id += 1;
+        self.changed.push(id);
         for socket in &sockets {
             let key = (socket.transport, socket.addr.port());
             let bindings = self.ports.entry(key).or_default();
@@ -247,14 +255,53 @@ impl Table {
                 process: None,
                 lingering: false,
                 service: None,
+                start_time: 0,
                 sticky: false,
             },
         );
         id
     }
 
+    /// Notes that a lease's holder or state changed, for the journal.
+    pub fn touch(&mut self, id: LeaseId) {
+        self.changed.push(id);
+    }
+
+    /// What changed since the last call: leases granted or changed, and leases ended.
+    pub fn take_changes(&mut self) -> (Vec<LeaseId>, Vec<LeaseId>) {
+        (
+            std::mem::take(&mut self.changed),
+            std::mem::take(&mut self.ended),
+        )
+    }
+
+    /// Puts back a lease of an earlier life of the daemon, with its id; later grants get
+    /// higher ids.
+    pub fn restore(
+        &mut self,
+        id: LeaseId,
+        holder: Rc<Holder>,
+        since: u64,
+        sockets: Vec<GrantedSocket>,
+    ) {
+        self.next_id = self.next_id.max(id.0);
+        let restored = self.insert(0, holder, since, sockets);
+        let mut lease = self.leases.remove(&restored).expect("just inserted");
+        self.changed.pop();
+        self.next_id = self.next_id.max(id.0 + 1);
+        // Re-key the bindings from the provisional id to the real one.
+        for bindings in self.ports.values_mut() {
+            for binding in bindings.iter_mut().filter(|b| b.lease == restored) {
+                binding.lease = id;
+            }
+        }
+        lease.id = id;
+        self.leases.insert(id, lease);
+    }
+
     pub fn remove(&mut self, id: LeaseId) -> Option<Lease> {
         let lease = self.leases.remove(&id)?;
+        self.ended.push(id);
         for socket in &lease.sockets {
             let key = (socket.transport, socket.addr.port());
             if let Some(bindings) = self.ports.get_mut(&key) {
@@ -386,5 +433,37 @@ mod tests {
             table.free_pool_port(Transport::Tcp, 1, |p| p == 61003),
             None
         );
+    }
+}
+
+#[cfg(test)]
+mod restore_tests {
+    use super::*;
+
+    #[test]
+    fn a_restored_lease_keeps_its_id_and_later_ids_are_higher() {
+        let mut table = Table::new(PortRange {
+            lo: 61000,
+            hi: 61009,
+        });
+        let holder = Rc::new(Holder {
+            pid: 1,
+            uid: 0,
+            gid: 0,
+            name: "x".into(),
+        });
+        let socket = GrantedSocket {
+            transport: Transport::Tcp,
+            addr: "127.0.0.1:8080".parse().unwrap(),
+            listening: true,
+        };
+        table.restore(LeaseId(41), holder.clone(), 0, vec![socket]);
+        let hit = table
+            .conflict(Transport::Tcp, "0.0.0.0:8080".parse().unwrap())
+            .unwrap();
+        assert_eq!(hit.lease.id, LeaseId(41));
+        let next = table.insert(1, holder, 0, vec![]);
+        assert_eq!(next, LeaseId(42));
+        assert!(table.remove(LeaseId(41)).is_some());
     }
 }

@@ -227,6 +227,13 @@ impl Daemon {
             .expect("VmRSS in /proc/PID/status")
     }
 
+    /// Kills the daemon with SIGKILL (no clean shutdown) and waits for it; its directory, and
+    /// so its journal, stay.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Whether the daemon process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
