@@ -129,7 +129,8 @@ pub fn serve(path: &Path, pool: (u16, u16)) -> Result<()> {
                         | Request::Renew { .. }
                         | Request::TieToProcess { .. }
                         | Request::Handover { .. }
-                        | Request::Claim { .. },
+                        | Request::Claim { .. }
+                        | Request::Reattach { .. },
                     ) => Response::Failed(portbroker_proto::Failure::NotPermitted {
                         reason: "the minimal server has no policy".into(),
                     }),

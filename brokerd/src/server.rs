@@ -75,6 +75,8 @@ const MAX_SOCKETS_PER_LEASE: usize = 64;
 const POOL_TRIES: usize = 64;
 /// How long a logged line may wait in the buffer before it is written.
 const LOG_DELAY: Duration = Duration::from_millis(50);
+/// The most leases one `Reattach` takes.
+const MAX_REATTACH: usize = 65_536;
 /// How often lingering leases are probed again.
 const LINGER_CHECK: Duration = Duration::from_millis(100);
 /// How often connections are checked against the idle timeout.
@@ -262,6 +264,8 @@ pub struct Server {
     /// has ended; it is dropped when it comes up.
     expiries: BinaryHeap<Reverse<(Instant, LeaseId)>>,
     journal: Option<Journal>,
+    /// Connections served this turn, settled (answers sent) after the journal commit.
+    unsettled: Vec<ConnId>,
     /// Offered handovers: token to lease.
     handovers: HashMap<u64, LeaseId>,
     /// Reserved ports the broker holds now (see `Policy::reserved`); a leased one is taken
@@ -339,6 +343,7 @@ impl Server {
             next_idle_sweep: Instant::now() + IDLE_SWEEP,
             expiries: BinaryHeap::new(),
             handovers: HashMap::new(),
+            unsettled: Vec::new(),
             journal: None,
             reservations: HashMap::new(),
             lingering: Vec::new(),
@@ -385,8 +390,13 @@ impl Server {
                 if let Some(conn) = self.conns.get_mut(&id) {
                     conn.in_ready_queue = false;
                     self.read_requests(id);
-                    self.settle(id);
+                    self.unsettled.push(id);
                 }
+            }
+            // Group commit: the turn's grants reach the journal before any answer leaves.
+            self.journal_turn();
+            for id in std::mem::take(&mut self.unsettled) {
+                self.settle(id);
             }
             self.expire_hellos();
             self.expire_leases();
@@ -722,7 +732,7 @@ impl Server {
         if events.intersects(readable) || !conn.rbuf.is_empty() {
             self.read_requests(id);
         }
-        self.settle(id);
+        self.unsettled.push(id);
     }
 
     /// Closes the connection if it is done, or brings its epoll interest up to date.
@@ -907,6 +917,7 @@ impl Server {
             Request::TieToProcess { id: lease, pid } => self.tie(id, lease, pid),
             Request::Handover { id: lease } => self.offer_handover(id, lease),
             Request::Claim { token } => self.claim(id, token),
+            Request::Reattach { ids } => self.reattach(id, &ids),
             Request::Reload => {
                 let Some(conn) = self.conns.get(&id) else {
                     return;
@@ -1690,6 +1701,37 @@ impl Server {
             fds: fds.len() as u32,
         };
         self.respond(id, &granted, fds);
+    }
+
+    /// Takes leases of the asking process (same pid and uid) onto this connection.
+    fn reattach(&mut self, id: ConnId, ids: &[LeaseId]) {
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
+        let asker = Rc::clone(&conn.holder);
+        let mut taken = Vec::new();
+        for &lease_id in ids.iter().take(MAX_REATTACH) {
+            let Some(lease) = self.table.get_mut(lease_id) else {
+                continue;
+            };
+            if lease.holder.pid != asker.pid || lease.holder.uid != asker.uid {
+                continue;
+            }
+            let old = std::mem::replace(&mut lease.conn, id);
+            if let Some(old) = self.conns.get_mut(&old) {
+                old.leases.retain(|&l| l != lease_id);
+            }
+            taken.push(lease_id);
+        }
+        if let Some(conn) = self.conns.get_mut(&id) {
+            conn.leases.extend(&taken);
+        }
+        info!(
+            "re-attached {} of {} leases to {asker}",
+            taken.len(),
+            ids.len()
+        );
+        self.respond(id, &Response::Reattached { ids: taken }, Vec::new());
     }
 
     /// Gives a lease a time limit from now, or removes it (`ttl_ms` 0).

@@ -86,6 +86,7 @@ impl Lease {
             .zip(&lease.granted)
             .map(|(fd, granted)| LeasedSocket::from_granted(fd, granted))
             .collect();
+        lease.shared.track(lease.id, true);
         Ok(lease)
     }
 
@@ -240,6 +241,7 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
+        self.shared.track(self.id, false);
         if !self.released {
             // Close first, as in `release`. Then tell the broker without waiting for its
             // answer: a drop has nobody to report to, and the next request reads the answer.

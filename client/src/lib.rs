@@ -88,16 +88,47 @@ pub(crate) struct Shared {
     conn: Mutex<Connection>,
     path: PathBuf,
     daemon_version: String,
+    /// The leases this connection's `Lease` handles hold, to re-attach after a reconnect.
+    live: Mutex<std::collections::HashSet<LeaseId>>,
 }
 
 impl Shared {
     pub(crate) fn round_trip(&self, request: &Request) -> Result<Reply, Error> {
         // A panic mid-request leaves the connection marked out of step, so the data behind a
         // poisoned lock is still safe to use: it refuses further requests by itself.
-        self.conn
+        let mut conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        match conn.round_trip(request) {
+            Err(Error::ConnectionLost { .. }) => {
+                // The broker restarted, or the connection broke: connect again, take this
+                // process's leases back onto the new connection, and try once more.
+                let (fresh, _) = open_connection(&self.path)?;
+                *conn = fresh;
+                let ids: Vec<LeaseId> = self.live_leases();
+                if !ids.is_empty() {
+                    conn.round_trip(&Request::Reattach { ids })?;
+                }
+                conn.round_trip(request)
+            }
+            other => other,
+        }
+    }
+
+    fn live_leases(&self) -> Vec<LeaseId> {
+        self.live
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .round_trip(request)
+            .iter()
+            .copied()
+            .collect()
+    }
+
+    pub(crate) fn track(&self, id: LeaseId, live: bool) {
+        let mut set = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        if live {
+            set.insert(id);
+        } else {
+            set.remove(&id);
+        }
     }
 
     /// Whether the broker has said it revoked lease `id`, reading (without waiting) what it
@@ -173,6 +204,7 @@ fn unexpected(request: &str, response: &Response) -> Error {
         Response::Renewed { .. } => "Renewed",
         Response::Tied { .. } => "Tied",
         Response::HandoverOffered { .. } => "HandoverOffered",
+        Response::Reattached { .. } => "Reattached",
     };
     Error::protocol(format!("the broker answered {request} with {name}"))
 }
@@ -236,35 +268,15 @@ impl Broker {
     }
 
     fn handshake(stream: UnixStream, path: PathBuf) -> Result<Broker, Error> {
-        let mut conn = Connection::new(stream, path.clone());
-        set_timeouts(conn.stream(), Some(DEFAULT_TIMEOUT)).map_err(|source| {
-            Error::ConnectionLost {
-                path: path.clone(),
-                source,
-            }
-        })?;
-        let hello = Request::Hello {
-            protocol: PROTOCOL_VERSION,
-            client: CLIENT_NAME.to_owned(),
-        };
-        match conn.round_trip(&hello)?.response {
-            Response::Hello {
-                protocol,
+        let (conn, daemon_version) = hello(stream, &path)?;
+        Ok(Broker {
+            shared: Arc::new(Shared {
+                conn: Mutex::new(conn),
+                path,
                 daemon_version,
-            } if protocol == PROTOCOL_VERSION => Ok(Broker {
-                shared: Arc::new(Shared {
-                    conn: Mutex::new(conn),
-                    path,
-                    daemon_version,
-                }),
+                live: Mutex::default(),
             }),
-            Response::Hello { protocol, .. } => Err(Error::VersionMismatch {
-                broker: protocol,
-                client: PROTOCOL_VERSION,
-            }),
-            Response::Failed(failure) => Err(Error::Failed(failure)),
-            other => Err(unexpected("Hello", &other)),
-        }
+        })
     }
 
     /// The path of the broker's socket.
@@ -440,6 +452,42 @@ impl Broker {
             Response::Failed(failure) => Err(Error::Failed(failure)),
             other => Err(unexpected("Revoke", &other)),
         }
+    }
+}
+
+/// A new connection to the broker at `path`, greeted.
+fn open_connection(path: &Path) -> Result<(Connection, String), Error> {
+    match UnixStream::connect(path) {
+        Ok(stream) => hello(stream, path),
+        Err(source) => Err(Error::Unreachable {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Says Hello on a new connection; the broker's version.
+fn hello(stream: UnixStream, path: &Path) -> Result<(Connection, String), Error> {
+    let mut conn = Connection::new(stream, path.to_owned());
+    set_timeouts(conn.stream(), Some(DEFAULT_TIMEOUT)).map_err(|source| Error::ConnectionLost {
+        path: path.to_owned(),
+        source,
+    })?;
+    let hello = Request::Hello {
+        protocol: PROTOCOL_VERSION,
+        client: CLIENT_NAME.to_owned(),
+    };
+    match conn.round_trip(&hello)?.response {
+        Response::Hello {
+            protocol,
+            daemon_version,
+        } if protocol == PROTOCOL_VERSION => Ok((conn, daemon_version)),
+        Response::Hello { protocol, .. } => Err(Error::VersionMismatch {
+            broker: protocol,
+            client: PROTOCOL_VERSION,
+        }),
+        Response::Failed(failure) => Err(Error::Failed(failure)),
+        other => Err(unexpected("Hello", &other)),
     }
 }
 

@@ -11,15 +11,20 @@ use std::time::Duration;
 use portbroker::{Broker, ErrorKind, Lease, LeaseId, SocketSpec};
 use support::{spawn_and_read_line, wait_until, Daemon};
 
-/// A pool of its own, outside the slices the harness gives other daemons.
-const POOL: &str = "65000-65535";
+/// Pools of their own, outside the slices the harness gives other daemons: one per test, so
+/// that parallel tests do not exhaust each other's.
+const POOL: &str = "65000-65299";
+const POOL_2: &str = "65300-65379";
+const POOL_3: &str = "65380-65459";
+const POOL_4: &str = "65460-65499";
+const POOL_5: &str = "65500-65535";
 
 fn any_port() -> SocketSpec {
     SocketSpec::tcp(Some(Ipv4Addr::LOCALHOST.into()), 0)
 }
 
-fn restart(old: &Daemon) -> Daemon {
-    Daemon::start_with(&["--socket", old.socket.to_str().unwrap(), "--pool", POOL])
+fn restart(old: &Daemon, pool: &str) -> Daemon {
+    Daemon::start_with(&["--socket", old.socket.to_str().unwrap(), "--pool", pool])
 }
 
 #[test]
@@ -84,7 +89,7 @@ fn leases_survive_a_killed_daemon_and_dead_holders_lose_theirs() {
         let _ = child.wait();
     }
 
-    let again = restart(&daemon);
+    let again = restart(&daemon, POOL);
     let listed = again.broker().list().unwrap();
     let me = std::process::id() as i32;
     for lease in &held {
@@ -121,8 +126,8 @@ fn leases_survive_a_killed_daemon_and_dead_holders_lose_theirs() {
     );
 }
 
-fn damaged_journal_test(damage: impl Fn(&mut Vec<u8>)) {
-    let mut daemon = Daemon::start_with(&["--pool", POOL]);
+fn damaged_journal_test(pool: &str, damage: impl Fn(&mut Vec<u8>)) {
+    let mut daemon = Daemon::start_with(&["--pool", pool]);
     let broker = daemon.broker();
     let held: Vec<Lease> = (0..20)
         .map(|_| broker.lease([any_port()]).unwrap())
@@ -133,7 +138,7 @@ fn damaged_journal_test(damage: impl Fn(&mut Vec<u8>)) {
     damage(&mut bytes);
     std::fs::write(&journal, &bytes).unwrap();
 
-    let again = restart(&daemon);
+    let again = restart(&daemon, pool);
     assert!(
         wait_until(Duration::from_secs(2), || again
             .log()
@@ -158,13 +163,60 @@ fn damaged_journal_test(damage: impl Fn(&mut Vec<u8>)) {
 
 #[test]
 fn a_truncated_journal_is_reported_and_grants_nothing_twice() {
-    damaged_journal_test(|bytes| bytes.truncate(bytes.len() / 2 + 7));
+    damaged_journal_test(POOL_2, |bytes| bytes.truncate(bytes.len() / 2 + 7));
 }
 
 #[test]
 fn a_corrupted_journal_is_reported_and_grants_nothing_twice() {
-    damaged_journal_test(|bytes| {
+    damaged_journal_test(POOL_3, |bytes| {
         let middle = bytes.len() / 2;
         bytes[middle] ^= 0x55;
     });
+}
+
+/// A client's `Lease` stays valid through a restart of the daemon: the library connects
+/// again by itself, re-attaches its leases, and goes on.
+#[test]
+fn a_lease_handle_stays_valid_through_a_daemon_restart() {
+    let mut daemon = Daemon::start_with(&["--pool", POOL_4]);
+    let broker = daemon.broker();
+    let lease = broker.lease([any_port()]).unwrap();
+    let id = lease.id();
+    daemon.kill9();
+    let again = restart(&daemon, POOL_4);
+
+    // The next request reconnects and re-attaches on its own.
+    let status = broker.status().expect("the library reconnects by itself");
+    assert_eq!(status.leases, 1);
+    assert!(
+        wait_until(Duration::from_secs(2), || again
+            .log()
+            .contains("re-attached 1 of 1 leases")),
+        "{}",
+        again.log()
+    );
+    assert!(!lease.is_revoked().unwrap());
+    lease.release().expect("the handle still ends its lease");
+    assert!(!again.broker().list().unwrap().iter().any(|l| l.id == id));
+}
+
+/// SIGTERM keeps the journal; `--release-on-exit` ends every lease instead.
+#[test]
+fn sigterm_keeps_leases_unless_told_to_release_them() {
+    for (flags, kept) in [(&[][..], true), (&["--release-on-exit"][..], false)] {
+        let mut args = vec!["--pool", POOL_5];
+        args.extend_from_slice(flags);
+        let mut daemon = Daemon::start_with(&args);
+        let broker = daemon.broker();
+        let lease = broker.lease([any_port()]).unwrap();
+        assert!(daemon.stop().success());
+        let again = restart(&daemon, POOL_5);
+        let listed = again.broker().list().unwrap();
+        assert_eq!(
+            listed.iter().any(|l| l.id == lease.id()),
+            kept,
+            "{flags:?}: {listed:?}"
+        );
+        drop(lease);
+    }
 }

@@ -326,6 +326,13 @@ pub enum Request {
         /// The token from `HandoverOffered`.
         token: u64,
     },
+    /// After a new connection (the broker restarted, say), take these leases of this process
+    /// back onto it: notices about them come here, and closing it ends them. Answered with
+    /// `Reattached`, naming the leases taken.
+    Reattach {
+        /// The leases.
+        ids: Vec<LeaseId>,
+    },
     /// Give a lease a time limit, or extend it: it expires `ttl_ms` from now unless renewed
     /// again; 0 removes the limit. Allowed to its holder's uid and to administrators.
     Renew {
@@ -559,6 +566,11 @@ pub enum Response {
         id: LeaseId,
         /// What the next holder claims it with.
         token: u64,
+    },
+    /// The answer to `Reattach`: the leases now on this connection.
+    Reattached {
+        /// The leases.
+        ids: Vec<LeaseId>,
     },
     /// The answer to `TieToProcess`.
     Tied {
