@@ -2,8 +2,11 @@
 //!
 //! An append-only log of lines `CRC32 JSON`: `Grant` records a lease (again, with its new
 //! holder, after a tie or a handover), `End` its end. The event loop gathers a turn's changes
-//! and writes them with one `write` and one `fdatasync` (group commit), so no lease waits for
-//! a flush of its own. When the log holds many times more records than live leases, it is
+//! and writes them with one `write` (group commit), so no lease waits for a write of its own.
+//! The log is not fsynced: what it guards against is the daemon's own death, which leaves the
+//! page cache intact, while a machine crash ends every holder too, and with them every lease
+//! (and `/run` is a tmpfs). Measured: an fdatasync per turn on a disk-backed directory cut a
+//! single client's lease rate from ~17k/s to ~4k/s. When the log holds many times more records than live leases, it is
 //! rewritten as a snapshot (write, fsync, rename). A damaged or truncated line ends recovery at
 //! that line, which the startup report names.
 
@@ -120,14 +123,14 @@ impl Journal {
         self.records += 1;
     }
 
-    /// Writes what this turn gathered: one write, one fdatasync.
+    /// Writes what this turn gathered, in one write.
     pub fn commit(&mut self) -> io::Result<()> {
         if self.pending.is_empty() {
             return Ok(());
         }
         self.file.write_all(&self.pending)?;
         self.pending.clear();
-        self.file.sync_data()
+        Ok(())
     }
 
     /// Whether the log has grown enough, against `live` leases, to be rewritten.
