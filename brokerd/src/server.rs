@@ -264,6 +264,8 @@ pub struct Server {
     /// has ended; it is dropped when it comes up.
     expiries: BinaryHeap<Reverse<(Instant, LeaseId)>>,
     journal: Option<Journal>,
+    /// Processes leases are tied to: one pidfd each, and the leases.
+    watched: HashMap<i32, (OwnedFd, Vec<LeaseId>)>,
     /// Connections served this turn, settled (answers sent) after the journal commit.
     unsettled: Vec<ConnId>,
     /// Offered handovers: token to lease.
@@ -344,6 +346,7 @@ impl Server {
             expiries: BinaryHeap::new(),
             handovers: HashMap::new(),
             unsettled: Vec::new(),
+            watched: HashMap::new(),
             journal: None,
             reservations: HashMap::new(),
             lingering: Vec::new(),
@@ -381,7 +384,7 @@ impl Server {
                     LISTENER_TOKEN => self.accept_all(),
                     SIGNAL_TOKEN => self.take_signals(),
                     token if token & PROCESS_TOKEN != 0 => {
-                        self.process_exited(LeaseId(token & !PROCESS_TOKEN))
+                        self.process_exited((token & !PROCESS_TOKEN) as i32)
                     }
                     id => self.serve(id, event.events()),
                 }
@@ -477,26 +480,7 @@ impl Server {
                 lease.start_time = entry.start_time;
                 lease.service = entry.service.as_deref().map(Rc::from);
             }
-            let tied = alive
-                && rustix::process::Pid::from_raw(entry.pid)
-                    .and_then(|p| {
-                        rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok()
-                    })
-                    .and_then(|pidfd| {
-                        self.epoll
-                            .add(
-                                &pidfd,
-                                EpollEvent::new(EpollFlags::EPOLLIN, PROCESS_TOKEN | id.0),
-                            )
-                            .ok()
-                            .map(|()| pidfd)
-                    })
-                    .map(|pidfd| {
-                        if let Some(lease) = self.table.get_mut(id) {
-                            lease.process = Some(pidfd);
-                        }
-                    })
-                    .is_some();
+            let tied = alive && self.watch(entry.pid, id).is_ok();
             if tied {
                 kept += 1;
                 continue;
@@ -1452,17 +1436,7 @@ impl Server {
                 asker.uid
             )));
         }
-        let process = rustix::process::Pid::from_raw(pid)
-            .ok_or_else(|| not_permitted(format!("{pid} is not a process id")))
-            .and_then(|p| {
-                rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())
-                    .map_err(|e| not_permitted(format!("cannot watch process {pid}: {e}")))
-            })?;
-        self.epoll
-            .add(
-                &process,
-                EpollEvent::new(EpollFlags::EPOLLIN, PROCESS_TOKEN | lease_id.0),
-            )
+        self.watch(pid, lease_id)
             .map_err(|e| not_permitted(format!("cannot watch process {pid}: {e}")))?;
         let lease = self.table.get_mut(lease_id).expect("looked up above");
         let holder = Holder {
@@ -1472,17 +1446,48 @@ impl Server {
         };
         lease.holder = Rc::new(holder.clone());
         lease.start_time = crate::journal::start_time(pid).unwrap_or(0);
-        lease.process = Some(process);
         let old_conn = std::mem::replace(&mut lease.conn, NO_CONN);
         self.table.touch(lease_id);
         Ok((holder, old_conn))
     }
 
-    /// A process a lease was tied to has exited: the lease ends.
-    fn process_exited(&mut self, lease_id: LeaseId) {
-        if let Some(lease) = self.table.get(lease_id) {
-            let why = format!("{} exited", lease.holder);
-            self.end_truthfully(lease_id, &why);
+    /// Ties a lease to process `pid`, watching the process through one pidfd however many of
+    /// its leases are tied to it.
+    fn watch(&mut self, pid: i32, lease_id: LeaseId) -> Result<(), String> {
+        if let Some((_, leases)) = self.watched.get_mut(&pid) {
+            leases.push(lease_id);
+        } else {
+            let pidfd = rustix::process::Pid::from_raw(pid)
+                .ok_or_else(|| format!("{pid} is not a process id"))
+                .and_then(|p| {
+                    rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty())
+                        .map_err(|e| e.to_string())
+                })?;
+            let token = PROCESS_TOKEN | u64::from(pid as u32);
+            self.epoll
+                .add(&pidfd, EpollEvent::new(EpollFlags::EPOLLIN, token))
+                .map_err(|e| e.to_string())?;
+            self.watched.insert(pid, (pidfd, vec![lease_id]));
+        }
+        if let Some(lease) = self.table.get_mut(lease_id) {
+            lease.tied = true;
+        }
+        Ok(())
+    }
+
+    /// A process leases were tied to has exited: those still tied to it end.
+    fn process_exited(&mut self, pid: i32) {
+        let Some((_pidfd, leases)) = self.watched.remove(&pid) else {
+            return;
+        };
+        for lease_id in leases {
+            let Some(lease) = self.table.get(lease_id) else {
+                continue;
+            };
+            if lease.tied && lease.holder.pid == pid {
+                let why = format!("{} exited", lease.holder);
+                self.end_truthfully(lease_id, &why);
+            }
         }
     }
 
@@ -1517,7 +1522,7 @@ impl Server {
         lease.lingering = true;
         lease.conn = NO_CONN;
         lease.expires = None;
-        lease.process = None;
+        lease.tied = false;
         if let Some(pid) = survivor {
             lease.holder = Rc::new(Holder {
                 pid,
@@ -1548,7 +1553,7 @@ impl Server {
             .map_or(0, |d| (d + grace).as_millis() as u64);
         lease.sticky = true;
         lease.conn = NO_CONN;
-        lease.process = None;
+        lease.tied = false;
         lease.expires = Some((at, unix_ms));
         self.expiries.push(Reverse((at, lease_id)));
         info!(
@@ -1685,7 +1690,7 @@ impl Server {
         let lease = self.table.get_mut(lease_id).expect("looked up above");
         let from = std::mem::replace(&mut lease.holder, Rc::clone(&claimant));
         lease.conn = id;
-        lease.process = None;
+        lease.tied = false;
         lease.start_time = self.conns.get(&id).map_or(0, |c| c.start_time);
         self.table.touch(lease_id);
         if let Some(old) = self.conns.get_mut(&old_conn) {

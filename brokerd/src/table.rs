@@ -41,9 +41,10 @@ pub struct Lease {
     pub sockets: Vec<GrantedSocket>,
     /// When it ends unless renewed: the loop's clock, and the same moment for clients.
     pub expires: Option<(Instant, u64)>,
-    /// The process the lease is tied to, instead of its connection (`TieToProcess`); it becomes
-    /// readable when the process exits. Closed with the lease, which also unwatches it.
-    pub process: Option<std::os::fd::OwnedFd>,
+    /// Tied to its holder process instead of its connection (`TieToProcess`, or recovered
+    /// from the journal): it ends when that process exits (the server watches one pidfd per
+    /// process).
+    pub tied: bool,
     /// Ended, but a copy of a socket survives (see `LeaseInfo::lingering`).
     pub lingering: bool,
     /// The named service it was leased as, if any.
@@ -252,7 +253,7 @@ impl Table {
                 since,
                 sockets,
                 expires: None,
-                process: None,
+                tied: false,
                 lingering: false,
                 service: None,
                 start_time: 0,
@@ -289,10 +290,13 @@ impl Table {
         let mut lease = self.leases.remove(&restored).expect("just inserted");
         self.changed.pop();
         self.next_id = self.next_id.max(id.0 + 1);
-        // Re-key the bindings from the provisional id to the real one.
-        for bindings in self.ports.values_mut() {
-            for binding in bindings.iter_mut().filter(|b| b.lease == restored) {
-                binding.lease = id;
+        // Re-key the lease's own bindings from the provisional id to the real one.
+        for socket in &lease.sockets {
+            let key = (socket.transport, socket.addr.port());
+            if let Some(bindings) = self.ports.get_mut(&key) {
+                for binding in bindings.iter_mut().filter(|b| b.lease == restored) {
+                    binding.lease = id;
+                }
             }
         }
         lease.id = id;

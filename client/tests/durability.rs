@@ -52,14 +52,21 @@ fn leases_survive_a_killed_daemon_and_dead_holders_lose_theirs() {
             child
         })
         .collect();
-    let mortal_ids: Vec<LeaseId> = broker
-        .list()
-        .unwrap()
-        .into_iter()
-        .filter(|l| !ids.contains(&l.id))
-        .map(|l| l.id)
-        .collect();
-    assert_eq!(mortal_ids.len(), 3);
+    // portctl ties each lease to its program: the programs are the holders that will die.
+    let mut mortal_leases = Vec::new();
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            mortal_leases = broker
+                .list()
+                .unwrap()
+                .into_iter()
+                .filter(|l| !ids.contains(&l.id))
+                .collect();
+            mortal_leases.len() == 3 && mortal_leases.iter().all(|l| l.holder.name == "python3")
+        }),
+        "{mortal_leases:?}"
+    );
+    let mortal_ids: Vec<LeaseId> = mortal_leases.iter().map(|l| l.id).collect();
 
     // Eight clients lease and release while the daemon is killed under them.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -84,9 +91,12 @@ fn leases_survive_a_killed_daemon_and_dead_holders_lose_theirs() {
     for thread in churn {
         thread.join().unwrap();
     }
+    for lease in &mortal_leases {
+        let pid = nix::unistd::Pid::from_raw(lease.holder.pid);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    }
     for child in &mut mortal {
-        let _ = child.kill();
-        let _ = child.wait();
+        let _ = child.wait(); // portctl exits with its program
     }
 
     let again = restart(&daemon, POOL);
