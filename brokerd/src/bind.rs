@@ -15,13 +15,7 @@ use portbroker_proto::{Listen, Transport};
 pub fn bind_socket(transport: Transport, addr: SocketAddr, mode: Listen) -> Result<OwnedFd, Errno> {
     debug_assert_ne!(addr.port(), 0, "the broker always binds an explicit port");
     let fd = unbound_socket(transport, addr)?;
-    let backlog = match (transport, mode) {
-        (Transport::Tcp, Listen::Default) => Some(Backlog::MAXCONN),
-        (Transport::Tcp, Listen::Backlog(n)) => Some(Backlog::new(
-            i32::try_from(n).unwrap_or(i32::MAX).min(libc::SOMAXCONN),
-        )?),
-        (Transport::Tcp, Listen::BindOnly) | (Transport::Udp, _) => None,
-    };
+    let backlog = backlog_for(transport, mode)?;
     if backlog.is_some() {
         // Safe only because the socket listens at once: SO_REUSEADDR then only lets a new
         // listener rebind over TIME_WAIT connections, never share a live port. Bound-only TCP
@@ -46,13 +40,7 @@ pub fn reserve(transport: Transport, addr: SocketAddr) -> Result<OwnedFd, Errno>
 /// Turns a reservation into what a lease hands out: listening for TCP unless bind-only (with
 /// SO_REUSEADDR, as `bind_socket` gives listeners). There is no moment the port is unbound.
 pub fn take_reservation(fd: OwnedFd, transport: Transport, mode: Listen) -> Result<OwnedFd, Errno> {
-    let backlog = match (transport, mode) {
-        (Transport::Tcp, Listen::Default) => Some(Backlog::MAXCONN),
-        (Transport::Tcp, Listen::Backlog(n)) => Some(Backlog::new(
-            i32::try_from(n).unwrap_or(i32::MAX).min(libc::SOMAXCONN),
-        )?),
-        (Transport::Tcp, Listen::BindOnly) | (Transport::Udp, _) => None,
-    };
+    let backlog = backlog_for(transport, mode)?;
     if let Some(backlog) = backlog {
         setsockopt(&fd, sockopt::ReuseAddr, &true)?;
         listen(&fd, backlog)?;
@@ -72,6 +60,17 @@ pub fn is_free(transport: Transport, addr: SocketAddr) -> bool {
         return false;
     }
     bind(fd.as_raw_fd(), &SockaddrStorage::from(addr)).is_ok()
+}
+
+/// The listen backlog a spec asks for; `None` when the socket must not listen.
+fn backlog_for(transport: Transport, mode: Listen) -> Result<Option<Backlog>, Errno> {
+    Ok(match (transport, mode) {
+        (Transport::Tcp, Listen::Default) => Some(Backlog::MAXCONN),
+        (Transport::Tcp, Listen::Backlog(n)) => Some(Backlog::new(
+            i32::try_from(n).unwrap_or(i32::MAX).min(libc::SOMAXCONN),
+        )?),
+        (Transport::Tcp, Listen::BindOnly) | (Transport::Udp, _) => None,
+    })
 }
 
 /// A close-on-exec socket of the transport and the address's family. `[::]` is dual-stack, as

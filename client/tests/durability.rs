@@ -39,15 +39,10 @@ fn leases_survive_a_killed_daemon_and_dead_holders_lose_theirs() {
     // Holders that will die while the daemon is down.
     let mut mortal: Vec<Child> = (0..3)
         .map(|_| {
-            let (child, line) = spawn_and_read_line(daemon.portctl().args([
-                "run",
-                "-q",
+            let (child, line) = spawn_and_read_line(daemon.portctl().args(support::run_python(
                 "tcp:127.0.0.1:0",
-                "--",
-                "python3",
-                "-c",
-                "import sys; print('ready', flush=True); sys.stdin.read()",
-            ]));
+                support::READY_THEN_WAIT,
+            )));
             assert_eq!(line, "ready");
             child
         })

@@ -185,15 +185,11 @@ fn a_lease_tied_to_the_program_outlives_a_killed_portctl() {
                   \x20   r, _, _ = select.select([s, sys.stdin], [], [])\n\
                   \x20   if sys.stdin in r: break\n\
                   \x20   c, _ = s.accept(); c.sendall(str(os.getpid()).encode()); c.close()";
-    let (mut portctl, ready) = support::spawn_and_read_line(daemon.portctl().args([
-        "run",
-        "-q",
-        "tcp:127.0.0.1:0",
-        "--",
-        "python3",
-        "-c",
-        server,
-    ]));
+    let (mut portctl, ready) = support::spawn_and_read_line(
+        daemon
+            .portctl()
+            .args(support::run_python("tcp:127.0.0.1:0", server)),
+    );
     assert_eq!(ready.trim(), "ready");
     let broker = daemon.broker();
     let mut lease = None;
@@ -253,11 +249,8 @@ fn a_socket_surviving_in_a_grandchild_keeps_the_port_out_of_reach_until_it_close
                    \x20   sys.stdin.read()\n\
                    \x20   os._exit(0)\n\
                    os._exit(0)";
-    let (mut portctl, line) = support::spawn_and_read_line(
-        daemon
-            .portctl()
-            .args(["run", "-q", &spec, "--", "python3", "-c", program]),
-    );
+    let (mut portctl, line) =
+        support::spawn_and_read_line(daemon.portctl().args(support::run_python(&spec, program)));
     let grandchild: i32 = line
         .trim()
         .strip_prefix("grandchild ")
@@ -315,15 +308,11 @@ fn a_sticky_service_keeps_its_port_for_its_restarted_server() {
     let daemon = Daemon::start_for_all_users(Some(&policy), &[]);
     let spec = format!("tcp:127.0.0.1:{port}");
     let start_server = || {
-        let (portctl, line) = support::spawn_and_read_line(daemon.portctl().args([
-            "run",
-            "-q",
-            "web",
-            "--",
-            "python3",
-            "-c",
-            "import os, sys; print(os.getpid(), flush=True); sys.stdin.read()",
-        ]));
+        let (portctl, line) =
+            support::spawn_and_read_line(daemon.portctl().args(support::run_python(
+                "web",
+                "import os, sys; print(os.getpid(), flush=True); sys.stdin.read()",
+            )));
         let server: i32 = line
             .trim()
             .parse()

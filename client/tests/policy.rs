@@ -269,15 +269,7 @@ addresses = ["127.0.0.1"]
     for _ in 0..2 {
         let child = daemon
             .portctl_as(NOBODY)
-            .args([
-                "run",
-                "-q",
-                "tcp:127.0.0.1:0",
-                "--",
-                "python3",
-                "-c",
-                PYTHON_WAIT_FOR_EOF,
-            ])
+            .args(support::run_python("tcp:127.0.0.1:0", PYTHON_WAIT_FOR_EOF))
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -29,15 +29,9 @@ ports = ["pool"]
 
 /// A lease held by `uid` through `portctl run`, whose program waits for its stdin to close.
 fn hold_as(daemon: &Daemon, uid: u32) -> (Child, LeaseId) {
-    let (child, line) = support::spawn_and_read_line(daemon.portctl_as(uid).args([
-        "run",
-        "-q",
-        "tcp:127.0.0.1:0",
-        "--",
-        "python3",
-        "-c",
-        "import sys; print('ready', flush=True); sys.stdin.read()",
-    ]));
+    let (child, line) = support::spawn_and_read_line(daemon.portctl_as(uid).args(
+        support::run_python("tcp:127.0.0.1:0", support::READY_THEN_WAIT),
+    ));
     assert_eq!(
         line.trim(),
         "ready",

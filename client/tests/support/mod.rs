@@ -397,6 +397,14 @@ pub fn lease_and_accept(daemon: &Daemon, broker: &portbroker::Broker) {
         .unwrap_or_else(|e| panic!("release: {e}\n{}", daemon.log()));
 }
 
+/// A program for `portctl run` that says "ready" and holds its lease until its stdin closes.
+pub const READY_THEN_WAIT: &str = "import sys; print('ready', flush=True); sys.stdin.read()";
+
+/// The arguments of `portctl run -q SPEC -- python3 -c CODE`.
+pub fn run_python<'a>(spec: &'a str, code: &'a str) -> [&'a str; 7] {
+    ["run", "-q", spec, "--", "python3", "-c", code]
+}
+
 /// Starts `cmd` with piped stdin and stdout and returns it with the first line it prints.
 pub fn spawn_and_read_line(cmd: &mut Command) -> (std::process::Child, String) {
     use std::io::BufRead;
