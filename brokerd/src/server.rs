@@ -1352,20 +1352,16 @@ impl Server {
             return;
         };
         let asker = Rc::clone(&conn.holder);
-        let admin = self.config.policy.is_admin(&conn.identity);
-        let response = match self.table.get(lease_id) {
-            None => Response::Failed(Failure::UnknownLease { id: lease_id }),
-            Some(lease) if lease.holder.uid != asker.uid && !admin => {
-                warn!(
-                    "refused to release lease {lease_id} of {} for {asker}",
-                    lease.holder
-                );
-                Response::Failed(Failure::NotYourLease {
-                    id: lease_id,
-                    holder_uid: lease.holder.uid,
-                })
+        let response = match self
+            .may_act_on(id, lease_id)
+            .map(|()| self.table.get(lease_id))
+        {
+            Err(failure) => {
+                warn!("refused to release lease {lease_id} for {asker}: {failure}");
+                Response::Failed(failure)
             }
-            Some(lease) if lease.lingering => {
+            Ok(None) => Response::Failed(Failure::UnknownLease { id: lease_id }),
+            Ok(Some(lease)) if lease.lingering => {
                 // Its holder is done with it already; the port returns when the last copy
                 // closes, not before.
                 info!(
@@ -1374,7 +1370,7 @@ impl Server {
                 );
                 Response::Released { id: lease_id }
             }
-            Some(_) => {
+            Ok(Some(_)) => {
                 let lease = self.table.remove(lease_id).expect("lease looked up above");
                 if let Some(owner) = self.conns.get_mut(&lease.conn) {
                     owner.leases.retain(|&l| l != lease_id);
@@ -1386,6 +1382,22 @@ impl Server {
         self.respond(id, &response, Vec::new());
     }
 
+    /// Whether the peer of connection `asker` may act on lease `lease_id` (release, renew, tie,
+    /// hand over, claim): the lease holder's uid, or an administrator.
+    fn may_act_on(&self, asker: ConnId, lease_id: LeaseId) -> Result<(), Failure> {
+        let unknown = Failure::UnknownLease { id: lease_id };
+        let lease = self.table.get(lease_id).ok_or(unknown.clone())?;
+        let conn = self.conns.get(&asker).ok_or(unknown)?;
+        if lease.holder.uid == conn.identity.uid || self.config.policy.is_admin(&conn.identity) {
+            Ok(())
+        } else {
+            Err(Failure::NotYourLease {
+                id: lease_id,
+                holder_uid: lease.holder.uid,
+            })
+        }
+    }
+
     /// Ties a lease to process `pid`: it ends when the process exits, not with the connection.
     fn tie(&mut self, id: ConnId, lease_id: LeaseId, pid: i32) {
         let Some(conn) = self.conns.get(&id) else {
@@ -1393,7 +1405,7 @@ impl Server {
         };
         let admin = self.config.policy.is_admin(&conn.identity);
         let asker = Rc::clone(&conn.holder);
-        let response = match self.tie_checked(lease_id, pid, &asker, admin) {
+        let response = match self.tie_checked(id, lease_id, pid, &asker, admin) {
             Ok((holder, old_conn)) => {
                 if let Some(conn) = self.conns.get_mut(&old_conn) {
                     conn.leases.retain(|&l| l != lease_id);
@@ -1412,21 +1424,13 @@ impl Server {
     /// The lease's new holder and the connection it leaves.
     fn tie_checked(
         &mut self,
+        id: ConnId,
         lease_id: LeaseId,
         pid: i32,
         asker: &Holder,
         admin: bool,
     ) -> Result<(Holder, ConnId), Failure> {
-        let lease = self
-            .table
-            .get(lease_id)
-            .ok_or(Failure::UnknownLease { id: lease_id })?;
-        if lease.holder.uid != asker.uid && !admin {
-            return Err(Failure::NotYourLease {
-                id: lease_id,
-                holder_uid: lease.holder.uid,
-            });
-        }
+        self.may_act_on(id, lease_id)?;
         let not_permitted = |reason: String| Failure::NotPermitted { reason };
         let owner =
             process_uid(pid).ok_or_else(|| not_permitted(format!("there is no process {pid}")))?;
@@ -1547,10 +1551,7 @@ impl Server {
         let Some(lease) = self.table.get_mut(lease_id) else {
             return;
         };
-        let at = Instant::now() + grace;
-        let unix_ms = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| (d + grace).as_millis() as u64);
+        let (at, unix_ms) = deadline_after(grace);
         lease.sticky = true;
         lease.conn = NO_CONN;
         lease.tied = false;
@@ -1626,17 +1627,10 @@ impl Server {
         let Some(conn) = self.conns.get(&id) else {
             return;
         };
-        let admin = self.config.policy.is_admin(&conn.identity);
         let asker = Rc::clone(&conn.holder);
-        let response = match self.table.get(lease_id) {
-            None => Response::Failed(Failure::UnknownLease { id: lease_id }),
-            Some(lease) if lease.holder.uid != asker.uid && !admin => {
-                Response::Failed(Failure::NotYourLease {
-                    id: lease_id,
-                    holder_uid: lease.holder.uid,
-                })
-            }
-            Some(_) => {
+        let response = match self.may_act_on(id, lease_id) {
+            Err(failure) => Response::Failed(failure),
+            Ok(()) => {
                 let token = random_token();
                 self.handovers.retain(|_, offered| *offered != lease_id);
                 self.handovers.insert(token, lease_id);
@@ -1656,19 +1650,14 @@ impl Server {
         let Some(conn) = self.conns.get(&id) else {
             return;
         };
-        let admin = self.config.policy.is_admin(&conn.identity);
         let claimant = Rc::clone(&conn.holder);
-        let outcome = match self.handovers.get(&token).and_then(|l| self.table.get(*l)) {
+        let offered = self.handovers.get(&token).and_then(|l| self.table.get(*l));
+        let outcome = match offered.map(|lease| (lease, self.may_act_on(id, lease.id))) {
             None => Err(Failure::NotPermitted {
                 reason: "no lease is offered with this token".into(),
             }),
-            Some(lease) if lease.holder.uid != claimant.uid && !admin => {
-                Err(Failure::NotYourLease {
-                    id: lease.id,
-                    holder_uid: lease.holder.uid,
-                })
-            }
-            Some(lease) => lease
+            Some((_, Err(failure))) => Err(failure),
+            Some((lease, Ok(()))) => lease
                 .sockets
                 .iter()
                 .map(|socket| {
@@ -1744,24 +1733,14 @@ impl Server {
         let Some(conn) = self.conns.get(&id) else {
             return;
         };
-        let admin = self.config.policy.is_admin(&conn.identity);
         let asker = Rc::clone(&conn.holder);
-        let response = match self.table.get_mut(lease_id) {
-            None => Response::Failed(Failure::UnknownLease { id: lease_id }),
-            Some(lease) if lease.holder.uid != asker.uid && !admin => {
-                Response::Failed(Failure::NotYourLease {
-                    id: lease_id,
-                    holder_uid: lease.holder.uid,
-                })
-            }
-            Some(lease) => {
-                lease.expires = (ttl_ms > 0).then(|| {
-                    let ttl = Duration::from_millis(u64::from(ttl_ms));
-                    let unix_ms = SystemTime::now()
-                        .duration_since(SystemTime::UNIX_EPOCH)
-                        .map_or(0, |d| (d + ttl).as_millis() as u64);
-                    (Instant::now() + ttl, unix_ms)
-                });
+        let allowed = self.may_act_on(id, lease_id);
+        let response = match allowed.map(|()| self.table.get_mut(lease_id)) {
+            Err(failure) => Response::Failed(failure),
+            Ok(None) => Response::Failed(Failure::UnknownLease { id: lease_id }),
+            Ok(Some(lease)) => {
+                lease.expires =
+                    (ttl_ms > 0).then(|| deadline_after(Duration::from_millis(u64::from(ttl_ms))));
                 if let Some((at, _)) = lease.expires {
                     self.expiries.push(Reverse((at, lease_id)));
                 }
@@ -1903,6 +1882,15 @@ impl std::fmt::Display for SocketList<'_> {
         }
         Ok(())
     }
+}
+
+/// The moment `after` from now: on the loop's clock, and for clients in milliseconds since the
+/// Unix epoch.
+fn deadline_after(after: Duration) -> (Instant, u64) {
+    let unix_ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| (d + after).as_millis() as u64);
+    (Instant::now() + after, unix_ms)
 }
 
 /// A lease as the journal keeps it.
