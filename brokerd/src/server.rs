@@ -989,13 +989,13 @@ impl Server {
             return;
         };
         let (holder, identity) = (Rc::clone(&conn.holder), Rc::clone(&conn.identity));
+        let start_time = conn.start_time;
         match self.bind_all(&identity, specs, by_rules) {
             Ok(bound) => {
                 let (sockets, fds): (Vec<GrantedSocket>, Vec<OwnedFd>) = bound.into_iter().unzip();
                 let lease = self
                     .table
                     .insert(id, holder.clone(), unix_now(), sockets.clone());
-                let start_time = self.conns.get(&id).map_or(0, |c| c.start_time);
                 if let Some(entry) = self.table.get_mut(lease) {
                     entry.service = service.map(Rc::from);
                     entry.start_time = start_time;
