@@ -57,7 +57,7 @@ fn leases_survive_a_killed_daemon_and_dead_holders_lose_theirs() {
                 .into_iter()
                 .filter(|l| !ids.contains(&l.id))
                 .collect();
-            mortal_leases.len() == 3 && mortal_leases.iter().all(|l| l.holder.name == "python3")
+            mortal_leases.len() == 3 && mortal_leases.iter().all(|l| l.holder.name != "portctl")
         }),
         "{mortal_leases:?}"
     );
