@@ -1,14 +1,15 @@
 //! Arbitrary bytes through the frame decoder, as the broker and a client meet them.
 //!
-//! Broker side: the input is what a client wrote on its connection. It is split into frames with
-//! `frame_payload_len(.., MAX_REQUEST_FRAME)` the way `portbrokerd` splits its read buffer, and
-//! every whole payload goes through `decode_request` and `peek_hello_protocol` (the broker peeks
-//! at a payload it cannot decode, for a version mismatch). Client side: the same bytes, split
-//! with `MAX_RESPONSE_FRAME`, go through `decode_response`.
+//! Broker side: the input is what a client wrote on its connection. It is split into frames by
+//! a `FrameSplitter` with `MAX_REQUEST_FRAME`, as `portbrokerd` splits what it reads, and every
+//! whole payload goes through `decode_request` and `peek_hello_protocol` (the broker peeks at a
+//! payload it cannot decode, for a version mismatch). Client side: the same bytes, split with
+//! `MAX_RESPONSE_FRAME`, go through `decode_response`.
 //!
-//! Properties: nothing panics; a frame header never claims more than the maximum; whatever
-//! decodes re-encodes, and the re-encoded frame decodes to the same value; `peek_hello_protocol`
-//! agrees with `decode_request` about every payload that decodes.
+//! Properties: nothing panics; a frame header never claims more than the maximum; what the
+//! splitter holds and still misses never exceeds one frame; whatever decodes re-encodes, and the
+//! re-encoded frame decodes to the same value; `peek_hello_protocol` agrees with `decode_request`
+//! about every payload that decodes.
 //!
 //! Run with `cargo +nightly fuzz run decode` from the repository root (see README, Fuzzing).
 #![no_main]
@@ -16,44 +17,50 @@
 use libfuzzer_sys::fuzz_target;
 use portbroker_proto::{
     decode_request, decode_response, encode_request, encode_response, frame_payload_len,
-    peek_hello_protocol, Request, HEADER_LEN, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME,
+    peek_hello_protocol, FrameSplitter, Request, HEADER_LEN, MAX_REQUEST_FRAME,
+    MAX_RESPONSE_FRAME,
 };
 
 fuzz_target!(|data: &[u8]| {
     // The broker's view: a client's byte stream.
-    for payload in frames(data, MAX_REQUEST_FRAME) {
-        check_request(payload);
-    }
+    for_each_frame(data, MAX_REQUEST_FRAME, check_request);
     // The input as one payload too, so that the fuzzer need not find a length prefix first.
     check_request(data);
 
     // A client's view: the broker's byte stream.
-    for payload in frames(data, MAX_RESPONSE_FRAME) {
-        check_response(payload);
-    }
+    for_each_frame(data, MAX_RESPONSE_FRAME, check_response);
     check_response(data);
 });
 
-/// The payloads of the whole frames at the start of `stream`, split as the broker splits its
-/// read buffer: stops at an incomplete frame (the broker would wait for more) and at a header it
-/// refuses (the broker would answer `Malformed` and close).
-fn frames(mut stream: &[u8], max: u32) -> impl Iterator<Item = &[u8]> {
-    std::iter::from_fn(move || match frame_payload_len(stream, max) {
-        Ok(Some(len)) => {
-            assert!(
-                (1..=max as usize).contains(&len),
-                "frame_payload_len accepted a length of {len} (max {max})"
-            );
-            let frame = stream.get(..HEADER_LEN + len)?;
-            stream = &stream[frame.len()..];
-            Some(&frame[HEADER_LEN..])
+/// Calls `check` with the payload of every whole frame at the start of `stream`, split as the
+/// broker splits what it reads: stops at an incomplete frame (the broker would wait for more)
+/// and at a header it refuses (the broker would answer `Malformed` and close).
+fn for_each_frame(stream: &[u8], max: u32, check: fn(&[u8])) {
+    let mut frames = FrameSplitter::new(max);
+    frames.push(stream);
+    loop {
+        match frames.next_payload() {
+            Ok(Some(payload)) => {
+                assert!(
+                    (1..=max as usize).contains(&payload.len()),
+                    "the splitter accepted a payload of {} bytes (max {max})",
+                    payload.len()
+                );
+                check(payload);
+            }
+            Ok(None) => {
+                let missing = frames.missing().expect("the header was accepted");
+                assert!(missing >= 1, "a whole frame was not popped");
+                assert!(
+                    frames.buffered() + missing <= HEADER_LEN + max as usize,
+                    "{} bytes held and {missing} missing exceed one frame (max {max})",
+                    frames.buffered()
+                );
+                return;
+            }
+            Err(_) => return,
         }
-        Ok(None) => {
-            assert!(stream.len() < HEADER_LEN, "a whole header was not read");
-            None
-        }
-        Err(_) => None,
-    })
+    }
 }
 
 fn check_request(payload: &[u8]) {

@@ -187,7 +187,7 @@ mod tests {
                 since: 17,
                 sockets: vec![sock],
                 expires_unix_ms: Some(1_764_000_000_123),
-                lingering: false,
+                state: LeaseState::Process,
             }]),
             Response::Status(StatusInfo {
                 daemon_version: "0.1.0".into(),

@@ -1,7 +1,9 @@
 //! The wire protocol between `portbrokerd` and its clients.
 //!
 //! A client connects to the broker's Unix stream socket, says [`Request::Hello`], and then sends
-//! requests one at a time; every request gets exactly one response, in order.
+//! requests; every request gets exactly one response, in order (a client may send several before
+//! reading their answers). Between answers the broker may also send a notice that answers
+//! nothing: [`Response::Revoked`] or [`Response::Expired`].
 //!
 //! # Frames
 //!
@@ -18,9 +20,9 @@
 //! ```
 //!
 //! The length is checked against [`MAX_REQUEST_FRAME`] or [`MAX_RESPONSE_FRAME`] *before* any
-//! buffer is allocated for the payload, and the payload is decoded under the same size limit, so
-//! a peer that claims 4 GiB costs the receiver nothing. A payload must be consumed exactly:
-//! trailing bytes are an error.
+//! buffer is allocated for the payload ([`FrameSplitter`] does this for a byte stream), and the
+//! payload is decoded under the same size limit, so a peer that claims 4 GiB costs the receiver
+//! nothing. A payload must be consumed exactly: trailing bytes are an error.
 //!
 //! A [`Response::Granted`] frame carries bound sockets as `SCM_RIGHTS` ancillary data attached to
 //! the first byte of its frame, `fds` of them, in the order of [`Response::Granted::sockets`].
@@ -46,10 +48,27 @@
 //! prefix never changes, so [`peek_hello_protocol`] can read a peer's version even when the rest
 //! of its messages cannot be decoded, and both sides can say "version mismatch" instead of
 //! failing on garbage.
+//!
+//! # Declaration order is the wire format
+//!
+//! bincode writes no names: an enum variant is encoded as its position in the declaration
+//! (`Release` is 2 because it is the third variant of [`Request`]), and a struct's or variant's
+//! fields one after the other in declaration order. So the order of the declarations in this
+//! crate *is* the wire format:
+//!
+//! - a new variant goes at the end of its enum, where it changes the bytes of no existing
+//!   message (a peer that predates it cannot decode it, and answers it as malformed);
+//! - nothing is reordered or removed, and no field is added, removed or retyped, without raising
+//!   [`PROTOCOL_VERSION`];
+//! - `Hello` stays variant 0 of both enums with `protocol` as its first field, forever.
+//!
+//! `tests/wire.rs` pins the exact bytes of one message of every variant: reordering fails it,
+//! and a new variant does not compile until it has its golden there.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod codec;
+mod frames;
 mod paths;
 mod spec;
 
@@ -63,11 +82,12 @@ pub use codec::{
     frame_payload_len, peek_hello_protocol, Error, HEADER_LEN, MAX_REQUEST_FRAME,
     MAX_RESPONSE_FRAME,
 };
+pub use frames::FrameSplitter;
 pub use paths::{default_socket_path, PathError, SOCKET_ENV};
 pub use spec::SpecError;
 
 /// The protocol version this crate speaks. Independent of the crate version.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The identifier of a lease, unique for the life of a broker.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -110,7 +130,7 @@ pub enum Listen {
     /// Listen with the broker's default backlog (`SOMAXCONN`).
     #[default]
     Default,
-    /// Listen with this backlog.
+    /// Listen with this backlog: at least 1; the broker caps it at `SOMAXCONN`.
     Backlog(u32),
     /// Bind only: the client calls `listen()` itself (TCP only).
     BindOnly,
@@ -152,14 +172,19 @@ impl SocketSpec {
     }
 }
 
-/// Who holds a lease, as the kernel reported the peer of its connection, never as claimed.
+/// Who holds a lease, as the broker found it, never as a client describes itself: the peer of
+/// the connection that leased or claimed it, as the kernel reported it (`SO_PEERCRED`); after
+/// `TieToProcess` the process it was tied to (checked to exist and to be the asker's user's,
+/// unless an administrator asked); for a lingering lease the process found holding a copy of
+/// its socket.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Holder {
-    /// Process id (`SO_PEERCRED`).
+    /// Process id: the peer's (`SO_PEERCRED`), or that of the process tied to or found holding
+    /// the lease.
     pub pid: i32,
-    /// User id (`SO_PEERCRED`).
+    /// User id of the peer that leased or claimed the lease (`SO_PEERCRED`).
     pub uid: u32,
-    /// Group id (`SO_PEERCRED`).
+    /// Group id of the peer that leased or claimed the lease (`SO_PEERCRED`).
     pub gid: u32,
     /// Process name (`/proc/PID/comm`), empty if it could not be read.
     pub name: String,
@@ -235,13 +260,48 @@ pub struct LeaseInfo {
     pub since: u64,
     /// Its sockets.
     pub sockets: Vec<GrantedSocket>,
-    /// When it expires unless renewed, in milliseconds since the Unix epoch; `None` for a lease
-    /// without a time limit.
+    /// When it expires unless renewed (for a [`LeaseState::Kept`] lease: when its ports go back
+    /// to the pool), in milliseconds since the Unix epoch; `None` for a lease without a time
+    /// limit.
     pub expires_unix_ms: Option<u64>,
-    /// Ended, but a copy of a socket survives somewhere (a forked child, say): the port stays
-    /// out of the pool, and the holder is the process found holding it, until the last copy
-    /// closes.
-    pub lingering: bool,
+    /// What keeps it alive, and so what ends it.
+    pub state: LeaseState,
+}
+
+/// What keeps a lease alive, as `List` reports it in [`LeaseInfo::state`].
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseState {
+    /// Held by the client connection that was granted, claimed or re-attached it: it ends when
+    /// that connection closes.
+    Connection,
+    /// Tied to its holder process (`TieToProcess`, `portctl run`, or recovered from the
+    /// journal): it ends when that process exits.
+    Process,
+    /// Its holder is gone but a copy of a socket survives somewhere (a forked child, say): the
+    /// port stays out of the pool, and the holder is the process found holding it, until the
+    /// last copy closes.
+    Lingering,
+    /// The ports of a sticky named service whose server ended, kept for the same user and
+    /// service until `expires_unix_ms`.
+    Kept,
+}
+
+impl LeaseState {
+    /// `"connection"`, `"process"`, `"lingering"` or `"kept"`: the name in JSON output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaseState::Connection => "connection",
+            LeaseState::Process => "process",
+            LeaseState::Lingering => "lingering",
+            LeaseState::Kept => "kept",
+        }
+    }
+}
+
+impl fmt::Display for LeaseState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The broker's state as `Status` reports it.
@@ -253,7 +313,7 @@ pub struct StatusInfo {
     pub protocol: u32,
     /// Seconds since it started.
     pub uptime_secs: u64,
-    /// Live leases.
+    /// Leases, lingering and kept ones included.
     pub leases: u64,
     /// Live leased sockets.
     pub sockets: u64,
@@ -268,45 +328,54 @@ pub struct StatusInfo {
 /// A request from a client.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum Request {
-    /// The first request on every connection. Variant 0, with `protocol` first: frozen forever.
+    /// The first request on every connection; the broker closes a connection that does not send
+    /// it in time. Variant 0, with `protocol` first: frozen forever.
     Hello {
         /// The client's [`PROTOCOL_VERSION`].
         protocol: u32,
         /// A free-form client name and version, for logs.
         client: String,
     },
-    /// Lease one or more sockets, granted or refused as one unit.
+    /// Lease one or more sockets, granted or refused as one unit: answered with `Granted` or
+    /// `Refused`.
     Lease {
-        /// The sockets; at most 64.
+        /// The sockets: 1 to 64.
         sockets: Vec<SocketSpec>,
     },
-    /// End a lease. Allowed to its holder's uid and to root.
+    /// End a lease: answered with `Released`. Allowed to its holder's uid and to an
+    /// administrator (root or a member of the policy's admin groups). A lingering lease is
+    /// answered `Released` too, but its port stays out of the pool until its last copy closes.
     Release {
         /// The lease.
         id: LeaseId,
     },
-    /// List every live lease.
+    /// List every lease, lingering and kept ones included: answered with `Leases`.
     List,
-    /// Report the broker's state.
+    /// Report the broker's state: answered with `Status`.
     Status,
-    /// Lease a named service of the broker's policy (its sockets, granted as one unit).
+    /// Lease a named service of the broker's policy (its sockets, granted as one unit):
+    /// answered with `Granted` or `Refused`.
     LeaseNamed {
         /// The service's name.
         name: String,
     },
-    /// Re-read the policy file. Allowed to root and to the policy's admin groups.
+    /// Re-read the policy file: answered with `Reloaded`. Allowed to an administrator (root or
+    /// a member of the policy's admin groups).
     Reload,
     /// Take a lease away from its holder: its listening sockets stop accepting (a pending
     /// `accept()` fails), the lease ends, and the holder is told with [`Response::Revoked`].
-    /// Answered with `Released`. Allowed to root and to the policy's admin groups.
+    /// Answered with `Released`. Allowed to an administrator (root or a member of the policy's
+    /// admin groups) only.
     Revoke {
         /// The lease.
         id: LeaseId,
     },
     /// Tie a lease to a process instead of this connection: it then lasts exactly as long as
-    /// that process (watched through a pidfd), whatever happens to the connection. The process
-    /// must belong to the asker's user (or the asker be an administrator). `portctl run` ties
-    /// its lease to the program it starts. Answered with `Tied`.
+    /// that process (watched through a pidfd), whatever happens to the connection. Allowed to
+    /// the lease holder's uid and to an administrator (root or a member of the policy's admin
+    /// groups), and the process must belong to the asker's user unless the asker is an
+    /// administrator. `portctl run` ties its lease to the program it starts. Answered with
+    /// `Tied`.
     TieToProcess {
         /// The lease.
         id: LeaseId,
@@ -314,27 +383,32 @@ pub enum Request {
         pid: i32,
     },
     /// Offer a lease to another process (the next version of a server, say): answered with a
-    /// `HandoverOffered` token that the other process `Claim`s. Until then nothing changes.
+    /// `HandoverOffered` token that the other process `Claim`s. Until then nothing changes; a
+    /// new offer of the same lease replaces the previous one. Allowed to the lease holder's uid
+    /// and to an administrator (root or a member of the policy's admin groups).
     Handover {
         /// The lease.
         id: LeaseId,
     },
     /// Take over a lease offered with `Handover`: answered with `Granted` carrying the same
     /// lease id and the *same* sockets (copies of the holder's), so the port is never unbound
-    /// and never held by two leases. The claimant must be the holder's user or an administrator.
+    /// and never held by two leases. Allowed to the lease holder's uid and to an administrator
+    /// (root or a member of the policy's admin groups).
     Claim {
         /// The token from `HandoverOffered`.
         token: u64,
     },
     /// After a new connection (the broker restarted, say), take these leases of this process
-    /// back onto it: notices about them come here, and closing it ends them. Answered with
-    /// `Reattached`, naming the leases taken.
+    /// back onto it: notices about them come here, and closing it ends them. Only leases held
+    /// by this very process (same pid and uid) are taken; the others are left as they are.
+    /// Answered with `Reattached`, naming the leases taken.
     Reattach {
         /// The leases.
         ids: Vec<LeaseId>,
     },
     /// Give a lease a time limit, or extend it: it expires `ttl_ms` from now unless renewed
-    /// again; 0 removes the limit. Allowed to its holder's uid and to administrators.
+    /// again; 0 removes the limit. Answered with `Renewed`. Allowed to its holder's uid and to
+    /// an administrator (root or a member of the policy's admin groups).
     Renew {
         /// The lease.
         id: LeaseId,
@@ -374,9 +448,10 @@ pub enum Refusal {
         /// What forbade it.
         reason: String,
     },
-    /// A spec is malformed or contradicts another spec of the same request.
+    /// A spec is malformed or contradicts another spec of the same request, or the request
+    /// has no spec or too many.
     InvalidSpec {
-        /// Index of the spec in the request.
+        /// Index of the spec in the request (0 when the number of specs is wrong).
         index: u32,
         /// What is wrong with it.
         reason: String,
@@ -473,14 +548,18 @@ pub enum Failure {
         /// The id asked for.
         id: LeaseId,
     },
-    /// The lease belongs to another user.
+    /// The lease belongs to another user and the asker is not an administrator: the answer to
+    /// `Release`, `Renew`, `TieToProcess`, `Handover` or `Claim` of someone else's lease.
     NotYourLease {
         /// The id asked for.
         id: LeaseId,
         /// Its holder's uid.
         holder_uid: u32,
     },
-    /// The request needs an administrator: root or a member of the policy's admin groups.
+    /// The request is not allowed: it needs an administrator (root or a member of the policy's
+    /// admin groups), the asker's uid is over a limit of the policy (requests per second, or
+    /// connections: then this comes unasked, before `Hello`, and the connection closes), or what
+    /// it names does not qualify (a process of another user, an unknown handover token).
     NotPermitted {
         /// What was refused, and why.
         reason: String,
@@ -506,7 +585,7 @@ impl fmt::Display for Failure {
             Failure::UnknownLease { id } => write!(f, "no live lease has id {id}"),
             Failure::NotYourLease { id, holder_uid } => write!(
                 f,
-                "lease {id} belongs to uid {holder_uid}; only that user or an administrator may release it"
+                "lease {id} belongs to uid {holder_uid}; only that user or an administrator may act on it"
             ),
             Failure::NotPermitted { reason } => write!(f, "not permitted: {reason}"),
             Failure::ReloadFailed { error } => {
@@ -526,18 +605,20 @@ pub enum Response {
         /// The broker's crate version.
         daemon_version: String,
     },
-    /// A lease was granted; `fds` sockets travel with this frame as `SCM_RIGHTS`.
+    /// The answer to `Lease`, `LeaseNamed` and `Claim`: a lease was granted (or, for `Claim`,
+    /// handed over); `fds` sockets travel with this frame as `SCM_RIGHTS`.
     Granted {
-        /// The new lease.
+        /// The lease.
         id: LeaseId,
         /// The bound sockets, in the order of the request's specs and of the fds.
         sockets: Vec<GrantedSocket>,
         /// How many fds this frame carries.
         fds: u32,
     },
-    /// A lease was refused.
+    /// The answer to `Lease` and `LeaseNamed`: the lease was refused.
     Refused(Refusal),
-    /// A lease was released.
+    /// The answer to `Release` and `Revoke`: the lease is released (a lingering one keeps its
+    /// port until its last copy closes, see `Release`).
     Released {
         /// The lease.
         id: LeaseId,
@@ -593,4 +674,47 @@ pub enum Response {
         /// Named services in the new policy.
         services: u32,
     },
+}
+
+impl Request {
+    /// The variant's name (`"Lease"`, `"Release"`, ...), for messages and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Hello { .. } => "Hello",
+            Request::Lease { .. } => "Lease",
+            Request::Release { .. } => "Release",
+            Request::List => "List",
+            Request::Status => "Status",
+            Request::LeaseNamed { .. } => "LeaseNamed",
+            Request::Reload => "Reload",
+            Request::Revoke { .. } => "Revoke",
+            Request::TieToProcess { .. } => "TieToProcess",
+            Request::Handover { .. } => "Handover",
+            Request::Claim { .. } => "Claim",
+            Request::Reattach { .. } => "Reattach",
+            Request::Renew { .. } => "Renew",
+        }
+    }
+}
+
+impl Response {
+    /// The variant's name (`"Granted"`, `"Failed"`, ...), for messages and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Response::Hello { .. } => "Hello",
+            Response::Granted { .. } => "Granted",
+            Response::Refused(_) => "Refused",
+            Response::Released { .. } => "Released",
+            Response::Leases(_) => "Leases",
+            Response::Status(_) => "Status",
+            Response::Failed(_) => "Failed",
+            Response::Revoked { .. } => "Revoked",
+            Response::Expired { .. } => "Expired",
+            Response::HandoverOffered { .. } => "HandoverOffered",
+            Response::Reattached { .. } => "Reattached",
+            Response::Tied { .. } => "Tied",
+            Response::Renewed { .. } => "Renewed",
+            Response::Reloaded { .. } => "Reloaded",
+        }
+    }
 }
