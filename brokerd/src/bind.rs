@@ -8,7 +8,7 @@ use nix::sys::socket::{
     bind, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType,
     SockaddrStorage,
 };
-use portbroker_proto::{Listen, Transport};
+use portbroker_proto::{Listen, Refusal, Transport};
 
 /// Creates a socket bound to `addr` (an explicit port, never 0), listening for TCP unless the
 /// spec asked for bind-only. The fd is blocking, as `std::net` expects, and close-on-exec.
@@ -89,6 +89,24 @@ fn unbound_socket(transport: Transport, addr: SocketAddr) -> Result<OwnedFd, Err
         setsockopt(&fd, sockopt::Ipv6V6Only, &!addr.ip().is_unspecified())?;
     }
     Ok(fd)
+}
+
+/// The refusal for a failed bind: in use by a process outside the broker, or the kernel's
+/// error as it is.
+pub fn bind_refusal(transport: Transport, requested: SocketAddr, errno: Errno) -> Refusal {
+    match errno {
+        Errno::EADDRINUSE => Refusal::InUseOutside {
+            transport,
+            requested,
+            holder: None,
+        },
+        errno => Refusal::BindFailed {
+            transport,
+            requested,
+            errno: errno as i32,
+            message: errno.desc().to_owned(),
+        },
+    }
 }
 
 /// Whether this host can bind IPv6 sockets.

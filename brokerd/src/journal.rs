@@ -16,6 +16,8 @@ use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
 use portbroker_proto::GrantedSocket;
+
+use crate::lease::Lease;
 use serde::{Deserialize, Serialize};
 
 /// A lease as the journal keeps it.
@@ -23,7 +25,7 @@ use serde::{Deserialize, Serialize};
 pub struct Entry {
     pub id: u64,
     pub pid: i32,
-    /// The holder's start time (`/proc/PID/stat` field 22), so that a reused pid is not
+    /// The holder's start time (see `procfs::start_time`), so that a reused pid is not
     /// mistaken for the holder after a restart.
     pub start_time: u64,
     pub uid: u32,
@@ -162,16 +164,21 @@ impl Journal {
     }
 }
 
-/// The start time of a process (clock ticks since boot), or `None` if it is gone.
-pub fn start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // pid (comm) state ppid ...: comm may hold spaces; field 22 is the 20th after the paren.
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(19)?
-        .parse()
-        .ok()
+impl Entry {
+    /// A lease as the journal keeps it.
+    pub fn of(lease: &Lease) -> Entry {
+        Entry {
+            id: lease.id.0,
+            pid: lease.holder.pid,
+            start_time: lease.start_time,
+            uid: lease.holder.uid,
+            gid: lease.holder.gid,
+            name: lease.holder.name.clone(),
+            since: lease.since,
+            sockets: lease.sockets.clone(),
+            service: lease.service.as_deref().map(str::to_owned),
+        }
+    }
 }
 
 #[cfg(test)]

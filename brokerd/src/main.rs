@@ -2,14 +2,26 @@
 #![forbid(unsafe_code)]
 
 mod bind;
+mod budget;
+mod conn;
+mod connections;
+mod grant;
+mod handlers;
 mod journal;
+mod lease;
 mod log_buffer;
 mod peer;
+mod pidfd;
 mod policy;
-mod revoke;
+mod pool;
+mod procfs;
 mod server;
+mod socket_copies;
 mod socket_file;
+mod state;
 mod table;
+mod throttle;
+mod watches;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;

@@ -545,22 +545,6 @@ impl fmt::Display for SpecAt<'_> {
     }
 }
 
-/// The uid's groups: the primary one and the supplementary ones of its process, as `/proc` says.
-pub fn groups_of(pid: i32, gid: u32) -> Vec<u32> {
-    let mut groups = vec![gid];
-    if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-        if let Some(line) = status.lines().find_map(|l| l.strip_prefix("Groups:")) {
-            groups.extend(
-                line.split_whitespace()
-                    .filter_map(|g| g.parse::<u32>().ok()),
-            );
-        }
-    }
-    groups.sort_unstable();
-    groups.dedup();
-    groups
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

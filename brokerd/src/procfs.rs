@@ -1,26 +1,69 @@
-//! Taking a leased socket away from the processes that hold it.
+//! Every read of `/proc`, in one place.
 //!
-//! The broker keeps no copy of a socket it hands out (a copy would hide when the holder closes
-//! its own), so to revoke it finds a copy where it lives: `/proc/net/{tcp,udp}{,6}` give the
-//! inode of the socket bound to the leased address, `/proc/*/fd` links name that inode,
-//! `pidfd_getfd` fetches that fd, and `shutdown(SHUT_RD)` on it makes every pending and future
-//! `accept()` on any copy fail. This reads every socket and fd of the host: admins only, and
-//! rare, so the lease path records nothing for it.
+//! Each of these is a blocking read on the event loop. The per-connection ones
+//! ([`process_name`], [`start_time`], [`groups`]) run once when a client connects; the scans
+//! ([`socket_inodes`], [`visit_socket_fds`]) read every socket or fd of the host and run only for
+//! rare requests (revoke, claim) and for leases whose holder is gone.
 
-use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::AsRawFd;
 
-use nix::sys::socket::{shutdown, Shutdown};
 use portbroker_proto::{GrantedSocket, Transport};
-use rustix::process::{pidfd_getfd, pidfd_open, Pid, PidfdFlags, PidfdGetfdFlags};
+
+/// The name the kernel knows a process by (`/proc/PID/comm`); `None` if it is gone or hidden.
+pub fn process_name(pid: i32) -> Option<String> {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    Some(comm.trim_end_matches('\n').to_owned())
+}
+
+/// The real uid of a process (`/proc/PID/status`); `None` if it is gone.
+pub fn process_uid(pid: i32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The start time of a process in clock ticks since boot (`/proc/PID/stat` field 22), or
+/// `None` if it is gone. With the pid, it names a process across pid reuse.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // pid (comm) state ppid ...: comm may hold spaces; field 22 is the 20th after the paren.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
+/// A process's groups: `gid` (its primary group) and the supplementary ones of
+/// `/proc/PID/status`, sorted, without duplicates.
+pub fn groups(pid: i32, gid: u32) -> Vec<u32> {
+    let mut groups = vec![gid];
+    if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+        if let Some(line) = status.lines().find_map(|l| l.strip_prefix("Groups:")) {
+            groups.extend(
+                line.split_whitespace()
+                    .filter_map(|g| g.parse::<u32>().ok()),
+            );
+        }
+    }
+    groups.sort_unstable();
+    groups.dedup();
+    groups
+}
 
 /// TCP states of a leased socket in `/proc/net/tcp*`: listening (0A) or bound only (07).
 /// Accepted connections share the leased local address, but never these states.
 const LEASED_TCP_STATES: [&str; 2] = ["0A", "07"];
 
-/// The inodes of the sockets bound to these addresses, from the kernel's socket tables.
-pub fn inodes_of(sockets: &[GrantedSocket]) -> Vec<u64> {
+/// The inodes of the sockets bound to these addresses, from the kernel's socket tables
+/// (`/proc/net/{tcp,udp}{,6}`).
+pub fn socket_inodes(sockets: &[GrantedSocket]) -> Vec<u64> {
     let mut inodes = Vec::new();
     for socket in sockets {
         let table = match (socket.transport, socket.addr) {
@@ -71,60 +114,9 @@ fn parse_proc_addr(text: &str) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, port))
 }
 
-/// Shuts down one copy of each socket in `inodes`; returns how many were found.
-pub fn shut_down_everywhere(inodes: &[u64]) -> usize {
-    let mut left: HashSet<u64> = inodes.iter().copied().collect();
-    let mut pidfd = None;
-    visit_copies(inodes, |pid, number, inode| {
-        if !left.contains(&inode) {
-            return false;
-        }
-        if pidfd.as_ref().is_none_or(|(of, _)| *of != pid) {
-            pidfd = Pid::from_raw(pid)
-                .and_then(|p| pidfd_open(p, PidfdFlags::empty()).ok())
-                .map(|fd| (pid, fd));
-        }
-        let copy = pidfd
-            .as_ref()
-            .and_then(|(_, pf)| pidfd_getfd(pf, number, PidfdGetfdFlags::empty()).ok());
-        if let Some(copy) = copy {
-            match shutdown(copy.as_raw_fd(), Shutdown::Read) {
-                Ok(()) => {
-                    left.remove(&inode);
-                }
-                Err(err) => tracing::warn!("cannot shut down socket {inode} of pid {pid}: {err}"),
-            }
-        }
-        left.is_empty()
-    });
-    inodes.len() - left.len()
-}
-
-/// A copy of the socket with this inode, fetched from a process that holds it.
-pub fn copy_of(inode: u64) -> Option<std::os::fd::OwnedFd> {
-    let mut copy = None;
-    visit_copies(&[inode], |pid, number, _| {
-        copy = Pid::from_raw(pid)
-            .and_then(|p| pidfd_open(p, PidfdFlags::empty()).ok())
-            .and_then(|pidfd| pidfd_getfd(&pidfd, number, PidfdGetfdFlags::empty()).ok());
-        copy.is_some()
-    });
-    copy
-}
-
-/// A process that holds one of these sockets, if any can be seen.
-pub fn a_holder_of(inodes: &[u64]) -> Option<i32> {
-    let mut found = None;
-    visit_copies(inodes, |pid, _, _| {
-        found = Some(pid);
-        true
-    });
-    found
-}
-
-/// Calls `visit(pid, fd, inode)` for every fd of every other process that is one of these
-/// sockets, until it returns true.
-fn visit_copies(inodes: &[u64], mut visit: impl FnMut(i32, i32, u64) -> bool) {
+/// Calls `visit(pid, fd, inode)` for every fd of every other process (`/proc/*/fd`) that is
+/// one of the sockets `inodes`, until it returns true.
+pub fn visit_socket_fds(inodes: &[u64], mut visit: impl FnMut(i32, i32, u64) -> bool) {
     if inodes.is_empty() {
         return;
     }
@@ -164,6 +156,7 @@ fn visit_copies(inodes: &[u64], mut visit: impl FnMut(i32, i32, u64) -> bool) {
     }
 }
 
+/// The inode of an fd link such as `socket:[123]`.
 fn socket_inode(link: &str) -> Option<u64> {
     link.strip_prefix("socket:[")?
         .strip_suffix(']')?
@@ -198,13 +191,13 @@ mod tests {
     fn a_bound_socket_is_found_in_the_kernel_tables() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let inode = rustix::fs::fstat(&listener).unwrap().st_ino;
+        let inode = nix::sys::stat::fstat(&listener).unwrap().st_ino;
         let granted = GrantedSocket {
             transport: Transport::Tcp,
             addr,
             listening: true,
         };
-        assert_eq!(inodes_of(&[granted]), vec![inode]);
+        assert_eq!(socket_inodes(&[granted]), vec![inode]);
     }
 
     #[test]
@@ -212,5 +205,16 @@ mod tests {
         assert_eq!(socket_inode("socket:[123456]"), Some(123_456));
         assert_eq!(socket_inode("pipe:[12]"), None);
         assert_eq!(socket_inode("/dev/null"), None);
+    }
+
+    #[test]
+    fn facts_about_this_process() {
+        let pid = std::process::id() as i32;
+        assert_eq!(process_uid(pid), Some(nix::unistd::getuid().as_raw()));
+        assert!(start_time(pid).is_some_and(|t| t > 0));
+        assert!(process_name(pid).is_some_and(|n| !n.is_empty()));
+        let gid = nix::unistd::getgid().as_raw();
+        assert!(groups(pid, gid).contains(&gid));
+        assert_eq!(process_uid(-1), None);
     }
 }

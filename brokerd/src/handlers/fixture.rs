@@ -1,0 +1,69 @@
+//! In-memory broker state and peers for the handlers' unit tests: no daemon, no client
+//! process. Grants bind real sockets on loopback, from a pool slice of each state's own.
+
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU16, Ordering};
+
+use portbroker_proto::{Holder, PortRange, Response};
+
+use crate::peer::Peer;
+use crate::policy::{Identity, Policy};
+use crate::state::State;
+
+/// A state on the built-in policy (root may lease anything, others the pool and ports from
+/// 1024 up), with a pool of 200 ports no other fixture state uses.
+pub fn state() -> State {
+    with_policy(Policy::defaults(1024))
+}
+
+/// A state on the policy `toml`.
+pub fn state_with(toml: &str) -> State {
+    with_policy(Policy::parse(Path::new("test.toml"), toml).expect("test policy parses"))
+}
+
+fn with_policy(policy: Policy) -> State {
+    static NEXT_SLICE: AtomicU16 = AtomicU16::new(0);
+    let slice = NEXT_SLICE.fetch_add(1, Ordering::Relaxed) % 50;
+    let lo = 20_000 + slice * 200;
+    let pool = PortRange { lo, hi: lo + 199 };
+    State::new(pool, "127.0.0.1".parse().unwrap(), policy).expect("epoll for process watches")
+}
+
+/// This test process as a client on connection `conn`, with its real uid.
+pub fn me(conn: u64) -> Peer {
+    let uid = nix::unistd::getuid().as_raw();
+    peer(conn, std::process::id() as i32, uid)
+}
+
+/// A client of another user (never root) on connection `conn`.
+pub fn stranger(conn: u64, uid: u32) -> Peer {
+    assert_ne!(uid, 0);
+    peer(conn, 1, uid)
+}
+
+fn peer(conn: u64, pid: i32, uid: u32) -> Peer {
+    Peer {
+        conn,
+        holder: Rc::new(Holder {
+            pid,
+            uid,
+            gid: uid,
+            name: format!("uid{uid}"),
+        }),
+        identity: Rc::new(Identity {
+            uid,
+            groups: vec![uid],
+        }),
+        start_time: 1,
+    }
+}
+
+/// Leases one pool port on 127.0.0.1 for `peer`; the lease id and the fd.
+pub fn leased(state: &mut State, peer: &Peer) -> (portbroker_proto::LeaseId, std::os::fd::OwnedFd) {
+    let reply = super::lease::lease(state, peer, &["tcp:127.0.0.1:0".parse().unwrap()]);
+    match reply.response {
+        Response::Granted { id, .. } => (id, reply.fds.into_iter().next().unwrap()),
+        other => panic!("lease refused: {other:?}"),
+    }
+}

@@ -1,0 +1,119 @@
+//! `Lease`: grants sockets as one lease, kept by the asking connection.
+
+use portbroker_proto::{Response, SocketSpec};
+
+use super::Reply;
+use crate::grant::grant;
+use crate::peer::Peer;
+use crate::state::State;
+
+pub fn lease(state: &mut State, peer: &Peer, specs: &[SocketSpec]) -> Reply {
+    granted_or_refused(grant(state, peer, specs, true, None))
+}
+
+/// The reply to a grant: `Granted` with the sockets, or `Refused`.
+pub fn granted_or_refused(
+    granted: Result<crate::grant::Granted, portbroker_proto::Refusal>,
+) -> Reply {
+    match granted {
+        Ok(granted) => Reply {
+            fds: granted.fds,
+            ..Reply::answer(Response::Granted {
+                id: granted.id,
+                fds: granted.sockets.len() as u32,
+                sockets: granted.sockets,
+            })
+        },
+        Err(refusal) => Reply::answer(Response::Refused(refusal)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handlers::fixture::{me, state, stranger};
+    use crate::lease::Keeper;
+    use portbroker_proto::{LeaseId, Refusal, Transport};
+
+    fn specs(text: &[&str]) -> Vec<SocketSpec> {
+        text.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn a_grant_passes_bound_sockets_and_records_the_lease() {
+        let mut state = state();
+        let peer = me(7);
+        let reply = lease(
+            &mut state,
+            &peer,
+            &specs(&["tcp:127.0.0.1:0", "udp:127.0.0.1:0"]),
+        );
+        let Response::Granted { id, sockets, fds } = reply.response else {
+            panic!("not granted: {:?}", reply.response);
+        };
+        assert_eq!((fds, reply.fds.len()), (2, 2));
+        let listener = std::net::TcpListener::from(reply.fds.into_iter().next().unwrap());
+        assert_eq!(listener.local_addr().unwrap(), sockets[0].addr);
+        assert!(state
+            .table
+            .get(id)
+            .is_some_and(|l| l.keeper == Keeper::Connection(7)));
+        assert_eq!(state.table.kept_by_connection(7), [id]);
+    }
+
+    #[test]
+    fn the_loser_is_told_who_holds_the_port() {
+        let mut state = state();
+        let winner = me(1);
+        let reply = lease(&mut state, &winner, &specs(&["tcp:127.0.0.1:0"]));
+        let Response::Granted { id, sockets, .. } = reply.response else {
+            panic!("not granted");
+        };
+        let port = sockets[0].addr.port();
+        let loser = stranger(2, 4242);
+        let refused = lease(
+            &mut state,
+            &loser,
+            &specs(&[&format!("tcp:0.0.0.0:{port}")]),
+        );
+        match refused.response {
+            Response::Refused(Refusal::InUse {
+                lease,
+                holder,
+                transport: Transport::Tcp,
+                ..
+            }) => {
+                assert_eq!(lease, id);
+                assert_eq!(holder.pid, winner.holder.pid);
+            }
+            other => panic!("expected InUse, got {other:?}"),
+        }
+        assert!(refused.fds.is_empty());
+        assert!(
+            state.table.get(LeaseId(id.0 + 1)).is_none(),
+            "no lease for the loser"
+        );
+    }
+
+    #[test]
+    fn a_refusal_binds_nothing() {
+        let mut state = state();
+        let peer = stranger(1, 4242);
+        // The second spec is below the unprivileged ports: the whole request is refused.
+        let reply = lease(
+            &mut state,
+            &peer,
+            &specs(&["tcp:127.0.0.1:0", "tcp:127.0.0.1:80"]),
+        );
+        assert!(matches!(
+            reply.response,
+            Response::Refused(Refusal::NotPermitted { .. })
+        ));
+        assert_eq!(state.table.lease_count(), 0);
+        let empty = lease(&mut state, &peer, &[]);
+        assert!(matches!(
+            empty.response,
+            Response::Refused(Refusal::InvalidSpec { .. })
+        ));
+    }
+}

@@ -1,0 +1,103 @@
+//! `LeaseNamed`: leases a named service of the policy, giving back the ports kept for the
+//! same user since its server ended.
+
+use portbroker_proto::{LeaseId, Refusal, Response};
+use tracing::info;
+
+use super::lease::granted_or_refused;
+use super::Reply;
+use crate::grant::grant;
+use crate::lease::Keeper;
+use crate::peer::Peer;
+use crate::state::State;
+
+pub fn lease_named(state: &mut State, peer: &Peer, name: &str) -> Reply {
+    let policy = &state.policy;
+    let checked = match policy.services.get(name) {
+        None => Err(Refusal::UnknownService {
+            name: name.to_owned(),
+        }),
+        Some(service) => match policy.may_use_service(&peer.identity, name, service) {
+            Ok(admitted) => Ok((service.sockets.clone(), !admitted)),
+            Err(reason) => Err(Refusal::NotPermitted { reason }),
+        },
+    };
+    let (specs, by_rules) = match checked {
+        Ok(checked) => checked,
+        Err(refusal) => {
+            info!("refused {}: {refusal}", peer.holder);
+            return Reply::answer(Response::Refused(refusal));
+        }
+    };
+    // A restarted server gets back the ports kept for it since its crash.
+    let uid = peer.identity.uid;
+    let kept: Vec<LeaseId> = state
+        .table
+        .leases()
+        .filter(|l| {
+            l.keeper == Keeper::Kept && l.holder.uid == uid && l.service.as_deref() == Some(name)
+        })
+        .map(|l| l.id)
+        .collect();
+    for lease in kept {
+        state.table.end(lease);
+        info!(
+            lease = lease.0,
+            "kept ports of service {name:?} go back to uid {uid}"
+        );
+    }
+    granted_or_refused(grant(state, peer, &specs, by_rules, Some(name)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handlers::fixture::{me, state_with, stranger};
+    use portbroker_proto::LeaseState;
+
+    const POLICY: &str = r#"
+[services.web]
+sockets = ["tcp:127.0.0.1:0"]
+who = ["uid:4242"]
+sticky_secs = 60
+"#;
+
+    #[test]
+    fn a_service_is_granted_to_whom_it_names() {
+        let mut state = state_with(POLICY);
+        let reply = lease_named(&mut state, &stranger(1, 4242), "web");
+        let Response::Granted { id, .. } = reply.response else {
+            panic!("not granted: {:?}", reply.response);
+        };
+        assert_eq!(state.table.get(id).unwrap().service.as_deref(), Some("web"));
+        let other = lease_named(&mut state, &stranger(2, 4343), "web");
+        assert!(matches!(
+            other.response,
+            Response::Refused(Refusal::NotPermitted { .. })
+        ));
+        let unknown = lease_named(&mut state, &me(3), "db");
+        assert!(matches!(
+            unknown.response,
+            Response::Refused(Refusal::UnknownService { .. })
+        ));
+    }
+
+    #[test]
+    fn kept_ports_go_back_to_the_same_user() {
+        let mut state = state_with(POLICY);
+        let peer = stranger(1, 4242);
+        let Response::Granted { id, .. } = lease_named(&mut state, &peer, "web").response else {
+            panic!("not granted");
+        };
+        // Its server crashed: the sockets are closed (the fds were dropped) and the lease
+        // is kept for uid 4242.
+        state.end_truthfully(id, "test crash");
+        assert_eq!(state.table.get(id).unwrap().state(), LeaseState::Kept);
+        let Response::Granted { id: again, .. } = lease_named(&mut state, &peer, "web").response
+        else {
+            panic!("not granted again");
+        };
+        assert!(state.table.get(id).is_none(), "the kept lease gave way");
+        assert!(state.table.get(again).is_some());
+    }
+}

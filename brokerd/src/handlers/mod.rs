@@ -1,0 +1,92 @@
+//! Request handlers: one function per request kind, each in a file of its own. A handler
+//! reads and changes the [`State`] and *returns* its [`Reply`]; it never touches a client
+//! socket. The connections module sends every reply, from one place.
+
+mod claim;
+mod handover;
+mod hello;
+mod lease;
+mod lease_named;
+mod list;
+mod reattach;
+mod release;
+mod reload;
+mod renew;
+mod revoke;
+mod status;
+mod tie;
+
+#[cfg(test)]
+pub mod fixture;
+
+use std::os::fd::OwnedFd;
+
+use portbroker_proto::{Failure, Request, Response};
+
+use crate::peer::Peer;
+use crate::state::{Notice, State};
+
+/// What a request gets: its answer, the sockets that travel with it, and notices for other
+/// connections.
+#[derive(Debug)]
+pub struct Reply {
+    pub response: Response,
+    /// Passed with the answer as `SCM_RIGHTS`.
+    pub fds: Vec<OwnedFd>,
+    /// Sent (before the answer) to the connections they name.
+    pub notices: Vec<Notice>,
+    /// A protocol violation: the connection closes once this answer is sent.
+    pub then_close: bool,
+}
+
+impl Reply {
+    pub fn answer(response: Response) -> Reply {
+        Reply {
+            response,
+            fds: Vec::new(),
+            notices: Vec::new(),
+            then_close: false,
+        }
+    }
+
+    pub fn failed(failure: Failure) -> Reply {
+        Reply::answer(Response::Failed(failure))
+    }
+
+    /// The answer to a protocol violation, after which the connection closes.
+    pub fn closing(failure: Failure) -> Reply {
+        Reply {
+            then_close: true,
+            ..Reply::failed(failure)
+        }
+    }
+}
+
+/// What a handler may need to know of the connection it serves.
+pub struct Context<'a> {
+    pub peer: &'a Peer,
+    /// Whether this connection has said Hello.
+    pub greeted: bool,
+    /// Open client connections, this one included.
+    pub connections: usize,
+}
+
+/// Serves one request.
+pub fn dispatch(state: &mut State, context: &Context<'_>, request: Request) -> Reply {
+    let peer = context.peer;
+    match request {
+        Request::Hello { protocol, client } => hello::hello(context, protocol, &client),
+        Request::Lease { sockets } => lease::lease(state, peer, &sockets),
+        Request::Release { id } => release::release(state, peer, id),
+        Request::List => list::list(state),
+        Request::Status => status::status(state, context.connections),
+        Request::LeaseNamed { name } => lease_named::lease_named(state, peer, &name),
+        Request::Reload => reload::reload(state, peer),
+        Request::Revoke { id } => revoke::revoke(state, peer, id),
+        Request::TieToProcess { id, pid } => tie::tie(state, peer, id, pid),
+        Request::Handover { id } => handover::handover(state, peer, id),
+        Request::Claim { token } => claim::claim(state, peer, token),
+        Request::Reattach { ids } => reattach::reattach(state, peer, &ids),
+        Request::Renew { id, ttl_ms } => renew::renew(state, peer, id, ttl_ms),
+    }
+}

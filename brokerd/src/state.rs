@@ -1,0 +1,302 @@
+//! Everything the broker knows besides its connections: the policy, the lease table, the held
+//! reservations, offered handovers and watched processes, and the transitions that need more
+//! than the table (ending a lease truthfully, taking reservations back, reloading).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+use portbroker_proto::{Failure, LeaseId, PortRange, Response, Transport};
+use tracing::{debug, info, warn};
+
+use crate::bind;
+use crate::lease::{ConnId, Deadline, Keeper, Lease, SocketList};
+use crate::policy::{Identity, Policy};
+use crate::procfs;
+use crate::socket_copies;
+use crate::table::Table;
+use crate::watches::ProcessWatches;
+
+/// How often lingering leases and missing reservations are probed again.
+pub const LINGER_CHECK: Duration = Duration::from_millis(100);
+
+/// A message for a connection other than the one being answered (`Revoked`, `Expired`).
+#[derive(Debug)]
+pub struct Notice {
+    pub conn: ConnId,
+    pub response: Response,
+}
+
+pub struct State {
+    pub policy: Policy,
+    /// The address used when a spec gives none.
+    pub default_addr: IpAddr,
+    pub table: Table,
+    /// Reserved ports the broker holds now (see `Policy::reserved`); a leased one is taken
+    /// back when its lease has ended and no copy survives (`maintain_reservations`).
+    pub reservations: HashMap<(Transport, u16), OwnedFd>,
+    /// Offered handovers: token to lease.
+    pub handovers: HashMap<u64, LeaseId>,
+    pub watches: ProcessWatches,
+    /// When lingering leases and missing reservations are probed next.
+    pub next_linger_check: Option<Instant>,
+    pub started: Instant,
+}
+
+impl State {
+    pub fn new(pool: PortRange, default_addr: IpAddr, policy: Policy) -> nix::Result<State> {
+        Ok(State {
+            policy,
+            default_addr,
+            table: Table::new(pool),
+            reservations: HashMap::new(),
+            handovers: HashMap::new(),
+            watches: ProcessWatches::new()?,
+            next_linger_check: None,
+            started: Instant::now(),
+        })
+    }
+
+    /// Whether `asker` may act on lease `lease_id` (release, renew, tie, hand over, claim):
+    /// the lease holder's uid, or an administrator.
+    pub fn may_act_on(&self, asker: &Identity, lease_id: LeaseId) -> Result<&Lease, Failure> {
+        let lease = self
+            .table
+            .get(lease_id)
+            .ok_or(Failure::UnknownLease { id: lease_id })?;
+        if lease.holder.uid == asker.uid || self.policy.is_admin(asker) {
+            Ok(lease)
+        } else {
+            Err(Failure::NotYourLease {
+                id: lease_id,
+                holder_uid: lease.holder.uid,
+            })
+        }
+    }
+
+    /// Probes again soon (lingering leases, reservations).
+    fn probe_soon(&mut self) {
+        self.next_linger_check
+            .get_or_insert(Instant::now() + LINGER_CHECK);
+    }
+
+    /// Ends a lease whose holder is gone (connection closed, process exited). The port goes
+    /// back only once a probe bind shows that no copy of a socket survives; until then the
+    /// lease lingers, held by the process found holding a copy, and is probed again. A sticky
+    /// named service's ports are kept for its user instead.
+    pub fn end_truthfully(&mut self, lease_id: LeaseId, why: &str) {
+        let Some(lease) = self.table.get(lease_id) else {
+            return;
+        };
+        if lease
+            .sockets
+            .iter()
+            .all(|s| bind::is_free(s.transport, s.addr))
+        {
+            let grace = lease
+                .service
+                .as_deref()
+                .and_then(|name| self.policy.services.get(name))
+                .map_or(Duration::ZERO, |service| service.sticky);
+            if grace.is_zero() {
+                self.table.end(lease_id);
+                info!(lease = lease_id.0, "released: {why}");
+            } else {
+                self.keep_for_owner(lease_id, grace, why);
+            }
+            return;
+        }
+        let survivor = socket_copies::a_holder_of(&lease.sockets)
+            .map(|pid| (pid, procfs::process_name(pid).unwrap_or_default()));
+        if let Some(lease) = self.table.linger(lease_id, survivor) {
+            warn!(
+                lease = lease_id.0,
+                "lingering: {why}, but {} still holds a copy of {}",
+                lease.holder,
+                SocketList(&lease.sockets)
+            );
+        }
+        self.probe_soon();
+    }
+
+    /// Keeps the ports of a named service whose holder ended for the same user, so that the
+    /// restarted server gets them back and nobody else takes them meanwhile.
+    fn keep_for_owner(&mut self, lease_id: LeaseId, grace: Duration, why: &str) {
+        if let Some(lease) = self.table.keep(lease_id, Deadline::after(grace)) {
+            info!(
+                lease = lease_id.0,
+                "{why}: its service {:?} keeps {} for uid {} for {grace:?}",
+                lease.service.as_deref().unwrap_or_default(),
+                SocketList(&lease.sockets),
+                lease.holder.uid
+            );
+        }
+    }
+
+    /// A process leases were tied to has exited: those still tied to it end.
+    pub fn process_exited(&mut self, pid: i32) {
+        for lease_id in self.table.tied_to_process(pid).to_vec() {
+            let Some(lease) = self.table.get(lease_id) else {
+                continue;
+            };
+            let why = format!("{} exited", lease.holder);
+            self.end_truthfully(lease_id, &why);
+        }
+    }
+
+    /// Ends the leases whose time limit has passed; the notices tell their holders.
+    pub fn expire_due(&mut self, now: Instant) -> Vec<Notice> {
+        let mut notices = Vec::new();
+        for lease in self.table.take_expired(now) {
+            info!(
+                lease = lease.id.0,
+                "expired: {} of {}",
+                SocketList(&lease.sockets),
+                lease.holder
+            );
+            if let Keeper::Connection(conn) = lease.keeper {
+                notices.push(Notice {
+                    conn,
+                    response: Response::Expired { id: lease.id },
+                });
+            }
+        }
+        notices
+    }
+
+    /// Probes the lingering leases again (those whose last copy closed end), and the
+    /// reservations.
+    pub fn check_lingering(&mut self) {
+        let lingering: Vec<LeaseId> = self.table.lingering().collect();
+        for id in lingering {
+            let Some(lease) = self.table.get(id) else {
+                continue;
+            };
+            if lease
+                .sockets
+                .iter()
+                .all(|s| bind::is_free(s.transport, s.addr))
+            {
+                self.table.end(id);
+                info!(
+                    lease = id.0,
+                    "released: the last copy of its sockets closed"
+                );
+            }
+        }
+        self.next_linger_check = None;
+        if self.table.lingering().next().is_some() {
+            self.probe_soon();
+        }
+        self.maintain_reservations();
+    }
+
+    /// Binds every reserved port the broker does not hold and no lease has. While any is not
+    /// held (leased, a holder's socket lives on, or a process outside the broker has it), this
+    /// runs again with the lingering check, every 100 ms: at most a few thousand hash lookups.
+    pub fn maintain_reservations(&mut self) {
+        let wildcard = self.default_addr;
+        let mut missing = 0;
+        for &(transport, port) in &self.policy.reserved {
+            let addr = SocketAddr::new(wildcard, port);
+            if self.reservations.contains_key(&(transport, port)) {
+                continue;
+            }
+            if self.table.conflict(transport, addr).is_some() {
+                missing += 1; // leased: taken back once the lease has ended
+                continue;
+            }
+            match bind::reserve(transport, addr) {
+                Ok(fd) => {
+                    self.reservations.insert((transport, port), fd);
+                }
+                Err(errno) => {
+                    missing += 1;
+                    debug!("cannot reserve {transport}:{addr} yet: {errno}");
+                }
+            }
+        }
+        if missing > 0 {
+            self.probe_soon();
+        }
+    }
+
+    /// Takes the held reservation of a port for a lease, if there is one; the port is then
+    /// watched, to be taken back when the lease has ended.
+    pub fn take_reservation(&mut self, transport: Transport, port: u16) -> Option<OwnedFd> {
+        let held = self.reservations.remove(&(transport, port))?;
+        self.probe_soon();
+        Some(held)
+    }
+
+    /// Re-reads the policy file; on any error the policy in force stays as it was. Returns
+    /// the new policy's rule and service counts.
+    pub fn reload(&mut self) -> Result<(u32, u32), String> {
+        let old = &self.policy;
+        let Some(path) = old.source.clone() else {
+            return Err("the daemon runs on the built-in policy; start it with --config FILE to have a file to reload".into());
+        };
+        let new = Policy::load(&path).map_err(|e| e.to_string())?;
+        if (&new.socket_path, new.socket_mode, new.socket_gid, new.pool)
+            != (&old.socket_path, old.socket_mode, old.socket_gid, old.pool)
+        {
+            warn!(
+                "{}: changes to [socket] and [pool] take effect at the next start",
+                path.display()
+            );
+        }
+        let counts = (new.rule_count() as u32, new.services.len() as u32);
+        info!(
+            "reloaded {}: {} rules, {} services",
+            path.display(),
+            counts.0,
+            counts.1
+        );
+        self.policy = new;
+        Ok(counts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::handlers::fixture;
+    use portbroker_proto::LeaseState;
+
+    #[test]
+    fn a_lease_whose_sockets_are_closed_ends_at_once() {
+        let mut state = fixture::state();
+        let (id, fd) = fixture::leased(&mut state, &fixture::me(1));
+        drop(fd);
+        state.end_truthfully(id, "test");
+        assert!(state.table.get(id).is_none());
+        assert!(state.next_linger_check.is_none());
+    }
+
+    #[test]
+    fn a_surviving_copy_keeps_the_lease_lingering_until_it_closes() {
+        let mut state = fixture::state();
+        let (id, fd) = fixture::leased(&mut state, &fixture::me(1));
+        // A child inherits a copy of the socket, as a forked server's children do.
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .stdin(std::process::Stdio::from(fd))
+            .spawn()
+            .unwrap();
+        state.end_truthfully(id, "its holder closed its connection");
+        let lease = state.table.get(id).expect("lingers");
+        assert_eq!(lease.state(), LeaseState::Lingering);
+        if nix::unistd::getuid().is_root() {
+            // Only root can see another process's fds in every case.
+            assert_eq!(lease.holder.pid, child.id() as i32, "the survivor is named");
+        }
+        assert!(state.next_linger_check.is_some());
+        state.check_lingering();
+        assert!(state.table.get(id).is_some(), "the copy is still open");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        state.check_lingering();
+        assert!(state.table.get(id).is_none(), "the last copy closed");
+        assert!(state.next_linger_check.is_none());
+    }
+}
