@@ -9,12 +9,12 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use nix::sys::socket::{recvmsg, send, MsgFlags};
 use portbroker_proto::{
-    decode_response, encode_request, frame_payload_len, peek_hello_protocol, Failure, LeaseId,
-    Request, Response, HEADER_LEN, MAX_RESPONSE_FRAME, PROTOCOL_VERSION,
+    decode_response, encode_request, peek_hello_protocol, Failure, FrameSplitter, LeaseId, Request,
+    Response, MAX_RESPONSE_FRAME, PROTOCOL_VERSION,
 };
 
+use crate::error::Error;
 use crate::received_fds::adopt_scm_rights;
-use crate::Error;
 
 /// The most fds one `recvmsg` makes room for; a lease holds at most 64 sockets.
 const MAX_FDS_PER_READ: usize = 64;
@@ -46,7 +46,10 @@ pub(crate) struct Connection {
     stream: UnixStream,
     path: PathBuf,
     /// Received bytes not yet consumed: the start of the next frame, or more.
-    buf: Vec<u8>,
+    frames: FrameSplitter,
+    /// Where one `recvmsg` puts its bytes before they join `frames`; kept to spare an
+    /// allocation per read.
+    read_buf: Vec<u8>,
     /// Received fds not yet claimed by a `Granted` frame, oldest first.
     fds: VecDeque<OwnedFd>,
     cmsg_buf: Vec<u8>,
@@ -68,7 +71,8 @@ impl Connection {
         Connection {
             stream,
             path,
-            buf: Vec::new(),
+            frames: FrameSplitter::new(MAX_RESPONSE_FRAME),
+            read_buf: Vec::new(),
             fds: VecDeque::new(),
             cmsg_buf: nix::cmsg_space!([RawFd; MAX_FDS_PER_READ]),
             out_of_step: false,
@@ -139,7 +143,8 @@ impl Connection {
                 Response::Released { .. } | Response::Failed(_) => self.unanswered -= 1,
                 other => {
                     return Err(Error::protocol(format!(
-                        "expected the answer to a release, got {other:?}"
+                        "the broker answered a release with {}",
+                        other.name()
                     )))
                 }
             }
@@ -214,7 +219,8 @@ impl Connection {
                 other => {
                     self.out_of_step = true;
                     return Err(Error::protocol(format!(
-                        "the broker sent {other:?} unasked"
+                        "the broker sent {} unasked",
+                        other.name()
                     )));
                 }
             }
@@ -231,30 +237,43 @@ impl Connection {
     /// announces. Bytes and fds beyond it stay buffered for the next call. Without `wait`,
     /// `None` when no whole frame has arrived yet.
     fn next_frame(&mut self, wait: bool) -> Result<Option<Reply>, Error> {
+        let bad_frame = |e| Error::Protocol {
+            detail: "bad frame from the broker".into(),
+            source: Some(e),
+        };
         loop {
-            let payload_len =
-                frame_payload_len(&self.buf, MAX_RESPONSE_FRAME).map_err(|e| Error::Protocol {
-                    detail: "bad frame from the broker".into(),
-                    source: Some(e),
-                })?;
-            let wanted = match payload_len {
-                Some(len) if self.buf.len() >= HEADER_LEN + len => {
-                    return self.take_frame(HEADER_LEN + len).map(Some)
-                }
-                Some(len) => HEADER_LEN + len - self.buf.len(),
-                None => HEADER_LEN - self.buf.len(),
-            };
+            if let Some(payload) = self.frames.next_payload().map_err(bad_frame)? {
+                let decoded = decode_response(payload);
+                let hello_version = peek_hello_protocol(payload);
+                let reply = self.take_frame(decoded, hello_version);
+                self.shrink_when_idle();
+                return reply.map(Some);
+            }
+            // A read sized by what the frame still needs: a large answer comes in few reads, and
+            // little beyond one frame is ever held. Fds that come with the bytes of a later
+            // frame wait in the queue for that frame.
+            let wanted = self.frames.missing().map_err(bad_frame)?;
             if !self.fill(wanted.clamp(MIN_READ, MAX_READ), wait)? {
                 return Ok(None);
             }
         }
     }
 
-    fn take_frame(&mut self, frame_len: usize) -> Result<Reply, Error> {
-        let payload = &self.buf[HEADER_LEN..frame_len];
-        let decoded = decode_response(payload);
-        let hello_version = peek_hello_protocol(payload);
-        self.buf.drain(..frame_len);
+    /// Gives back the memory of a very large answer (a long `List`) once nothing is buffered.
+    fn shrink_when_idle(&mut self) {
+        self.frames.shrink_when_idle(MIN_READ);
+        if self.read_buf.len() > MIN_READ {
+            self.read_buf = Vec::new();
+        }
+    }
+
+    /// The reply to a frame's payload, decoded (`decoded`, and the Hello version it announces
+    /// if it is a Hello), with the fds it announces taken from the queue.
+    fn take_frame(
+        &mut self,
+        decoded: Result<Response, portbroker_proto::Error>,
+        hello_version: Option<u32>,
+    ) -> Result<Reply, Error> {
         let response = match (decoded, hello_version) {
             (Ok(response), _) => response,
             // A Hello of another version may not decode with our types; say what it is.
@@ -291,34 +310,35 @@ impl Connection {
         Ok(Reply { response, fds })
     }
 
-    /// Appends what one `recvmsg` of at most `max` bytes returns to the buffer; `false` when
-    /// nothing had arrived and `wait` was not asked for.
+    /// Passes what one `recvmsg` of at most `max` bytes returns to the frame splitter; `false`
+    /// when nothing had arrived and `wait` was not asked for.
     fn fill(&mut self, max: usize, wait: bool) -> Result<bool, Error> {
-        let old_len = self.buf.len();
-        self.buf.resize(old_len + max, 0);
-        let received = self.recv_into(old_len, wait);
-        self.buf
-            .truncate(old_len + received.as_ref().map_or(0, |n| n.unwrap_or(0)));
-        match received? {
+        if self.read_buf.len() < max {
+            self.read_buf.resize(max, 0);
+        }
+        match self.recv_into_read_buf(max, wait)? {
             None => Ok(false),
             Some(0) => Err(self.lost(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "the broker closed the connection",
             ))),
-            Some(_) => Ok(true),
+            Some(received) => {
+                self.frames.push(&self.read_buf[..received]);
+                Ok(true)
+            }
         }
     }
 
-    /// One `recvmsg` into `buf[start..]`; the fds it brings join the queue. Without `wait`,
+    /// One `recvmsg` into `read_buf[..max]`; the fds it brings join the queue. Without `wait`,
     /// `None` when nothing has arrived.
-    fn recv_into(&mut self, start: usize, wait: bool) -> Result<Option<usize>, Error> {
+    fn recv_into_read_buf(&mut self, max: usize, wait: bool) -> Result<Option<usize>, Error> {
         let flags = if wait {
             MsgFlags::MSG_CMSG_CLOEXEC
         } else {
             MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT
         };
         loop {
-            let mut iov = [IoSliceMut::new(&mut self.buf[start..])];
+            let mut iov = [IoSliceMut::new(&mut self.read_buf[..max])];
             let msg = match recvmsg::<()>(
                 self.stream.as_raw_fd(),
                 &mut iov,

@@ -98,7 +98,9 @@ pub enum ErrorKind {
     VersionMismatch,
     /// No live lease has the id given.
     UnknownLease,
-    /// The lease belongs to another user.
+    /// The lease belongs to another user, and only its holder's user and administrators (root
+    /// and the members of the policy's `[admin]` groups) may release, renew, tie, hand over or
+    /// claim it.
     NotYourLease,
     /// The connection broke or timed out.
     ConnectionLost,
@@ -144,8 +146,8 @@ impl Error {
     }
 
     /// Whether the broker denied the request: its policy refused a lease or the request needs
-    /// an administrator ([`ErrorKind::NotPermitted`]), or the lease to release belongs to
-    /// another user ([`ErrorKind::NotYourLease`]).
+    /// an administrator ([`ErrorKind::NotPermitted`]), or the lease to act on belongs to another
+    /// user and the asker is no administrator ([`ErrorKind::NotYourLease`]).
     pub fn is_not_permitted(&self) -> bool {
         matches!(
             self.kind(),

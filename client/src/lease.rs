@@ -5,10 +5,12 @@ use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
-use portbroker_proto::{GrantedSocket, LeaseId, SocketSpec};
+use portbroker_proto::{GrantedSocket, Holder, LeaseId, SocketSpec};
 
 use crate::connection::Ended;
-use crate::{Error, LeasedSocket, Shared};
+use crate::error::Error;
+use crate::session::Shared;
+use crate::socket::LeasedSocket;
 
 /// A live lease and its sockets.
 ///
@@ -128,11 +130,12 @@ impl Lease {
         Ok(self.shared.ended(self.id)? == Some(Ended::Expired))
     }
 
-    /// Ties the lease to process `pid` (of this user) instead of this connection: from now on it
-    /// lasts exactly as long as that process, even if this one exits or drops the `Lease`.
-    /// For a parent that hands its sockets to a child it starts; `portctl run` does this.
-    /// Returns the lease's holder as the broker now lists it.
-    pub fn tie_to_process(&self, pid: i32) -> Result<crate::Holder, Error> {
+    /// Ties the lease to process `pid` instead of this connection: from now on it lasts exactly
+    /// as long as that process, even if this one exits or drops the `Lease`. For a parent that
+    /// hands its sockets to a child it starts; `portctl run` does this. The process must belong
+    /// to this user, unless this user is an administrator (root or a member of the policy's
+    /// `[admin]` groups). Returns the lease's holder as the broker now lists it.
+    pub fn tie_to_process(&self, pid: i32) -> Result<Holder, Error> {
         self.shared.tie_to_process(self.id, pid)
     }
 

@@ -50,6 +50,7 @@ mod error;
 mod lease;
 #[allow(unsafe_code)]
 mod received_fds;
+mod session;
 mod socket;
 
 /// The README's examples, compiled as doctests so that they cannot rot.
@@ -58,156 +59,24 @@ mod socket;
 pub struct ReadmeDoctests;
 
 use std::fmt;
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// The wire protocol crate, for the types that appear in errors (such as its codec error).
 pub use portbroker_proto as proto;
 pub use portbroker_proto::{
-    Failure, GrantedSocket, Holder, LeaseId, LeaseInfo, Listen, PathError, PortRange, Refusal,
-    SocketSpec, SpecError, StatusInfo, Transport, PROTOCOL_VERSION,
+    Failure, GrantedSocket, Holder, LeaseId, LeaseInfo, LeaseState, Listen, PathError, PortRange,
+    Refusal, SocketSpec, SpecError, StatusInfo, Transport, PROTOCOL_VERSION,
 };
 
 pub use error::{Error, ErrorKind};
 pub use lease::Lease;
 pub use socket::LeasedSocket;
 
-use connection::{Connection, Reply};
 use lease::Asked;
 use portbroker_proto::{Request, Response};
-
-/// Read and write timeout of a new connection.
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
-/// How this library introduces itself in `Hello`, for the broker's logs.
-const CLIENT_NAME: &str = concat!("portbroker-rs/", env!("CARGO_PKG_VERSION"));
-
-/// What a [`Broker`] and its [`Lease`]s share: one connection, used by one request at a time.
-pub(crate) struct Shared {
-    conn: Mutex<Connection>,
-    path: PathBuf,
-    daemon_version: String,
-    /// The leases this connection's `Lease` handles hold, to re-attach after a reconnect.
-    live: Mutex<std::collections::HashSet<LeaseId>>,
-}
-
-impl Shared {
-    pub(crate) fn round_trip(&self, request: &Request) -> Result<Reply, Error> {
-        // A panic mid-request leaves the connection marked out of step, so the data behind a
-        // poisoned lock is still safe to use: it refuses further requests by itself.
-        let mut conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
-        match conn.round_trip(request) {
-            Err(Error::ConnectionLost { .. }) => {
-                // The broker restarted, or the connection broke: connect again, take this
-                // process's leases back onto the new connection, and try once more.
-                let (fresh, _) = open_connection(&self.path)?;
-                *conn = fresh;
-                let ids: Vec<LeaseId> = self.live_leases();
-                if !ids.is_empty() {
-                    conn.round_trip(&Request::Reattach { ids })?;
-                }
-                conn.round_trip(request)
-            }
-            other => other,
-        }
-    }
-
-    fn live_leases(&self) -> Vec<LeaseId> {
-        self.live
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .copied()
-            .collect()
-    }
-
-    pub(crate) fn track(&self, id: LeaseId, live: bool) {
-        let mut set = self.live.lock().unwrap_or_else(PoisonError::into_inner);
-        if live {
-            set.insert(id);
-        } else {
-            set.remove(&id);
-        }
-    }
-
-    /// Whether the broker has said it revoked lease `id`, reading (without waiting) what it
-    /// sent since the last request.
-    pub(crate) fn ended(&self, id: LeaseId) -> Result<Option<connection::Ended>, Error> {
-        let mut conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
-        conn.poll_notices()?;
-        Ok(conn.ended(id))
-    }
-
-    pub(crate) fn offer_handover(&self, id: LeaseId) -> Result<u64, Error> {
-        match self.round_trip(&Request::Handover { id })?.response {
-            Response::HandoverOffered { id: offered, token } if offered == id => Ok(token),
-            Response::Failed(failure) => Err(Error::Failed(failure)),
-            other => Err(unexpected("Handover", &other)),
-        }
-    }
-
-    pub(crate) fn tie_to_process(&self, id: LeaseId, pid: i32) -> Result<Holder, Error> {
-        match self
-            .round_trip(&Request::TieToProcess { id, pid })?
-            .response
-        {
-            Response::Tied { id: tied, holder } if tied == id => Ok(holder),
-            Response::Failed(failure) => Err(Error::Failed(failure)),
-            other => Err(unexpected("TieToProcess", &other)),
-        }
-    }
-
-    pub(crate) fn renew(&self, id: LeaseId, ttl: Duration) -> Result<Option<SystemTime>, Error> {
-        let ttl_ms = u32::try_from(ttl.as_millis()).unwrap_or(u32::MAX);
-        match self.round_trip(&Request::Renew { id, ttl_ms })?.response {
-            Response::Renewed {
-                id: renewed,
-                expires_unix_ms,
-            } if renewed == id => {
-                Ok(expires_unix_ms.map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms)))
-            }
-            Response::Failed(failure) => Err(Error::Failed(failure)),
-            other => Err(unexpected("Renew", &other)),
-        }
-    }
-
-    /// Ends a lease without waiting for the broker's answer (for `Drop`).
-    pub(crate) fn release_unanswered(&self, id: LeaseId) -> Result<(), Error> {
-        self.conn
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .send_unanswered(&Request::Release { id })
-    }
-
-    pub(crate) fn release(&self, id: LeaseId) -> Result<(), Error> {
-        match self.round_trip(&Request::Release { id })?.response {
-            Response::Released { id: released } if released == id => Ok(()),
-            Response::Failed(failure) => Err(Error::Failed(failure)),
-            other => Err(unexpected("Release", &other)),
-        }
-    }
-}
-
-fn unexpected(request: &str, response: &Response) -> Error {
-    let name = match response {
-        Response::Hello { .. } => "Hello",
-        Response::Granted { .. } => "Granted",
-        Response::Refused(_) => "Refused",
-        Response::Released { .. } => "Released (of another lease)",
-        Response::Leases(_) => "Leases",
-        Response::Status(_) => "Status",
-        Response::Failed(_) => "Failed",
-        Response::Reloaded { .. } => "Reloaded",
-        Response::Revoked { .. } => "Revoked",
-        Response::Expired { .. } => "Expired",
-        Response::Renewed { .. } => "Renewed",
-        Response::Tied { .. } => "Tied",
-        Response::HandoverOffered { .. } => "HandoverOffered",
-        Response::Reattached { .. } => "Reattached",
-    };
-    Error::protocol(format!("the broker answered {request} with {name}"))
-}
+use session::{expect_answer, Shared};
 
 /// A connection to `portbrokerd`.
 ///
@@ -260,33 +129,20 @@ impl Broker {
     /// Fails with [`Error::Unreachable`] when nothing accepts there, and with
     /// [`Error::VersionMismatch`] when the broker speaks another protocol version.
     pub fn connect_to(path: impl AsRef<Path>) -> Result<Broker, Error> {
-        let path = path.as_ref().to_path_buf();
-        match UnixStream::connect(&path) {
-            Ok(stream) => Broker::handshake(stream, path),
-            Err(source) => Err(Error::Unreachable { path, source }),
-        }
-    }
-
-    fn handshake(stream: UnixStream, path: PathBuf) -> Result<Broker, Error> {
-        let (conn, daemon_version) = hello(stream, &path)?;
+        let shared = Shared::connect(path.as_ref().to_path_buf())?;
         Ok(Broker {
-            shared: Arc::new(Shared {
-                conn: Mutex::new(conn),
-                path,
-                daemon_version,
-                live: Mutex::default(),
-            }),
+            shared: Arc::new(shared),
         })
     }
 
     /// The path of the broker's socket.
     pub fn socket_path(&self) -> &Path {
-        &self.shared.path
+        self.shared.path()
     }
 
     /// The broker's version, as it said in `Hello`.
     pub fn daemon_version(&self) -> &str {
-        &self.shared.daemon_version
+        self.shared.daemon_version()
     }
 
     /// Sets how long a request may wait to be sent or answered (30 s by default); `None` waits
@@ -294,15 +150,7 @@ impl Broker {
     /// connection unusable, because its answer may still arrive. `Some(Duration::ZERO)` is
     /// refused by the OS.
     pub fn set_timeout(&self, timeout: Option<Duration>) -> Result<(), Error> {
-        let conn = self
-            .shared
-            .conn
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        set_timeouts(conn.stream(), timeout).map_err(|source| Error::ConnectionLost {
-            path: conn.path().to_path_buf(),
-            source,
-        })
+        self.shared.set_timeout(timeout)
     }
 
     /// Leases the sockets of `specs` as one unit: all are granted, or none and the error says
@@ -315,10 +163,12 @@ impl Broker {
                 reason: "a lease needs at least one socket".into(),
             }));
         }
-        let reply = self.shared.round_trip(&Request::Lease {
-            sockets: specs.clone(),
-        })?;
-        self.take_grant("Lease", reply, Asked::Specs(&specs))
+        self.take_grant(
+            Request::Lease {
+                sockets: specs.clone(),
+            },
+            Asked::Specs(&specs),
+        )
     }
 
     /// Leases the sockets of the service `name`, as the broker's policy defines it: all are
@@ -336,10 +186,12 @@ impl Broker {
     /// # }
     /// ```
     pub fn lease_named(&self, name: &str) -> Result<Lease, Error> {
-        let reply = self.shared.round_trip(&Request::LeaseNamed {
-            name: name.to_owned(),
-        })?;
-        self.take_grant("LeaseNamed", reply, Asked::Service(name))
+        self.take_grant(
+            Request::LeaseNamed {
+                name: name.to_owned(),
+            },
+            Asked::Service(name),
+        )
     }
 
     /// Takes over a lease another process offered with [`Lease::handover`]: the returned
@@ -348,20 +200,24 @@ impl Broker {
     /// keeps serving on its copies until it closes them. Allowed to the holder's user and to
     /// administrators.
     pub fn claim(&self, token: u64) -> Result<Lease, Error> {
-        let reply = self.shared.round_trip(&Request::Claim { token })?;
-        self.take_grant("Claim", reply, Asked::Service("a handover"))
+        self.take_grant(Request::Claim { token }, Asked::Service("a handover"))
     }
 
-    /// The answer to a lease request: a checked [`Lease`], or the refusal or failure.
-    fn take_grant(&self, request: &str, reply: Reply, asked: Asked<'_>) -> Result<Lease, Error> {
-        match reply.response {
-            Response::Granted { id, sockets, .. } => {
-                Lease::from_grant(Arc::clone(&self.shared), id, asked, sockets, reply.fds)
-            }
-            Response::Refused(refusal) => Err(Error::Refused(refusal)),
-            Response::Failed(failure) => Err(Error::Failed(failure)),
-            other => Err(unexpected(request, &other)),
-        }
+    /// Sends a lease request; the answer is a checked [`Lease`], or the refusal or failure.
+    fn take_grant(&self, request: Request, asked: Asked<'_>) -> Result<Lease, Error> {
+        let reply = self.shared.round_trip(&request)?;
+        let fds = reply.fds;
+        expect_answer(&request, reply.response, |response| match response {
+            Response::Granted { id, sockets, .. } => Some(Lease::from_grant(
+                Arc::clone(&self.shared),
+                id,
+                asked,
+                sockets,
+                fds,
+            )),
+            Response::Refused(refusal) => Some(Err(Error::Refused(refusal))),
+            _ => None,
+        })?
     }
 
     /// Like [`Broker::lease`], with specs in text form (`tcp:8080`, `tcp:127.0.0.1:0`,
@@ -376,27 +232,26 @@ impl Broker {
     }
 
     /// Ends the lease `id`, which may belong to another connection or process. The broker
-    /// allows it to the lease holder's user and to root.
+    /// allows it to the lease holder's user and to administrators (root and the members of the
+    /// policy's `[admin]` groups).
     pub fn release(&self, id: LeaseId) -> Result<(), Error> {
         self.shared.release(id)
     }
 
     /// Every live lease, ordered by id.
     pub fn list(&self) -> Result<Vec<LeaseInfo>, Error> {
-        match self.shared.round_trip(&Request::List)?.response {
-            Response::Leases(leases) => Ok(leases),
-            Response::Failed(failure) => Err(Error::Failed(failure)),
-            other => Err(unexpected("List", &other)),
-        }
+        self.shared.ask(Request::List, |response| match response {
+            Response::Leases(leases) => Some(leases),
+            _ => None,
+        })
     }
 
     /// The broker's state.
     pub fn status(&self) -> Result<StatusInfo, Error> {
-        match self.shared.round_trip(&Request::Status)?.response {
-            Response::Status(status) => Ok(status),
-            Response::Failed(failure) => Err(Error::Failed(failure)),
-            other => Err(unexpected("Status", &other)),
-        }
+        self.shared.ask(Request::Status, |response| match response {
+            Response::Status(status) => Some(status),
+            _ => None,
+        })
     }
 
     /// Makes the broker re-read its policy file, and returns the number of rules and of named
@@ -414,11 +269,10 @@ impl Broker {
     /// # }
     /// ```
     pub fn reload(&self) -> Result<(u32, u32), Error> {
-        match self.shared.round_trip(&Request::Reload)?.response {
-            Response::Reloaded { rules, services } => Ok((rules, services)),
-            Response::Failed(failure) => Err(Error::Failed(failure)),
-            other => Err(unexpected("Reload", &other)),
-        }
+        self.shared.ask(Request::Reload, |response| match response {
+            Response::Reloaded { rules, services } => Some((rules, services)),
+            _ => None,
+        })
     }
 
     /// Gives lease `id` a time limit of `ttl` from now, or extends it: unless renewed again, the
@@ -447,60 +301,19 @@ impl Broker {
     /// only): the lease's listening sockets stop accepting, a pending `accept()` on them fails,
     /// and the holder's [`Lease::is_revoked`] turns true.
     pub fn revoke(&self, id: LeaseId) -> Result<(), Error> {
-        match self.shared.round_trip(&Request::Revoke { id })?.response {
-            Response::Released { id: released } if released == id => Ok(()),
-            Response::Failed(failure) => Err(Error::Failed(failure)),
-            other => Err(unexpected("Revoke", &other)),
-        }
+        self.shared
+            .ask(Request::Revoke { id }, |response| match response {
+                Response::Released { id: released } if released == id => Some(()),
+                _ => None,
+            })
     }
-}
-
-/// A new connection to the broker at `path`, greeted.
-fn open_connection(path: &Path) -> Result<(Connection, String), Error> {
-    match UnixStream::connect(path) {
-        Ok(stream) => hello(stream, path),
-        Err(source) => Err(Error::Unreachable {
-            path: path.to_owned(),
-            source,
-        }),
-    }
-}
-
-/// Says Hello on a new connection; the broker's version.
-fn hello(stream: UnixStream, path: &Path) -> Result<(Connection, String), Error> {
-    let mut conn = Connection::new(stream, path.to_owned());
-    set_timeouts(conn.stream(), Some(DEFAULT_TIMEOUT)).map_err(|source| Error::ConnectionLost {
-        path: path.to_owned(),
-        source,
-    })?;
-    let hello = Request::Hello {
-        protocol: PROTOCOL_VERSION,
-        client: CLIENT_NAME.to_owned(),
-    };
-    match conn.round_trip(&hello)?.response {
-        Response::Hello {
-            protocol,
-            daemon_version,
-        } if protocol == PROTOCOL_VERSION => Ok((conn, daemon_version)),
-        Response::Hello { protocol, .. } => Err(Error::VersionMismatch {
-            broker: protocol,
-            client: PROTOCOL_VERSION,
-        }),
-        Response::Failed(failure) => Err(Error::Failed(failure)),
-        other => Err(unexpected("Hello", &other)),
-    }
-}
-
-fn set_timeouts(stream: &UnixStream, timeout: Option<Duration>) -> std::io::Result<()> {
-    stream.set_read_timeout(timeout)?;
-    stream.set_write_timeout(timeout)
 }
 
 impl fmt::Debug for Broker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Broker")
-            .field("socket_path", &self.shared.path)
-            .field("daemon_version", &self.shared.daemon_version)
+            .field("socket_path", &self.shared.path())
+            .field("daemon_version", &self.shared.daemon_version())
             .finish_non_exhaustive()
     }
 }

@@ -21,10 +21,9 @@ pub enum LeasedSocket {
 }
 
 impl LeasedSocket {
-    /// Wraps a received fd according to what the broker said it is, after checking that the
-    /// socket type agrees. The socket is put in blocking mode, as std's types expect.
-    /// Wraps an fd the broker granted. The broker hands out blocking sockets of the granted
-    /// transport (a protocol guarantee), so this costs no syscall.
+    /// Wraps an fd the broker granted, according to what the broker said it is. The broker
+    /// hands out blocking sockets of the granted transport (a protocol guarantee), so nothing
+    /// is checked or changed and this costs no syscall.
     pub(crate) fn from_granted(fd: OwnedFd, granted: &GrantedSocket) -> Self {
         match (granted.transport, granted.listening) {
             (Transport::Tcp, true) => LeasedSocket::TcpListener(fd.into()),

@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use portbroker_proto::{
-    decode_request, encode_response, frame_payload_len, Failure, GrantedSocket, LeaseId, Refusal,
+    decode_request, encode_response, Failure, FrameSplitter, GrantedSocket, LeaseId, Refusal,
     Request, Response, Transport, MAX_REQUEST_FRAME, PROTOCOL_VERSION,
 };
 
@@ -64,15 +64,25 @@ fn hello(protocol: u32) -> Response {
     }
 }
 
+/// The next request; `None` once the client hung up (or its connection broke) between requests.
 fn read_request(stream: &mut UnixStream) -> Option<Request> {
-    let mut header = [0u8; 4];
-    stream.read_exact(&mut header).ok()?;
-    let len = frame_payload_len(&header, MAX_REQUEST_FRAME)
-        .unwrap()
-        .unwrap();
-    let mut payload = vec![0; len];
-    stream.read_exact(&mut payload).unwrap();
-    Some(decode_request(&payload).unwrap())
+    let mut frames = FrameSplitter::new(MAX_REQUEST_FRAME);
+    loop {
+        if let Some(payload) = frames.next_payload().unwrap() {
+            return Some(decode_request(payload).unwrap());
+        }
+        // No more than the frame needs, so that nothing of the next request is left behind.
+        let mut chunk = vec![0; frames.missing().unwrap()];
+        let received = stream.read(&mut chunk).unwrap_or(0);
+        if received == 0 {
+            assert!(
+                frames.is_empty(),
+                "the client hung up in the middle of a request"
+            );
+            return None;
+        }
+        frames.push(&chunk[..received]);
+    }
 }
 
 /// Whether the client was still there to take the response.

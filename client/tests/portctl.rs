@@ -148,6 +148,63 @@ fn the_library_example_leases_and_serves() {
     assert!(finish(child).status.success());
 }
 
+/// The Python of `SERVE='...'` in `text`, as a shell would read it.
+fn serve_snippet(text: &str) -> String {
+    let start = text.find("SERVE='").expect("a SERVE='...' snippet") + "SERVE='".len();
+    let len = text[start..].find('\'').expect("the closing quote");
+    text[start..start + len].to_owned()
+}
+
+/// The examples of the help and of the README run SERVE, which must serve HTTP on the leased
+/// socket rather than on a port of its own.
+#[test]
+fn the_documented_serve_snippets_serve_on_the_leased_socket() {
+    let help = Command::new(support::portctl_bin())
+        .args(["run", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    let readme = include_str!("../../README.md");
+    let daemon = Daemon::start();
+    for (origin, code) in [
+        ("help", serve_snippet(&help)),
+        ("README", serve_snippet(readme)),
+    ] {
+        let child = daemon
+            .portctl()
+            .args([
+                "run",
+                "-q",
+                "http=tcp:127.0.0.1:0",
+                "--",
+                "python3",
+                "-c",
+                &code,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let addr = leased_addr_of(&daemon, child.id());
+        let mut conn = TcpStream::connect(addr).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        std::io::Write::write_all(&mut conn, b"GET / HTTP/1.0\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).unwrap();
+        assert!(
+            answer.starts_with("HTTP/1.0 200"),
+            "the {origin}'s SERVE on {addr}: {answer}"
+        );
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        finish(child);
+    }
+}
+
 #[test]
 fn a_refused_run_starts_nothing_names_the_holder_and_exits_75() {
     let daemon = Daemon::start();
@@ -211,6 +268,31 @@ fn exit_codes_tell_bad_usage_from_an_unreachable_broker() {
         );
     }
     assert_eq!(portctl(&["--help"]).status.code(), Some(0));
+}
+
+#[test]
+fn exit_codes_tell_an_unknown_lease_from_a_failed_bind() {
+    let daemon = Daemon::start();
+    let unknown = daemon.portctl().args(["release", "999"]).output().unwrap();
+    assert_eq!(unknown.status.code(), Some(1), "{unknown:?}");
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("999"),
+        "names the id: {unknown:?}"
+    );
+    // 192.0.2.1 (TEST-NET-1) is no address of this host: the broker's bind fails, an OS error.
+    let marker = daemon.dir().join("started");
+    let unbindable = daemon
+        .portctl()
+        .args(["run", "tcp:192.0.2.1:0", "--", "touch"])
+        .arg(&marker)
+        .output()
+        .unwrap();
+    assert_eq!(unbindable.status.code(), Some(71), "{unbindable:?}");
+    assert!(
+        String::from_utf8_lossy(&unbindable.stderr).contains("192.0.2.1"),
+        "names the address: {unbindable:?}"
+    );
+    assert!(!marker.exists(), "nothing runs without its lease");
 }
 
 #[test]

@@ -24,6 +24,11 @@ pub enum Command {
     /// the lease lasts as long as CMD
     Run(RunArgs),
     /// List the live leases, one row per socket
+    ///
+    /// STATE says what keeps a lease: live (its holder's connection), tied (its holder
+    /// process), lingering (its holder is gone but a copy of a socket is still open), or kept
+    /// for some time (the ports of a sticky service whose server ended). A lease with a time
+    /// limit shows when it expires.
     List {
         /// Print a JSON array with one object per socket
         #[arg(long)]
@@ -66,13 +71,7 @@ pub enum Command {
 }
 
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:\n  \
-    portctl run tcp:8080 -- python3 -m http.server\n  \
-    portctl run http=tcp:127.0.0.1:0 dns=udp:[::1]:5353 -- ./server\n  \
-    portctl run web -- ./server\n\n\
-    CMD gets LISTEN_FDS=n, LISTEN_PID=<its pid> and LISTEN_FDNAMES=name1:name2; a socket's \
-    default name is tcp-PORT or udp-PORT, and every socket of a service is named after the \
-    service.")]
+#[command(after_help = RUN_AFTER_HELP)]
 pub struct RunArgs {
     /// Do not print the leased sockets before starting CMD
     #[arg(short, long)]
@@ -93,6 +92,27 @@ pub struct RunArgs {
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<OsString>,
 }
+
+/// The examples of `run --help`. CMD must take its socket at fd 3 rather than bind a port of its
+/// own (as `python3 -m http.server` would, leaving the lease unused), so every example runs
+/// SERVE, an HTTP server that does. One line of Python, so that it survives being pasted from
+/// the indented help text.
+const RUN_AFTER_HELP: &str = "\
+Examples, with SERVE an HTTP server that serves on the socket at fd 3 instead of binding one:
+
+  SERVE='import socket, http.server as h; s = h.HTTPServer(None, h.SimpleHTTPRequestHandler, bind_and_activate=False); s.socket = socket.socket(fileno=3); s.serve_forever()'
+
+  portctl run tcp:8080 -- python3 -c \"$SERVE\"
+      HTTP on port 8080 of the default address
+  portctl run http=tcp:127.0.0.1:0 -- python3 -c \"$SERVE\"
+      on any free port of the broker's pool, on loopback, in a socket named http; portctl
+      prints the port it got
+  portctl run web -- python3 -c \"$SERVE\"
+      on the sockets of the service web of the broker's policy (its first one at fd 3)
+
+CMD gets LISTEN_FDS=n, LISTEN_PID=<its pid> and LISTEN_FDNAMES=name1:name2; a socket's \
+default name is tcp-PORT or udp-PORT, and every socket of a service is named after the \
+service.";
 
 #[cfg(test)]
 mod tests {

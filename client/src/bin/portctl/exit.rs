@@ -1,13 +1,35 @@
-//! Exit codes (sysexits.h) and how errors are told to the user.
+//! Exit codes (sysexits.h, and the shell's for a command that cannot run), the errors of
+//! portctl's own that carry one, and how errors are told to the user.
 
+use nix::errno::Errno;
 use portbroker::ErrorKind;
-
-use crate::spawn::CannotRun;
 
 /// The command line asks for something impossible; exit status 64.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct UsageError(pub String);
+
+/// CMD could not be started. Exit status 127 when it was not found, 126 otherwise, as shells do.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot run {command}: {}", .errno.desc())]
+pub struct CannotRun {
+    command: String,
+    errno: Errno,
+}
+
+impl CannotRun {
+    /// `command` could not be started because of `errno` (of `execve` or of the PATH search).
+    pub fn new(command: String, errno: Errno) -> Self {
+        CannotRun { command, errno }
+    }
+
+    pub fn exit_code(&self) -> u8 {
+        match self.errno {
+            Errno::ENOENT | Errno::ENOTDIR => COMMAND_NOT_FOUND,
+            _ => CANNOT_EXECUTE,
+        }
+    }
+}
 
 /// Bad usage or an invalid socket spec.
 pub const USAGE: u8 = 64;
@@ -25,6 +47,10 @@ pub const NOT_PERMITTED: u8 = 77;
 pub const CONFIG: u8 = 78;
 /// A lease id that no live lease has.
 pub const UNKNOWN_LEASE: u8 = 1;
+/// CMD was found but could not be executed (no permission, not an executable, ...).
+pub const CANNOT_EXECUTE: u8 = 126;
+/// CMD was not found.
+pub const COMMAND_NOT_FOUND: u8 = 127;
 
 pub fn code_for(err: &anyhow::Error) -> u8 {
     if let Some(cannot_run) = err.downcast_ref::<CannotRun>() {

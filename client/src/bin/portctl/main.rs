@@ -9,20 +9,18 @@ mod relay;
 mod run;
 #[allow(unsafe_code)]
 mod spawn;
+mod talk;
 
-use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Result;
 use clap::Parser;
-use std::time::Duration;
+use portbroker::LeaseId;
 
-use portbroker::{Broker, LeaseId};
-
+use crate::cli::{Cli, Command};
 use crate::exit::UsageError;
-
-use cli::{Cli, Command};
+use crate::talk::{connect, warn};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -99,17 +97,4 @@ fn run(cli: Cli) -> Result<u8> {
             Ok(0)
         }
     }
-}
-
-/// Connects to `--socket PATH` if given, else to the default path.
-fn connect(socket: Option<PathBuf>) -> Result<Broker, portbroker::Error> {
-    match socket {
-        Some(path) => Broker::connect_to(path),
-        None => Broker::connect(),
-    }
-}
-
-/// One line on stderr, prefixed with the program name. A closed stderr is not worth dying for.
-fn warn(message: &str) {
-    let _ = writeln!(std::io::stderr().lock(), "portctl: {message}");
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use portbroker::{LeaseInfo, StatusInfo};
+use portbroker::{LeaseInfo, LeaseState, StatusInfo};
 use serde::Serialize;
 
 /// Writes `text` to stdout. A reader that went away (`portctl list | head -1`) is not an error.
@@ -71,11 +71,15 @@ fn table(rows: &[Vec<String>]) -> String {
     out
 }
 
-/// One row per socket of each lease, under a header that is there even with no lease.
+/// One row per socket of each lease, under a header that is there even with no lease. `now` is
+/// in seconds since the Unix epoch.
 pub fn leases_table(leases: &[LeaseInfo], now: u64) -> String {
-    let header = ["ID", "PROTO", "ADDRESS", "PID", "UID", "NAME", "SINCE"];
+    let header = [
+        "ID", "PROTO", "ADDRESS", "PID", "UID", "NAME", "SINCE", "STATE",
+    ];
     let mut rows = vec![header.map(String::from).to_vec()];
     for lease in leases {
+        let state = state_text(lease, now);
         for socket in &lease.sockets {
             rows.push(vec![
                 lease.id.to_string(),
@@ -85,10 +89,30 @@ pub fn leases_table(leases: &[LeaseInfo], now: u64) -> String {
                 lease.holder.uid.to_string(),
                 lease.holder.name.clone(),
                 format_age(now.saturating_sub(lease.since)),
+                state.clone(),
             ]);
         }
     }
     table(&rows)
+}
+
+/// What keeps the lease, and until when: `live` (its holder's connection), `tied` (its holder
+/// process), `lingering` (a copy of a socket outlived its holder), `kept for 3m12s` (a sticky
+/// service's ports waiting for its server to come back); a live or tied lease with a time limit
+/// adds `expires in 4m12s`.
+fn state_text(lease: &LeaseInfo, now: u64) -> String {
+    let left = lease
+        .expires_unix_ms
+        .map(|ms| format_age((ms / 1000).saturating_sub(now)));
+    match (lease.state, left) {
+        (LeaseState::Connection, None) => "live".to_owned(),
+        (LeaseState::Connection, Some(left)) => format!("expires in {left}"),
+        (LeaseState::Process, None) => "tied".to_owned(),
+        (LeaseState::Process, Some(left)) => format!("tied, expires in {left}"),
+        (LeaseState::Lingering, _) => "lingering".to_owned(),
+        (LeaseState::Kept, None) => "kept".to_owned(),
+        (LeaseState::Kept, Some(left)) => format!("kept for {left}"),
+    }
 }
 
 #[derive(Serialize)]
@@ -104,7 +128,11 @@ struct SocketRow<'a> {
     listening: bool,
     /// Milliseconds since the Unix epoch; null for a lease without a time limit.
     expires_unix_ms: Option<u64>,
+    /// Whether the holder is gone and a copy of a socket outlived it; kept beside `state`,
+    /// which says the same as `"lingering"`, for scripts written before `state` existed.
     lingering: bool,
+    /// What keeps the lease: `LeaseState::as_str`.
+    state: &'static str,
 }
 
 pub fn leases_json(leases: &[LeaseInfo]) -> Result<String> {
@@ -122,7 +150,8 @@ pub fn leases_json(leases: &[LeaseInfo]) -> Result<String> {
                 since: lease.since,
                 listening: socket.listening,
                 expires_unix_ms: lease.expires_unix_ms,
-                lingering: lease.lingering,
+                lingering: lease.state == LeaseState::Lingering,
+                state: lease.state.as_str(),
             })
         })
         .collect();
@@ -195,7 +224,7 @@ mod tests {
             },
             since: 1_764_130_000,
             expires_unix_ms: None,
-            lingering: false,
+            state: LeaseState::Connection,
             sockets: vec![
                 GrantedSocket {
                     transport: Transport::Tcp,
@@ -224,7 +253,7 @@ mod tests {
     fn the_table_has_a_header_and_a_row_per_socket() {
         assert_eq!(
             leases_table(&[], 0),
-            "ID  PROTO  ADDRESS  PID  UID  NAME  SINCE\n"
+            "ID  PROTO  ADDRESS  PID  UID  NAME  SINCE  STATE\n"
         );
         let text = leases_table(&[lease()], 1_764_130_192);
         let lines: Vec<&str> = text.lines().collect();
@@ -238,7 +267,8 @@ mod tests {
                 "123",
                 "0",
                 "python3",
-                "3m12s"
+                "3m12s",
+                "live"
             ]
         );
         assert!(lines[2].contains("[::]:8080"));
@@ -254,10 +284,69 @@ mod tests {
             json[0],
             serde_json::json!({"id": 7, "proto": "tcp", "addr": "127.0.0.1:40123", "pid": 123,
                 "uid": 0, "gid": 0, "name": "python3", "since": 1_764_130_000u64, "listening": true,
-                "expires_unix_ms": null, "lingering": false})
+                "expires_unix_ms": null, "lingering": false, "state": "connection"})
         );
         assert_eq!(json[1]["addr"], "[::]:8080");
         assert_eq!(leases_json(&[]).unwrap().trim(), "[]");
+    }
+
+    #[test]
+    fn the_state_column_says_what_keeps_a_lease_and_until_when() {
+        let now = 1_764_130_192;
+        let in_4m12s = Some((now + 252) * 1000 + 999);
+        let state = |state, expires_unix_ms| {
+            state_text(
+                &LeaseInfo {
+                    state,
+                    expires_unix_ms,
+                    ..lease()
+                },
+                now,
+            )
+        };
+        assert_eq!(state(LeaseState::Connection, None), "live");
+        assert_eq!(state(LeaseState::Connection, in_4m12s), "expires in 4m12s");
+        assert_eq!(state(LeaseState::Process, None), "tied");
+        assert_eq!(
+            state(LeaseState::Process, in_4m12s),
+            "tied, expires in 4m12s"
+        );
+        assert_eq!(state(LeaseState::Lingering, None), "lingering");
+        assert_eq!(state(LeaseState::Kept, in_4m12s), "kept for 4m12s");
+        assert_eq!(state(LeaseState::Kept, None), "kept");
+        // A deadline just passed: the broker ends the lease within milliseconds.
+        assert_eq!(
+            state(LeaseState::Connection, Some(now * 1000 - 5)),
+            "expires in 0s"
+        );
+
+        // The state is the last column, where its spaces cannot shift the others.
+        let kept = LeaseInfo {
+            state: LeaseState::Kept,
+            expires_unix_ms: in_4m12s,
+            ..lease()
+        };
+        let text = leases_table(&[kept, lease()], now);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[1].ends_with("  kept for 4m12s"), "{text}");
+        assert!(lines[3].ends_with("  live"), "{text}");
+        assert_eq!(lines[0].find("STATE"), lines[1].find("kept"));
+    }
+
+    #[test]
+    fn json_rows_name_the_state_and_keep_the_lingering_flag() {
+        for (state, name, lingering) in [
+            (LeaseState::Connection, "connection", false),
+            (LeaseState::Process, "process", false),
+            (LeaseState::Lingering, "lingering", true),
+            (LeaseState::Kept, "kept", false),
+        ] {
+            let leases = [LeaseInfo { state, ..lease() }];
+            let json: serde_json::Value =
+                serde_json::from_str(&leases_json(&leases).unwrap()).unwrap();
+            assert_eq!(json[0]["state"], name);
+            assert_eq!(json[0]["lingering"], lingering, "{name}");
+        }
     }
 
     #[test]

@@ -5,10 +5,11 @@ use std::path::PathBuf;
 use anyhow::Result;
 use portbroker::{ErrorKind, GrantedSocket, LeasedSocket, SocketSpec};
 
+use crate::cli::RunArgs;
 use crate::exit::{describe, UsageError};
 use crate::relay::SignalRelay;
 use crate::spawn::{self, Program};
-use crate::{cli::RunArgs, warn};
+use crate::talk::{self, warn};
 
 /// A spec from the command line, `[NAME=]PROTO:[ADDR:]PORT`.
 #[derive(Debug, PartialEq)]
@@ -101,7 +102,7 @@ pub fn run(socket: Option<PathBuf>, args: RunArgs) -> Result<u8> {
     let target = parse_target(&args.specs)?;
     let program = Program::resolve(&args.command)?;
 
-    let broker = crate::connect(socket)?;
+    let broker = talk::connect(socket)?;
     let (mut lease, names) = match &target {
         Target::Specs(specs) => {
             let lease = broker.lease(specs.iter().map(|named| named.spec))?;

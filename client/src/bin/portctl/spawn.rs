@@ -18,7 +18,7 @@ use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::wait::waitpid;
 use nix::unistd::{access, fork, getpid, pipe2, read, AccessFlags, ForkResult, Pid};
 
-use crate::exit::UsageError;
+use crate::exit::{CannotRun, UsageError};
 
 /// The first fd of the convention; stdin, stdout and stderr come before it.
 const FIRST_LISTEN_FD: RawFd = 3;
@@ -27,23 +27,6 @@ const DEFAULT_PATH: &str = "/bin:/usr/bin";
 const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
 /// The prefix, up to 10 digits of a pid, and the terminating NUL.
 const LISTEN_PID_ENTRY_LEN: usize = LISTEN_PID_PREFIX.len() + 10 + 1;
-
-/// CMD could not be started. Exit status 127 when it was not found, 126 otherwise, as shells do.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot run {command}: {}", .errno.desc())]
-pub struct CannotRun {
-    command: String,
-    errno: Errno,
-}
-
-impl CannotRun {
-    pub fn exit_code(&self) -> u8 {
-        match self.errno {
-            Errno::ENOENT | Errno::ENOTDIR => 127,
-            _ => 126,
-        }
-    }
-}
 
 /// A command resolved against PATH, with its argv ready for execve.
 #[derive(Debug)]
@@ -63,10 +46,7 @@ impl Program {
             .map(|arg| CString::new(arg.as_bytes()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|_| UsageError(format!("an argument of {name} contains a NUL byte")))?;
-        let path = find_executable(name_os).map_err(|errno| CannotRun {
-            command: name.clone(),
-            errno,
-        })?;
+        let path = find_executable(name_os).map_err(|errno| CannotRun::new(name.clone(), errno))?;
         let path = CString::new(path.into_os_string().into_vec())
             .map_err(|_| UsageError(format!("the path of {name} contains a NUL byte")))?;
         Ok(Program { name, path, argv })
@@ -163,11 +143,7 @@ pub fn spawn(program: &Program, sockets: Vec<OwnedFd>, names: &[String]) -> Resu
                 None => Ok(child),
                 Some(errno) => {
                     reap(child);
-                    Err(CannotRun {
-                        command: program.name.clone(),
-                        errno,
-                    }
-                    .into())
+                    Err(CannotRun::new(program.name.clone(), errno).into())
                 }
             }
         }
