@@ -17,8 +17,8 @@ use nix::sys::socket::{
     MsgFlags, SockFlag, SockType, SockaddrStorage,
 };
 use portbroker_proto::{
-    decode_request, encode_response_into, frame_payload_len, GrantedSocket, LeaseId, Request,
-    Response, StatusInfo, Transport, HEADER_LEN, MAX_REQUEST_FRAME, PROTOCOL_VERSION,
+    decode_request, encode_response_into, FrameSplitter, GrantedSocket, LeaseId, Request, Response,
+    StatusInfo, Transport, MAX_REQUEST_FRAME, PROTOCOL_VERSION,
 };
 
 fn bind_listener(addr: SocketAddr) -> nix::Result<OwnedFd> {
@@ -40,7 +40,7 @@ pub fn serve(path: &Path, pool: (u16, u16)) -> Result<()> {
     listener.set_nonblocking(true)?;
     let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
     epoll.add(&listener, EpollEvent::new(EpollFlags::EPOLLIN, 0))?;
-    let mut conns: HashMap<u64, (UnixStream, Vec<u8>)> = HashMap::new();
+    let mut conns: HashMap<u64, (UnixStream, FrameSplitter)> = HashMap::new();
     let mut next_conn = 1;
     let mut next_port = pool.0;
     let mut next_id = 1;
@@ -60,30 +60,24 @@ pub fn serve(path: &Path, pool: (u16, u16)) -> Result<()> {
                 while let Ok((stream, _)) = listener.accept() {
                     stream.set_nonblocking(true)?;
                     epoll.add(&stream, EpollEvent::new(EpollFlags::EPOLLIN, next_conn))?;
-                    conns.insert(next_conn, (stream, Vec::new()));
+                    conns.insert(next_conn, (stream, FrameSplitter::new(MAX_REQUEST_FRAME)));
                     next_conn += 1;
                 }
                 continue;
             }
-            let Some((stream, buf)) = conns.get_mut(&token) else {
+            let Some((stream, frames)) = conns.get_mut(&token) else {
                 continue;
             };
             let closed = loop {
                 match stream.read(&mut chunk) {
                     Ok(0) => break true,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    Ok(n) => frames.push(&chunk[..n]),
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break false,
                     Err(_) => break true,
                 }
             };
-            let mut start = 0;
             let mut gone = false;
-            while let Ok(Some(len)) = frame_payload_len(&buf[start..], MAX_REQUEST_FRAME) {
-                if buf.len() - start < HEADER_LEN + len {
-                    break;
-                }
-                let payload = &buf[start + HEADER_LEN..start + HEADER_LEN + len];
-                start += HEADER_LEN + len;
+            while let Ok(Some(payload)) = frames.next_payload() {
                 let mut fd = None;
                 let response = match decode_request(payload) {
                     Ok(Request::Hello { .. }) => Response::Hello {
@@ -170,7 +164,6 @@ pub fn serve(path: &Path, pool: (u16, u16)) -> Result<()> {
                     break;
                 }
             }
-            buf.drain(..start);
             if closed || gone {
                 conns.remove(&token);
             }

@@ -4,12 +4,11 @@
 mod support;
 
 use std::collections::HashSet;
-use std::net::Ipv4Addr;
 use std::process::Child;
 use std::time::Duration;
 
-use portbroker::{Broker, ErrorKind, Lease, LeaseId, SocketSpec};
-use support::{spawn_and_read_line, wait_until, Daemon};
+use portbroker::{Broker, ErrorKind, Lease, LeaseId};
+use support::{loopback_any, spawn_and_read_line, wait_until, Daemon};
 
 /// Pools of their own, outside the slices the harness gives other daemons: one per test, so
 /// that parallel tests do not exhaust each other's.
@@ -18,10 +17,6 @@ const POOL_2: &str = "65300-65379";
 const POOL_3: &str = "65380-65459";
 const POOL_4: &str = "65460-65499";
 const POOL_5: &str = "65500-65535";
-
-fn any_port() -> SocketSpec {
-    SocketSpec::tcp(Some(Ipv4Addr::LOCALHOST.into()), 0)
-}
 
 fn restart(old: &Daemon, pool: &str) -> Daemon {
     Daemon::start_with(&["--socket", old.socket.to_str().unwrap(), "--pool", pool])
@@ -32,7 +27,7 @@ fn leases_survive_a_killed_daemon_and_dead_holders_lose_theirs() {
     let mut daemon = Daemon::start_with(&["--pool", POOL]);
     let broker = daemon.broker();
     let held: Vec<Lease> = (0..200)
-        .map(|_| broker.lease([any_port()]).unwrap())
+        .map(|_| broker.lease([loopback_any()]).unwrap())
         .collect();
     let ids: HashSet<LeaseId> = held.iter().map(Lease::id).collect();
 
@@ -73,7 +68,7 @@ fn leases_survive_a_killed_daemon_and_dead_holders_lose_theirs() {
                     if stop.load(std::sync::atomic::Ordering::Relaxed) {
                         break;
                     }
-                    match client.lease([any_port()]) {
+                    match client.lease([loopback_any()]) {
                         Ok(lease) => drop(lease),
                         Err(_) => break, // the daemon is gone
                     }
@@ -120,14 +115,12 @@ fn leases_survive_a_killed_daemon_and_dead_holders_lose_theirs() {
         assert_eq!(err.kind(), ErrorKind::InUse, "{err}");
     }
     // New leases get new ids.
-    let fresh = other.lease([any_port()]).unwrap();
+    let fresh = other.lease([loopback_any()]).unwrap();
     assert!(fresh.id().0 > ids.iter().map(|i| i.0).max().unwrap());
-    assert!(
-        wait_until(Duration::from_secs(2), || again
-            .log()
-            .contains("recovered from the journal")),
-        "{}",
-        again.log()
+    again.assert_logged(
+        "recovered from the journal",
+        Duration::from_secs(2),
+        "the recovery is logged",
     );
 }
 
@@ -135,7 +128,7 @@ fn damaged_journal_test(pool: &str, damage: impl Fn(&mut Vec<u8>)) {
     let mut daemon = Daemon::start_with(&["--pool", pool]);
     let broker = daemon.broker();
     let held: Vec<Lease> = (0..20)
-        .map(|_| broker.lease([any_port()]).unwrap())
+        .map(|_| broker.lease([loopback_any()]).unwrap())
         .collect();
     daemon.kill9();
     let journal = daemon.dir().join("leases.journal");
@@ -144,12 +137,10 @@ fn damaged_journal_test(pool: &str, damage: impl Fn(&mut Vec<u8>)) {
     std::fs::write(&journal, &bytes).unwrap();
 
     let again = restart(&daemon, pool);
-    assert!(
-        wait_until(Duration::from_secs(2), || again
-            .log()
-            .contains("the journal is damaged at line")),
-        "a damaged journal must be reported:\n{}",
-        again.log()
+    again.assert_logged(
+        "the journal is damaged at line",
+        Duration::from_secs(2),
+        "a damaged journal must be reported",
     );
     // Every port stays with its holder: recovered, or refused by the kernel.
     let other = again.broker();
@@ -163,7 +154,7 @@ fn damaged_journal_test(pool: &str, damage: impl Fn(&mut Vec<u8>)) {
             lease.local_addr()
         );
     }
-    other.lease([any_port()]).expect("the daemon serves on");
+    other.lease([loopback_any()]).expect("the daemon serves on");
 }
 
 #[test]
@@ -185,7 +176,7 @@ fn a_corrupted_journal_is_reported_and_grants_nothing_twice() {
 fn a_lease_handle_stays_valid_through_a_daemon_restart() {
     let mut daemon = Daemon::start_with(&["--pool", POOL_4]);
     let broker = daemon.broker();
-    let lease = broker.lease([any_port()]).unwrap();
+    let lease = broker.lease([loopback_any()]).unwrap();
     let id = lease.id();
     daemon.kill9();
     let again = restart(&daemon, POOL_4);
@@ -193,12 +184,10 @@ fn a_lease_handle_stays_valid_through_a_daemon_restart() {
     // The next request reconnects and re-attaches on its own.
     let status = broker.status().expect("the library reconnects by itself");
     assert_eq!(status.leases, 1);
-    assert!(
-        wait_until(Duration::from_secs(2), || again
-            .log()
-            .contains("re-attached 1 of 1 leases")),
-        "{}",
-        again.log()
+    again.assert_logged(
+        "re-attached 1 of 1 leases",
+        Duration::from_secs(2),
+        "the re-attach is logged",
     );
     assert!(!lease.is_revoked().unwrap());
     lease.release().expect("the handle still ends its lease");
@@ -213,7 +202,7 @@ fn sigterm_keeps_leases_unless_told_to_release_them() {
         args.extend_from_slice(flags);
         let mut daemon = Daemon::start_with(&args);
         let broker = daemon.broker();
-        let lease = broker.lease([any_port()]).unwrap();
+        let lease = broker.lease([loopback_any()]).unwrap();
         assert!(daemon.stop().success());
         let again = restart(&daemon, POOL_5);
         let listed = again.broker().list().unwrap();

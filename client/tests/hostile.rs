@@ -13,14 +13,15 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use portbroker_proto::{
-    decode_response, encode_request, frame_payload_len, Failure, Request, Response, SocketSpec,
-    HEADER_LEN, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME, PROTOCOL_VERSION,
+    encode_request, Failure, Request, Response, SocketSpec, HEADER_LEN, MAX_REQUEST_FRAME,
+    PROTOCOL_VERSION,
 };
-use support::raw::{frame, hello_frame, raw, read_response, PROMPT};
-use support::{lease_and_accept, raise_fd_limit, wait_until, Daemon};
-
-/// Request timeout of the good client: a daemon stuck on a bad client fails fast, not in 30 s.
-const GOOD_CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+use support::fuzz_gen::Rng;
+use support::good_client::{self, assert_prompt, assert_serves, lease_and_accept};
+use support::raw::{
+    expect_hello, frame, hello_frame, raw, read_response, read_until_closed, responses, PROMPT,
+};
+use support::{raise_fd_limit, wait_until, Daemon};
 
 // ----------------------------------------------------------------------------------------------
 // Helpers
@@ -30,53 +31,18 @@ const GOOD_CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 fn greeted(daemon: &Daemon) -> UnixStream {
     let mut stream = raw(daemon);
     stream.write_all(&hello_frame(PROTOCOL_VERSION)).unwrap();
-    match read_response(&mut stream, PROMPT) {
-        Response::Hello { protocol, .. } => assert_eq!(protocol, PROTOCOL_VERSION),
-        other => panic!("Hello was answered with {other:?}\n{}", daemon.log()),
-    }
+    expect_hello(daemon, &mut stream, "Hello");
     stream
-}
-
-/// Reads until the daemon closes the connection (EOF, or ECONNRESET when it closed with our
-/// bytes unread) and returns whatever came before. Fails if it is still open after `limit`.
-fn read_until_closed(stream: &mut UnixStream, limit: Duration) -> Vec<u8> {
-    let deadline = Instant::now() + limit;
-    let mut received = Vec::new();
-    let mut chunk = [0; 4096];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        assert!(
-            !left.is_zero(),
-            "the daemon kept the connection open for {limit:?} (received {received:?})"
-        );
-        stream.set_read_timeout(Some(left)).unwrap();
-        match stream.read(&mut chunk) {
-            Ok(0) => return received,
-            Ok(n) => received.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == ErrorKind::ConnectionReset => return received,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                panic!("the daemon kept the connection open for {limit:?} (received {received:?})")
-            }
-            Err(e) => panic!("reading from the daemon: {e}"),
-        }
-    }
 }
 
 /// The bytes a closed connection received must be nothing, or exactly one response frame.
 fn sole_response(bytes: &[u8]) -> Option<Response> {
-    if bytes.is_empty() {
-        return None;
-    }
-    let len = frame_payload_len(bytes, MAX_RESPONSE_FRAME)
-        .expect("a sane response length")
-        .expect("a whole header");
-    assert_eq!(
-        bytes.len(),
-        HEADER_LEN + len,
-        "expected exactly one response frame before the close, got {bytes:?}"
+    let mut all = responses(bytes, false, "a closed connection");
+    assert!(
+        all.len() <= 1,
+        "expected exactly one response frame before the close, got {all:?}"
     );
-    Some(decode_response(&bytes[HEADER_LEN..]).expect("a decodable response"))
+    all.pop()
 }
 
 /// Asserts that the connection is still open and silent: nothing to read for a short while.
@@ -120,39 +86,6 @@ fn assert_warned(daemon: &Daemon, count: usize, needles: &[&str]) {
     );
 }
 
-/// A well-behaved client connects, gets `tcp:127.0.0.1:0` and a real TCP client reaches the
-/// socket, all promptly.
-fn assert_serves(daemon: &Daemon) {
-    let started = Instant::now();
-    let broker = daemon.broker();
-    broker.set_timeout(Some(GOOD_CLIENT_TIMEOUT)).unwrap();
-    lease_and_accept(daemon, &broker);
-    assert_prompt(
-        started,
-        "a good client's connect, lease, accept and release",
-    );
-}
-
-/// Fails if `what`, begun at `started`, took long enough for a user to notice. These take
-/// milliseconds; a daemon busy with a bad client would show as seconds.
-fn assert_prompt(started: Instant, what: &str) {
-    let took = started.elapsed();
-    assert!(took < PROMPT, "{what} took {took:?}");
-}
-
-/// A fixed pseudo-random byte pattern (xorshift64*), the same on every run.
-fn pseudo_random(len: usize, mut seed: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        seed ^= seed >> 12;
-        seed ^= seed << 25;
-        seed ^= seed >> 27;
-        out.extend_from_slice(&seed.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 fn malformed_detail(response: Option<Response>, what: &str) -> Option<String> {
     match response {
         None => None,
@@ -171,9 +104,9 @@ fn malformed_detail(response: Option<Response>, what: &str) -> Option<String> {
 #[test]
 fn garbage_bytes_are_refused_logged_and_do_not_disturb_good_clients() {
     let mut daemon = Daemon::start();
-    let noise = pseudo_random(4096, 0x5eed_1234_abcd_0042);
+    let noise = Rng(0x5eed_1234_abcd_0042).bytes(4096);
     // A frame of the right length whose payload starts like a Lease (variant 1), then noise.
-    let mut framed_noise = pseudo_random(1000, 7);
+    let mut framed_noise = Rng(7).bytes(1000);
     framed_noise[0] = 1;
     let cases: [(&str, Vec<u8>); 3] = [
         ("4 KiB of noise", noise),
@@ -208,7 +141,7 @@ fn a_frame_claiming_4_gib_is_refused_without_allocating() {
     let before = daemon.rss_kib();
 
     let mut bad = raw(&daemon);
-    let chunk = pseudo_random(64 * 1024, 99);
+    let chunk = Rng(99).bytes(64 * 1024);
     let mut first = u32::MAX.to_le_bytes().to_vec();
     first.extend_from_slice(&chunk[..4096]);
     bad.write_all(&first).unwrap();
@@ -286,10 +219,7 @@ fn a_truncated_frame_blocks_nobody_and_is_logged_when_abandoned() {
     }
     assert_open_and_silent(&mut slow, "a connection in the middle of a frame");
     slow.write_all(&hello[cut..]).unwrap();
-    match read_response(&mut slow, PROMPT) {
-        Response::Hello { protocol, .. } => assert_eq!(protocol, PROTOCOL_VERSION),
-        other => panic!("the completed frame was answered with {other:?}"),
-    }
+    expect_hello(&daemon, &mut slow, "the completed frame");
 
     // (b) closed half-way
     let mut quitter = raw(&daemon);
@@ -370,16 +300,8 @@ fn a_silent_client_does_not_hold_up_good_clients() {
     let daemon = Daemon::start();
     let mut silent = raw(&daemon);
     let started = Instant::now();
-    let broker = daemon.broker();
-    broker.set_timeout(Some(GOOD_CLIENT_TIMEOUT)).unwrap();
-    for i in 0..100 {
-        let lease = broker
-            .lease_str(&["tcp:127.0.0.1:0"])
-            .unwrap_or_else(|e| panic!("lease #{i} with a silent client around: {e}"));
-        lease
-            .release()
-            .unwrap_or_else(|e| panic!("release #{i}: {e}"));
-    }
+    let broker = good_client::connect(&daemon);
+    good_client::round_trips(&daemon, &broker, 100, "with a silent client around");
     lease_and_accept(&daemon, &broker);
     eprintln!("100 leases beside a silent client: {:?}", started.elapsed());
     assert_prompt(started, "connecting and 100 leases beside a silent client");
@@ -462,16 +384,8 @@ fn a_thousand_connections_at_once() {
     // The good client connects after all of them (the accept queue is FIFO), so by the time its
     // Hello is answered the daemon has accepted every one.
     let good = Instant::now();
-    let broker = daemon.broker();
-    broker.set_timeout(Some(GOOD_CLIENT_TIMEOUT)).unwrap();
-    for i in 0..50 {
-        let lease = broker
-            .lease_str(&["tcp:127.0.0.1:0"])
-            .unwrap_or_else(|e| panic!("lease #{i} among {N} connections: {e}"));
-        lease
-            .release()
-            .unwrap_or_else(|e| panic!("release #{i}: {e}"));
-    }
+    let broker = good_client::connect(&daemon);
+    good_client::round_trips(&daemon, &broker, 50, &format!("among {N} connections"));
     lease_and_accept(&daemon, &broker);
     assert_prompt(good, "connecting and 51 leases beside 1,000 connections");
     let status = broker.status().unwrap();
@@ -482,10 +396,7 @@ fn a_thousand_connections_at_once() {
     );
 
     for (i, stream) in crowd.iter_mut().enumerate().step_by(2) {
-        match read_response(stream, PROMPT) {
-            Response::Hello { protocol, .. } => assert_eq!(protocol, PROTOCOL_VERSION),
-            other => panic!("Hello on connection #{i} was answered with {other:?}"),
-        }
+        expect_hello(&daemon, stream, &format!("Hello on connection #{i}"));
     }
     let busy_rss = daemon.rss_kib();
     eprintln!(
@@ -621,18 +532,13 @@ fn requests_before_a_half_close_are_all_answered() {
     stream.write_all(&status.repeat(REQUESTS)).unwrap();
     stream.shutdown(std::net::Shutdown::Write).unwrap();
     let bytes = read_until_closed(&mut stream, PROMPT);
-    let mut answers = 0;
-    let mut rest = &bytes[..];
-    while let Some(len) = frame_payload_len(rest, MAX_RESPONSE_FRAME).unwrap() {
-        assert!(matches!(
-            decode_response(&rest[HEADER_LEN..HEADER_LEN + len]).unwrap(),
-            Response::Status(_)
-        ));
-        rest = &rest[HEADER_LEN + len..];
-        answers += 1;
+    let answers = responses(&bytes, false, "the answers before a half-close");
+    for answer in &answers {
+        assert!(matches!(answer, Response::Status(_)), "{answer:?}");
     }
     assert_eq!(
-        answers, REQUESTS,
+        answers.len(),
+        REQUESTS,
         "every request sent before the half-close is answered"
     );
 }

@@ -12,7 +12,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use portbroker::{Broker, ErrorKind as BrokerErrorKind, Refusal};
-use support::{free_port, wait_until, Daemon};
+use support::{free_port, kill_all, wait_until, Daemon};
 
 const CONTENDER_SOCKET: &str = "PORTBROKER_TEST_CONTENDER_SOCKET";
 const CONTENDER_SPEC: &str = "PORTBROKER_TEST_CONTENDER_SPEC";
@@ -114,13 +114,6 @@ fn wait_for_lines(
         }
     }
     lines.into_iter().map(Option::unwrap).collect()
-}
-
-fn kill_all(children: &mut [Child]) {
-    for child in children.iter_mut() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
 }
 
 #[test]

@@ -2,15 +2,11 @@
 
 mod support;
 
-use std::net::Ipv4Addr;
 use std::time::{Duration, Instant, SystemTime};
 
-use portbroker::{LeaseId, SocketSpec};
-use support::{wait_until, Daemon};
-
-fn loopback_any() -> SocketSpec {
-    SocketSpec::tcp(Some(Ipv4Addr::LOCALHOST.into()), 0)
-}
+use portbroker::proto::LeaseState;
+use portbroker::LeaseId;
+use support::{loopback_any, wait_until, Daemon};
 
 /// Polls the lease table from another connection until `id` is gone; returns when that was.
 fn gone_at(daemon: &Daemon, id: LeaseId, limit: Duration) -> SystemTime {
@@ -268,7 +264,9 @@ fn a_socket_surviving_in_a_grandchild_keeps_the_port_out_of_reach_until_it_close
     assert!(
         wait_until(Duration::from_secs(5), || {
             listed = broker.list().unwrap();
-            listed.first().is_some_and(|l| l.lingering)
+            listed
+                .first()
+                .is_some_and(|l| l.state == LeaseState::Lingering)
         }),
         "the lease must linger while the grandchild holds the socket: {listed:?}\n{}",
         daemon.log()

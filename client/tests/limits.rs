@@ -1,18 +1,20 @@
 //! The policy's limits as a user meets them: connections per user, a request budget per user,
-//! an idle timeout for connections that hold no lease, and named services.
+//! an idle timeout for connections that hold no lease, and named services; and many idle
+//! connections, within the limits, costing a good client nothing.
 
 mod support;
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use support::{as_user, free_port, wait_until, Daemon};
-
-const NOBODY: u32 = 65534;
-const STRANGER: u32 = 65533;
+use portbroker_proto::PROTOCOL_VERSION;
+use support::good_client;
+use support::raw::{expect_hello, hello_frame, raw};
+use support::{as_user, free_port, kill_all, raise_fd_limit, wait_until, Daemon, NOBODY, STRANGER};
 
 /// Starts `python3 -c CODE` as `uid` and waits for it to print "ready".
 fn python_as(uid: u32, daemon: &Daemon, code: &str) -> Child {
@@ -25,11 +27,6 @@ fn python_as(uid: u32, daemon: &Daemon, code: &str) -> Child {
     child
 }
 
-fn stop(mut child: Child) {
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
 #[test]
 fn a_user_at_its_connection_limit_is_refused_and_others_are_not() {
     let policy = "[socket]\nmode = \"0666\"\n[limits]\nconnections_per_uid = 3\n[[rule]]\nwho = \"everyone\"\nports = [\"pool\"]\n";
@@ -39,7 +36,7 @@ fn a_user_at_its_connection_limit_is_refused_and_others_are_not() {
                       [c.connect(os.environ['PORTBROKER_SOCKET']) for c in conns]\n\
                       print('ready', flush=True)\n\
                       sys.stdin.read()";
-    let holder = python_as(NOBODY, &daemon, hold_three);
+    let mut holder = python_as(NOBODY, &daemon, hold_three);
     let broker = daemon.broker();
     assert!(wait_until(Duration::from_secs(5), || broker
         .status()
@@ -58,7 +55,7 @@ fn a_user_at_its_connection_limit_is_refused_and_others_are_not() {
         "another user is unaffected: {other:?}"
     );
 
-    stop(holder);
+    kill_all([&mut holder]);
     let freed = daemon.portctl_as(NOBODY).arg("status").output().unwrap();
     let freed_ok = wait_until(Duration::from_secs(5), || {
         daemon
@@ -114,12 +111,10 @@ fn connections_holding_no_lease_are_closed_when_idle_and_holders_are_not() {
     idle.status().unwrap();
     let holder = daemon.broker();
     let lease = holder.lease_str(&["tcp:127.0.0.1:0"]).unwrap();
-    assert!(
-        wait_until(Duration::from_secs(5), || daemon
-            .log()
-            .contains("closing the idle connection")),
-        "the idle connection was not closed:\n{}",
-        daemon.log()
+    daemon.assert_logged(
+        "closing the idle connection",
+        Duration::from_secs(5),
+        "the idle connection was not closed",
     );
     // The library notices the closed connection at its next request and connects again.
     let connections_before = daemon.log().matches("connection from").count();
@@ -198,4 +193,76 @@ fn a_named_service_is_leased_by_name_by_those_it_names() {
         .output()
         .unwrap();
     assert_eq!(by_number.status.code(), Some(77), "{by_number:?}");
+}
+
+/// A good client's lease+release round trip, alone and beside 500 greeted, idle connections: an
+/// event loop that scanned its connections for every request, or blocked on one, shows here.
+#[test]
+fn five_hundred_idle_connections_do_not_slow_a_good_client() {
+    const IDLE: usize = 500;
+    const ROUND_TRIPS: usize = 200;
+    if !nix::unistd::geteuid().is_root() {
+        // The default policy allows other users 256 connections (connections_per_uid).
+        eprintln!("SKIPPED five_hundred_idle_connections_do_not_slow_a_good_client: not root");
+        return;
+    }
+    let hard = raise_fd_limit();
+    if hard < IDLE as u64 + 200 {
+        eprintln!(
+            "SKIPPED five_hundred_idle_connections_do_not_slow_a_good_client: the open-file \
+             hard limit is {hard}"
+        );
+        return;
+    }
+    let mut daemon = Daemon::start();
+    let broker = good_client::connect(&daemon);
+    let round_trips = |what: &str| -> Vec<Duration> {
+        let mut took = good_client::round_trips(&daemon, &broker, ROUND_TRIPS, what);
+        took.sort();
+        took
+    };
+
+    round_trips("warming up");
+    let alone = round_trips("alone");
+
+    let hello = hello_frame(PROTOCOL_VERSION);
+    let mut crowd: Vec<UnixStream> = (0..IDLE)
+        .map(|i| {
+            let mut stream = raw(&daemon);
+            stream
+                .write_all(&hello)
+                .unwrap_or_else(|e| panic!("Hello on idle connection #{i}: {e}"));
+            stream
+        })
+        .collect();
+    // Every Hello answered: the daemon has accepted and greeted all of them, which now sit idle.
+    for (i, stream) in crowd.iter_mut().enumerate() {
+        expect_hello(&daemon, stream, &format!("Hello on idle connection #{i}"));
+    }
+    let status = broker.status().unwrap();
+    assert_eq!(status.connections, IDLE as u64 + 1, "{status:?}");
+
+    let crowded = round_trips(&format!("beside {IDLE} idle connections"));
+    assert!(daemon.is_running(), "the daemon died:\n{}", daemon.log());
+    drop(crowd);
+
+    let median = |took: &[Duration]| took[took.len() / 2];
+    let (alone_median, crowded_median) = (median(&alone), median(&crowded));
+    let slowest = *alone.last().unwrap().max(crowded.last().unwrap());
+    eprintln!(
+        "lease+release over {ROUND_TRIPS} round trips: median {alone_median:?} alone (max {:?}), \
+         {crowded_median:?} beside {IDLE} idle connections (max {:?})",
+        alone.last().unwrap(),
+        crowded.last().unwrap()
+    );
+    let bound = alone_median * 3 + Duration::from_micros(200);
+    assert!(
+        crowded_median < bound,
+        "beside {IDLE} idle connections a round trip takes {crowded_median:?} (median), alone \
+         {alone_median:?}: over the bound of {bound:?}"
+    );
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a lease+release round trip took {slowest:?}"
+    );
 }

@@ -11,11 +11,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use portbroker::proto::LeaseInfo;
-use support::{finish, free_port, wait_until, Daemon};
-
-/// The unprivileged user the policies name, and one they do not.
-const NOBODY: u32 = 65534;
-const STRANGER: u32 = 65533;
+use support::{finish, free_port, wait_until, Daemon, NOBODY, STRANGER};
 
 /// Accepts one connection on fd 3 and tells who serves it.
 const PYTHON_SERVER: &str = r#"
@@ -394,10 +390,10 @@ fn reload_and_sighup_apply_a_valid_file_and_keep_the_old_policy_over_a_broken_on
         1,
         "the error is the file's, told once: {stderr}"
     );
-    assert!(
-        wait_until(Duration::from_secs(5), || daemon.log().contains("colour")),
-        "the failed reload is not logged:\n{}",
-        daemon.log()
+    daemon.assert_logged(
+        "colour",
+        Duration::from_secs(5),
+        "the failed reload is not logged",
     );
     run_true_as(&daemon, NOBODY, &spec, 0);
     run_true_as(&daemon, STRANGER, "tcp:127.0.0.1:0", 77);

@@ -8,10 +8,10 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use portbroker::LeaseId;
-use support::{wait_until, Daemon};
+use support::{kill_all, wait_until, Daemon, NOBODY, STRANGER};
 
-const HOLDER: u32 = 65534;
-const STRANGER: u32 = 65533;
+/// The uid that holds the leases; [`STRANGER`] tries to take them.
+const HOLDER: u32 = NOBODY;
 /// Only named by number: the group need not exist for the policy or for setpriv.
 const ADMIN_GID: u32 = 4242;
 
@@ -107,10 +107,7 @@ fn only_the_holder_and_administrators_may_release_a_lease() {
         .unwrap();
     assert_eq!(exit_code(&admin), Some(0), "{admin:?}");
     assert!(!listed(&daemon, second_id));
-    for child in [&mut first, &mut second] {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    kill_all([&mut first, &mut second]);
 }
 
 #[test]
@@ -163,13 +160,7 @@ fn a_revoke_fails_the_holders_pending_accept_and_its_lease_says_revoked() {
         "the holder's Lease must say it was revoked"
     );
     assert!(!listed(&daemon, lease.id()));
-    assert!(
-        wait_until(Duration::from_secs(5), || daemon
-            .log()
-            .contains("revoked by")),
-        "the revoke is logged:\n{}",
-        daemon.log()
-    );
+    daemon.assert_logged("revoked by", Duration::from_secs(5), "the revoke is logged");
     // Ending a revoked lease is no error worth a panic: it is gone already.
     drop(lease);
     broker.status().unwrap();

@@ -1,9 +1,15 @@
-//! Shared by the integration tests: a real `portbrokerd` in a temp dir, and polling helpers.
+//! Shared by the integration tests: a real `portbrokerd` in a temp dir, polling helpers, and
+//! clients run as other users. Beside it: [`raw`] speaks the protocol by hand, [`good_client`]
+//! checks that an abused daemon still serves, [`fuzz_gen`] makes inputs and [`oracle`] says what
+//! the daemon must answer to them.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod fuzz_gen;
+pub mod good_client;
+pub mod oracle;
 pub mod raw;
 
-use std::net::TcpListener;
+use std::net::{Ipv4Addr, TcpListener};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -11,7 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use portbroker::Broker;
+use portbroker::{Broker, SocketSpec};
 
 /// Polls `condition` until it holds or `limit` passes; returns whether it held.
 pub fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
@@ -26,6 +32,11 @@ pub fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool 
         std::thread::yield_now();
         std::thread::park_timeout(Duration::from_millis(5));
     }
+}
+
+/// TCP on 127.0.0.1, any port of the pool: the lease most tests need.
+pub fn loopback_any() -> SocketSpec {
+    SocketSpec::tcp(Some(Ipv4Addr::LOCALHOST.into()), 0)
 }
 
 /// A port for tests that ask for explicit ports: free for TCP and UDP on every address, and
@@ -217,6 +228,17 @@ impl Daemon {
         std::fs::read_to_string(self.dir.path().join("portbrokerd.log")).unwrap_or_default()
     }
 
+    /// Fails unless a line containing `text` shows up in the log within `limit` (the daemon
+    /// writes its log up to 50 ms late); `what` says what that line would have shown.
+    pub fn assert_logged(&self, text: &str, limit: Duration, what: &str) {
+        let logged = wait_until(limit, || self.log().contains(text));
+        assert!(
+            logged,
+            "{what}: no {text:?} in the daemon log within {limit:?}:\n{}",
+            self.log()
+        );
+    }
+
     /// Resident memory of the daemon, in KiB.
     pub fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
@@ -272,6 +294,10 @@ impl Drop for Daemon {
 /// The name of the policy file in a daemon's directory.
 const POLICY_FILE: &str = "portbroker.toml";
 
+/// The unprivileged user that policies of the tests name (nobody), and one they do not.
+pub const NOBODY: u32 = 65534;
+pub const STRANGER: u32 = 65533;
+
 /// util-linux setpriv, which runs a program as another user.
 pub fn setpriv_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
@@ -299,13 +325,13 @@ pub fn as_user(uid: u32, groups: &[u32], program: &Path) -> Command {
             nix::unistd::geteuid().is_root(),
             "running clients as other users needs root (CI runs the tests as root)"
         );
-        let out = setpriv_command(65534, &[], portctl_for_others())
+        let out = setpriv_command(NOBODY, &[], portctl_for_others())
             .arg("--version")
             .output()
             .expect("run setpriv");
         assert!(
             out.status.success(),
-            "uid 65534 cannot run {}: {out:?}",
+            "uid {NOBODY} cannot run {}: {out:?}",
             portctl_for_others().display()
         );
     });
@@ -366,37 +392,6 @@ pub fn held_by_portctl(lease: &portbroker::LeaseInfo, portctl: u32) -> bool {
     pid as u32 == portctl || parent == Some(portctl)
 }
 
-/// A good client leases a pool port on loopback, and a real connection reaches its listener.
-pub fn lease_and_accept(daemon: &Daemon, broker: &portbroker::Broker) {
-    let lease = broker
-        .lease_str(&["tcp:127.0.0.1:0"])
-        .unwrap_or_else(|e| panic!("a good client was refused: {e}\n{}", daemon.log()));
-    let addr = lease.local_addr();
-    assert_eq!(
-        addr.ip(),
-        std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
-    );
-    assert!(
-        (daemon.pool.0..=daemon.pool.1).contains(&addr.port()),
-        "{addr} is outside the pool {:?}",
-        daemon.pool
-    );
-    let listener = lease.tcp_listener().expect("a listening TCP socket");
-    // connect() succeeding means the connection sits in this listener's queue, so the accept
-    // below returns at once.
-    let mut client = std::net::TcpStream::connect(addr)
-        .unwrap_or_else(|e| panic!("connect to the leased {addr}: {e}"));
-    std::io::Write::write_all(&mut client, b"ping").unwrap();
-    let (mut served, _) = listener.accept().expect("accept on the leased socket");
-    served.set_read_timeout(Some(raw::PROMPT)).unwrap();
-    let mut got = [0; 4];
-    std::io::Read::read_exact(&mut served, &mut got).unwrap();
-    assert_eq!(&got, b"ping");
-    lease
-        .release()
-        .unwrap_or_else(|e| panic!("release: {e}\n{}", daemon.log()));
-}
-
 /// A program for `portctl run` that says "ready" and holds its lease until its stdin closes.
 pub const READY_THEN_WAIT: &str = "import sys; print('ready', flush=True); sys.stdin.read()";
 
@@ -431,6 +426,14 @@ pub fn finish(mut child: std::process::Child) -> std::process::Output {
     let output = child.wait_with_output().unwrap();
     assert!(done, "the child did not exit within 10 s: {output:?}");
     output
+}
+
+/// Kills and reaps children that a test no longer needs, however far they got.
+pub fn kill_all<'a>(children: impl IntoIterator<Item = &'a mut Child>) {
+    for child in children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }
 
 /// Raises this process's open-file limit to its hard limit (tests that open many connections).
