@@ -16,8 +16,6 @@ use std::io::{self, BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
 use portbroker_proto::GrantedSocket;
-
-use crate::lease::Lease;
 use serde::{Deserialize, Serialize};
 
 /// A lease as the journal keeps it.
@@ -34,6 +32,10 @@ pub struct Entry {
     pub since: u64,
     pub sockets: Vec<GrantedSocket>,
     pub service: Option<String>,
+    /// The `SO_COOKIE` of each socket, in the order of `sockets`: what identifies the socket
+    /// itself (its address does not). Empty in journals written before cookies were kept.
+    #[serde(default)]
+    pub cookies: Vec<u64>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -164,23 +166,6 @@ impl Journal {
     }
 }
 
-impl Entry {
-    /// A lease as the journal keeps it.
-    pub fn of(lease: &Lease) -> Entry {
-        Entry {
-            id: lease.id.0,
-            pid: lease.holder.pid,
-            start_time: lease.start_time,
-            uid: lease.holder.uid,
-            gid: lease.holder.gid,
-            name: lease.holder.name.clone(),
-            since: lease.since,
-            sockets: lease.sockets.clone(),
-            service: lease.service.as_deref().map(str::to_owned),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,6 +186,7 @@ mod tests {
                 listening: true,
             }],
             service: None,
+            cookies: vec![77],
         }
     }
 

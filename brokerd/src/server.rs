@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 
 use crate::connections::{Connections, LISTENER_TOKEN};
 use crate::journal::{Entry, Journal, Recovered};
-use crate::lease::Keeper;
+use crate::lease::{Keeper, Lease};
 use crate::log_buffer;
 use crate::policy::Policy;
 use crate::procfs;
@@ -51,6 +51,22 @@ pub struct Config {
 
 const SIGNAL_TOKEN: u64 = 1;
 const WATCHES_TOKEN: u64 = 2;
+
+/// A lease as the journal keeps it.
+fn journal_entry(lease: &Lease) -> Entry {
+    Entry {
+        id: lease.id.0,
+        pid: lease.holder.pid,
+        start_time: lease.start_time,
+        uid: lease.holder.uid,
+        gid: lease.holder.gid,
+        name: lease.holder.name.clone(),
+        since: lease.since,
+        sockets: lease.sockets.clone(),
+        service: lease.service.as_deref().map(str::to_owned),
+        cookies: Vec::new(),
+    }
+}
 
 /// How long a logged line may wait in the buffer before it is written.
 const LOG_DELAY: Duration = Duration::from_millis(50);
@@ -191,14 +207,14 @@ impl Server {
         let (changed, ended) = table.take_changes();
         for id in changed {
             if let Some(lease) = table.get(id) {
-                journal.grant(Entry::of(lease));
+                journal.grant(journal_entry(lease));
             }
         }
         for id in ended {
             journal.end(id.0);
         }
         let result = if journal.wants_compaction(table.lease_count()) {
-            let entries: Vec<Entry> = table.leases().map(Entry::of).collect();
+            let entries: Vec<Entry> = table.leases().map(journal_entry).collect();
             journal.rewrite(entries.iter())
         } else {
             journal.commit()

@@ -94,6 +94,9 @@ pub enum ErrorKind {
     UnknownService,
     /// The broker could not load its policy file; the policy in force is unchanged.
     ReloadFailed,
+    /// The broker cannot write its lease journal (a full disk, say) and grants nothing until
+    /// it can; releases and reads still work.
+    JournalUnavailable,
     /// Client and broker speak different protocol versions.
     VersionMismatch,
     /// No live lease has the id given.
@@ -130,6 +133,7 @@ impl Error {
                 Failure::NotYourLease { .. } => ErrorKind::NotYourLease,
                 Failure::NotPermitted { .. } => ErrorKind::NotPermitted,
                 Failure::ReloadFailed { .. } => ErrorKind::ReloadFailed,
+                Failure::JournalUnavailable { .. } => ErrorKind::JournalUnavailable,
                 Failure::HelloRequired | Failure::DuplicateHello | Failure::Malformed { .. } => {
                     ErrorKind::Protocol
                 }

@@ -569,6 +569,12 @@ pub enum Failure {
         /// The file's error, with its line and column where known.
         error: String,
     },
+    /// The broker could not write the lease journal (a full disk, say), so it did not grant:
+    /// a lease it could not record would be lost on a restart. Releases and reads still work.
+    JournalUnavailable {
+        /// What writing the journal failed with.
+        error: String,
+    },
 }
 
 impl fmt::Display for Failure {
@@ -591,6 +597,11 @@ impl fmt::Display for Failure {
             Failure::ReloadFailed { error } => {
                 write!(f, "the policy was not reloaded and stays as it was: {error}")
             }
+            Failure::JournalUnavailable { error } => write!(
+                f,
+                "the broker cannot write its lease journal ({error}), so it grants nothing until \
+                 it can; free space in its state directory"
+            ),
         }
     }
 }

@@ -211,6 +211,7 @@ fn failure() -> impl Strategy<Value = Failure> {
             .prop_map(|(id, holder_uid)| Failure::NotYourLease { id, holder_uid }),
         text().prop_map(|reason| Failure::NotPermitted { reason }),
         text().prop_map(|error| Failure::ReloadFailed { error }),
+        text().prop_map(|error| Failure::JournalUnavailable { error }),
     ]
 }
 
@@ -349,7 +350,7 @@ fn refusal_variant(refusal: &Refusal) -> usize {
     }
 }
 
-const FAILURE_VARIANTS: usize = 8;
+const FAILURE_VARIANTS: usize = 9;
 
 fn failure_variant(failure: &Failure) -> usize {
     match failure {
@@ -361,6 +362,7 @@ fn failure_variant(failure: &Failure) -> usize {
         Failure::NotYourLease { .. } => 5,
         Failure::NotPermitted { .. } => 6,
         Failure::ReloadFailed { .. } => 7,
+        Failure::JournalUnavailable { .. } => 8,
     }
 }
 

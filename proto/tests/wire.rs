@@ -331,6 +331,9 @@ goldens! { failure_golden(Failure), check_failure:
     failure_reload_failed: Failure::ReloadFailed { .. } =>
         Failure::ReloadFailed { error: "line 3".into() },
         [9, 0, 0, 0, 6, 7, 6, 108, 105, 110, 101, 32, 51];
+    failure_journal_unavailable: Failure::JournalUnavailable { .. } =>
+        Failure::JournalUnavailable { error: "full".into() },
+        [7, 0, 0, 0, 6, 8, 4, 102, 117, 108, 108];
 }
 
 goldens! { lease_state_golden(LeaseState), check_lease_state:

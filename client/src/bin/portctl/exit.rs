@@ -73,7 +73,8 @@ fn code_for_kind(kind: ErrorKind) -> u8 {
         ErrorKind::InUse
         | ErrorKind::InUseOutside
         | ErrorKind::PoolExhausted
-        | ErrorKind::QuotaExceeded => TEMPORARY,
+        | ErrorKind::QuotaExceeded
+        | ErrorKind::JournalUnavailable => TEMPORARY,
         ErrorKind::NotPermitted | ErrorKind::NotYourLease => NOT_PERMITTED,
         ErrorKind::Unreachable => UNAVAILABLE,
         ErrorKind::InvalidSpec => USAGE,
