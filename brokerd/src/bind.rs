@@ -1,7 +1,7 @@
 //! Creating the sockets the broker hands out.
 
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use nix::errno::Errno;
 use nix::sys::socket::{
@@ -107,6 +107,13 @@ pub fn bind_refusal(transport: Transport, requested: SocketAddr, errno: Errno) -
             message: errno.desc().to_owned(),
         },
     }
+}
+
+/// The socket's `SO_COOKIE`: a number the kernel gives each socket, never reused while the
+/// machine runs. It names the socket itself, where an address only names whichever socket is
+/// bound there now. (rustix: nix 0.32 has no `SO_COOKIE`.)
+pub fn cookie(fd: impl AsFd) -> Result<u64, Errno> {
+    rustix::net::sockopt::socket_cookie(fd).map_err(|e| Errno::from_raw(e.raw_os_error()))
 }
 
 /// Whether this host can bind IPv6 sockets.

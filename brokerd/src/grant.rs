@@ -9,7 +9,7 @@ use nix::errno::Errno;
 use portbroker_proto::{GrantedSocket, Holder, LeaseId, Listen, Refusal, SocketSpec, Transport};
 use tracing::{debug, info};
 
-use crate::bind::{bind_refusal, bind_socket, take_reservation};
+use crate::bind::{bind_refusal, bind_socket, cookie, take_reservation};
 use crate::lease::{unix_now, Keeper, SocketList};
 use crate::peer::Peer;
 use crate::policy::Identity;
@@ -38,20 +38,21 @@ pub fn grant(
     by_rules: bool,
     service: Option<&str>,
 ) -> Result<Granted, Refusal> {
-    let bound = match bind_all(state, &peer.identity, specs, by_rules) {
+    let bound = bind_all(state, &peer.identity, specs, by_rules).and_then(with_cookies);
+    let (sockets, fds, cookies) = match bound {
         Ok(bound) => bound,
         Err(refusal) => {
             info!("refused {}: {refusal}", peer.holder);
             return Err(refusal);
         }
     };
-    let (sockets, fds): (Vec<GrantedSocket>, Vec<OwnedFd>) = bound.into_iter().unzip();
     let id = state.table.grant(NewLease {
         keeper: Keeper::Connection(peer.conn),
         holder: Rc::clone(&peer.holder),
         start_time: peer.start_time,
         since: unix_now(),
         sockets: sockets.clone(),
+        cookies,
         service: service.map(Rc::from),
     });
     info!(
@@ -61,6 +62,20 @@ pub fn grant(
         peer.holder
     );
     Ok(Granted { id, sockets, fds })
+}
+
+/// The bound sockets with their fds and their cookies (see `bind::cookie`), which is how the
+/// broker knows them again: one `getsockopt` each.
+type Bound = (Vec<GrantedSocket>, Vec<OwnedFd>, Vec<u64>);
+
+fn with_cookies(bound: Vec<(GrantedSocket, OwnedFd)>) -> Result<Bound, Refusal> {
+    let mut cookies = Vec::with_capacity(bound.len());
+    for (socket, fd) in &bound {
+        cookies
+            .push(cookie(fd).map_err(|errno| bind_refusal(socket.transport, socket.addr, errno))?);
+    }
+    let (sockets, fds) = bound.into_iter().unzip();
+    Ok((sockets, fds, cookies))
 }
 
 enum SpecProblem {

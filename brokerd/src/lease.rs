@@ -5,6 +5,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use portbroker_proto::{GrantedSocket, Holder, LeaseId, LeaseInfo, LeaseState};
 
+use crate::socket_copies::Leased;
+
 /// Identifies a client connection for the life of the daemon.
 pub type ConnId = u64;
 
@@ -58,6 +60,10 @@ pub struct Lease {
     /// When it was granted, in seconds since the Unix epoch.
     pub since: u64,
     pub sockets: Vec<GrantedSocket>,
+    /// The `SO_COOKIE` of each socket, in the order of `sockets` (see `bind::cookie`): how the
+    /// broker finds the leased sockets again. Empty for a lease recovered from a journal
+    /// written before cookies were kept; such a lease's sockets are never acted on.
+    pub cookies: Vec<u64>,
     /// When it ends unless renewed; for a [`Keeper::Kept`] lease, when its ports go back.
     pub expires: Option<Deadline>,
     /// The named service it was leased as, if any.
@@ -65,6 +71,14 @@ pub struct Lease {
 }
 
 impl Lease {
+    /// What finds its sockets again: their addresses and cookies.
+    pub fn leased(&self) -> Leased<'_> {
+        Leased {
+            sockets: &self.sockets,
+            cookies: &self.cookies,
+        }
+    }
+
     pub fn state(&self) -> LeaseState {
         match self.keeper {
             Keeper::Connection(_) => LeaseState::Connection,

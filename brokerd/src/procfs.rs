@@ -156,6 +156,20 @@ pub fn visit_socket_fds(inodes: &[u64], mut visit: impl FnMut(i32, i32, u64) -> 
     }
 }
 
+/// The socket fds of process `pid` (`/proc/PID/fd`): each fd's number and its socket's inode.
+pub fn socket_fds_of(pid: i32) -> Vec<(i32, u64)> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    fds.flatten()
+        .filter_map(|fd| {
+            let inode = socket_inode(&std::fs::read_link(fd.path()).ok()?.to_string_lossy())?;
+            let number = fd.file_name().to_str()?.parse::<i32>().ok()?;
+            Some((number, inode))
+        })
+        .collect()
+}
+
 /// The inode of an fd link such as `socket:[123]`.
 fn socket_inode(link: &str) -> Option<u64> {
     link.strip_prefix("socket:[")?

@@ -6,6 +6,7 @@
 //! waiting, timers, signals and the journal turn. Connections, handlers and the table live in
 //! modules of their own.
 
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -26,7 +27,7 @@ use crate::journal::{Entry, Journal, Recovered};
 use crate::lease::{Keeper, Lease};
 use crate::log_buffer;
 use crate::policy::Policy;
-use crate::procfs;
+use crate::socket_copies;
 use crate::socket_file::SocketFile;
 use crate::state::State;
 use crate::table::NewLease;
@@ -64,7 +65,7 @@ fn journal_entry(lease: &Lease) -> Entry {
         since: lease.since,
         sockets: lease.sockets.clone(),
         service: lease.service.as_deref().map(str::to_owned),
-        cookies: Vec::new(),
+        cookies: lease.cookies.clone(),
     }
 }
 
@@ -226,15 +227,23 @@ impl Server {
         }
     }
 
-    /// Puts back the leases of the journal: those whose holder still runs (same pid and start
-    /// time) are tied to that process; the others end once a probe shows their ports free,
-    /// and linger until then.
+    /// Puts back the leases of the journal. A lease whose holder still runs (same pid and
+    /// start time) and still holds every one of its sockets (same cookies) is tied to that
+    /// process; the others end once a probe shows their ports free, and linger until then.
     fn recover(&mut self, recovered: Recovered) {
         let (mut kept, mut ended, mut lingering) = (0, 0, 0);
+        // Each holder's sockets are read once, however many leases it has.
+        let mut held: HashMap<(i32, u64), Option<HashSet<u64>>> = HashMap::new();
         for entry in recovered.leases {
             let id = LeaseId(entry.id);
-            let alive = procfs::start_time(entry.pid) == Some(entry.start_time);
-            let watched = alive && self.state.watches.watch(entry.pid).is_ok();
+            let cookies = held
+                .entry((entry.pid, entry.start_time))
+                .or_insert_with(|| socket_copies::cookies_held_by(entry.pid, entry.start_time));
+            let still_held = !entry.cookies.is_empty()
+                && cookies
+                    .as_ref()
+                    .is_some_and(|held| entry.cookies.iter().all(|c| held.contains(c)));
+            let watched = still_held && self.state.watches.watch(entry.pid).is_ok();
             self.state.table.restore(
                 id,
                 NewLease {
@@ -248,6 +257,7 @@ impl Server {
                     start_time: entry.start_time,
                     since: entry.since,
                     sockets: entry.sockets,
+                    cookies: entry.cookies,
                     service: entry.service.as_deref().map(Rc::from),
                 },
             );
@@ -255,8 +265,12 @@ impl Server {
                 kept += 1;
                 continue;
             }
-            self.state
-                .end_truthfully(id, "its holder exited while the daemon was down");
+            let why = if cookies.is_some() {
+                "its holder no longer holds its sockets"
+            } else {
+                "its holder exited while the daemon was down"
+            };
+            self.state.end_truthfully(id, why);
             if self.state.table.get(id).is_some() {
                 lingering += 1;
             } else {

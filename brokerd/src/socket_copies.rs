@@ -1,74 +1,129 @@
 //! Finding the copies of a leased socket that live in other processes.
 //!
 //! The broker keeps no copy of a socket it hands out (a copy would hide when the holder closes
-//! its own), so when it must act on one (revoke it, hand it over, say who still holds it) it
-//! finds a copy where it lives: the kernel's socket tables give the inode bound to the leased
-//! address, the fd links of `/proc/*/fd` name that inode, and `pidfd_getfd` fetches it. This
-//! reads every socket and fd of the host: rare requests only, and nothing on the lease path.
+//! its own), so when it must act on one (hand it over, revoke it, say who still holds it) it
+//! finds a copy where it lives. A socket is known by its identity, the `SO_COOKIE` recorded at
+//! grant, never by its address: another socket may sit on the same address (bound outside the
+//! broker once the leased one closed). The kernel's socket tables only narrow the search to
+//! candidate inodes; every candidate is fetched with `pidfd_getfd` and kept only if its cookie
+//! is one of the lease's. These scans read `/proc`: rare requests only, nothing on the lease
+//! path.
 
 use std::collections::HashSet;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use nix::sys::socket::{shutdown, Shutdown};
 use portbroker_proto::GrantedSocket;
-use std::os::fd::AsRawFd;
 use tracing::warn;
 
-use crate::{pidfd, procfs};
+use crate::{bind, pidfd, procfs};
 
-/// Shuts down (for reading) one copy of each socket bound to these addresses, which makes
-/// every pending and future `accept()` on any copy fail; returns how many were found.
-pub fn shut_down_everywhere(sockets: &[GrantedSocket]) -> usize {
-    let inodes = procfs::socket_inodes(sockets);
-    let mut left: HashSet<u64> = inodes.iter().copied().collect();
-    let mut pidfd_of: Option<(i32, OwnedFd)> = None;
-    procfs::visit_socket_fds(&inodes, |pid, number, inode| {
-        if !left.contains(&inode) {
-            return false;
+/// The leased sockets to look for: their addresses (a hint) and their cookies (the proof).
+#[derive(Clone, Copy)]
+pub struct Leased<'a> {
+    pub sockets: &'a [GrantedSocket],
+    pub cookies: &'a [u64],
+}
+
+/// The position in `cookies` of the socket `copy` is, if it is one of them.
+fn which(cookies: &[u64], copy: &OwnedFd) -> Option<usize> {
+    let cookie = bind::cookie(copy).ok()?;
+    cookies.iter().position(|&c| c == cookie)
+}
+
+/// Copies of every leased socket held by process `pid` (which must still be the process that
+/// started at `start_time`), in the order of the lease's sockets; `None` unless it holds them
+/// all. Only that process is searched: this is what a handover takes.
+pub fn copies_held_by(pid: i32, start_time: u64, leased: Leased<'_>) -> Option<Vec<OwnedFd>> {
+    if leased.cookies.is_empty() || leased.cookies.len() != leased.sockets.len() {
+        return None;
+    }
+    // The pidfd pins the process; a start time read after it was opened is that process's.
+    let pidfd = pidfd::open(pid).ok()?;
+    if procfs::start_time(pid) != Some(start_time) {
+        return None;
+    }
+    let hint = procfs::socket_inodes(leased.sockets);
+    let mut copies: Vec<Option<OwnedFd>> = leased.cookies.iter().map(|_| None).collect();
+    for (number, inode) in procfs::socket_fds_of(pid) {
+        if !hint.is_empty() && !hint.contains(&inode) {
+            continue;
         }
+        let Ok(copy) = pidfd::copy_fd(pidfd.as_fd(), number) else {
+            continue;
+        };
+        if let Some(index) = which(leased.cookies, &copy) {
+            copies[index].get_or_insert(copy);
+        }
+        if copies.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    copies.into_iter().collect()
+}
+
+/// The cookies of every socket process `pid` holds (it must still be the process that started
+/// at `start_time`); `None` if it is gone. One pass over its fds, for checking many of its
+/// leases at once (recovery).
+pub fn cookies_held_by(pid: i32, start_time: u64) -> Option<HashSet<u64>> {
+    let pidfd = pidfd::open(pid).ok()?;
+    if procfs::start_time(pid) != Some(start_time) {
+        return None;
+    }
+    Some(
+        procfs::socket_fds_of(pid)
+            .into_iter()
+            .filter_map(|(number, _)| pidfd::copy_fd(pidfd.as_fd(), number).ok())
+            .filter_map(|copy| bind::cookie(&copy).ok())
+            .collect(),
+    )
+}
+
+/// Calls `visit(pid, index, copy)` for copies of leased sockets found in any process other
+/// than the broker, until it returns true.
+fn visit_copies(leased: Leased<'_>, mut visit: impl FnMut(i32, usize, OwnedFd) -> bool) {
+    if leased.cookies.is_empty() {
+        return;
+    }
+    let inodes = procfs::socket_inodes(leased.sockets);
+    let mut pidfd_of: Option<(i32, OwnedFd)> = None;
+    procfs::visit_socket_fds(&inodes, |pid, number, _inode| {
         if pidfd_of.as_ref().is_none_or(|(of, _)| *of != pid) {
             pidfd_of = pidfd::open(pid).ok().map(|fd| (pid, fd));
         }
-        let copy = pidfd_of
+        let Some(copy) = pidfd_of
             .as_ref()
-            .and_then(|(_, pf)| pidfd::copy_fd(pf.as_fd(), number).ok());
-        if let Some(copy) = copy {
+            .and_then(|(_, pf)| pidfd::copy_fd(pf.as_fd(), number).ok())
+        else {
+            return false;
+        };
+        match which(leased.cookies, &copy) {
+            Some(index) => visit(pid, index, copy),
+            None => false,
+        }
+    });
+}
+
+/// Shuts down (for reading) every leased socket found in any process, which makes every
+/// pending and future `accept()` on any of its copies fail; returns how many were found.
+pub fn shut_down_everywhere(leased: Leased<'_>) -> usize {
+    let mut done = vec![false; leased.cookies.len()];
+    visit_copies(leased, |pid, index, copy| {
+        if !done[index] {
             match shutdown(copy.as_raw_fd(), Shutdown::Read) {
-                Ok(()) => {
-                    left.remove(&inode);
-                }
-                Err(err) => warn!("cannot shut down socket {inode} of pid {pid}: {err}"),
+                Ok(()) => done[index] = true,
+                Err(err) => warn!("cannot shut down a leased socket in pid {pid}: {err}"),
             }
         }
-        left.is_empty()
+        done.iter().all(|&d| d)
     });
-    inodes.len() - left.len()
+    done.iter().filter(|&&d| d).count()
 }
 
-/// A copy of each socket, fetched from processes that hold them, in order; `None` unless
-/// every one is found.
-pub fn copies_of(sockets: &[GrantedSocket]) -> Option<Vec<OwnedFd>> {
-    sockets
-        .iter()
-        .map(|socket| {
-            let inode = *procfs::socket_inodes(std::slice::from_ref(socket)).first()?;
-            let mut copy = None;
-            procfs::visit_socket_fds(&[inode], |pid, number, _| {
-                copy = pidfd::open(pid)
-                    .and_then(|pidfd| pidfd::copy_fd(pidfd.as_fd(), number))
-                    .ok();
-                copy.is_some()
-            });
-            copy
-        })
-        .collect()
-}
-
-/// A process that holds a copy of one of these sockets, if any can be seen.
-pub fn a_holder_of(sockets: &[GrantedSocket]) -> Option<i32> {
-    let inodes = procfs::socket_inodes(sockets);
+/// A process that holds a copy of one of the leased sockets, if any can be seen.
+pub fn a_holder_of(leased: Leased<'_>) -> Option<i32> {
     let mut found = None;
-    procfs::visit_socket_fds(&inodes, |pid, _, _| {
+    visit_copies(leased, |pid, _, _| {
         found = Some(pid);
         true
     });

@@ -107,8 +107,13 @@ impl State {
             }
             return;
         }
-        let survivor = socket_copies::a_holder_of(&lease.sockets)
-            .map(|pid| (pid, procfs::process_name(pid).unwrap_or_default()));
+        let survivor = socket_copies::a_holder_of(lease.leased()).map(|pid| {
+            (
+                pid,
+                procfs::process_name(pid).unwrap_or_default(),
+                procfs::start_time(pid).unwrap_or(0),
+            )
+        });
         if let Some(lease) = self.table.linger(lease_id, survivor) {
             warn!(
                 lease = lease_id.0,

@@ -48,6 +48,7 @@ pub struct NewLease {
     pub start_time: u64,
     pub since: u64,
     pub sockets: Vec<GrantedSocket>,
+    pub cookies: Vec<u64>,
     pub service: Option<Rc<str>>,
 }
 
@@ -213,6 +214,7 @@ impl Table {
                 start_time: new.start_time,
                 since: new.since,
                 sockets: new.sockets,
+                cookies: new.cookies,
                 expires: None,
                 service: new.service,
             },
@@ -281,17 +283,18 @@ impl Table {
     }
 
     /// Linger: the holder is gone but a copy of the sockets survives; `survivor` is the
-    /// process found holding one (the lease's holder from now on), if any. A lingering lease
-    /// has no time limit: it ends when its last copy closes.
-    pub fn linger(&mut self, id: LeaseId, survivor: Option<(i32, String)>) -> Option<&Lease> {
+    /// process found holding one (pid, name, start time: the lease's holder from now on), if
+    /// any. A lingering lease has no time limit: it ends when its last copy closes.
+    pub fn linger(&mut self, id: LeaseId, survivor: Option<(i32, String, u64)>) -> Option<&Lease> {
         let lease = self.leases.get_mut(&id)?;
         lease.expires = None;
-        if let Some((pid, name)) = survivor {
+        if let Some((pid, name, start_time)) = survivor {
             lease.holder = Rc::new(Holder {
                 pid,
                 name,
                 ..Holder::clone(&lease.holder)
             });
+            lease.start_time = start_time;
         }
         self.set_keeper(id, Keeper::Lingering);
         self.leases.get(&id)

@@ -18,11 +18,18 @@ pub fn claim(state: &mut State, peer: &Peer, token: u64) -> Reply {
             reason: "no lease is offered with this token".into(),
         }),
         Some(Err(failure)) => Err(failure),
-        Some(Ok(lease)) => socket_copies::copies_of(&lease.sockets)
-            .map(|fds| (lease.id, lease.sockets.clone(), fds))
-            .ok_or_else(|| Failure::NotPermitted {
-                reason: "the lease's sockets cannot be found with any process".into(),
-            }),
+        // Only the holder's own copies, known by their cookies: never whatever socket sits on
+        // the lease's address now.
+        Some(Ok(lease)) => {
+            socket_copies::copies_held_by(lease.holder.pid, lease.start_time, lease.leased())
+                .map(|fds| (lease.id, lease.sockets.clone(), fds))
+                .ok_or_else(|| Failure::NotPermitted {
+                    reason: format!(
+                        "{} no longer holds the sockets of lease {}; nothing to hand over",
+                        lease.holder, lease.id
+                    ),
+                })
+        }
     };
     let (id, sockets, fds) = match found {
         Ok(found) => found,
@@ -81,28 +88,20 @@ mod tests {
     }
 
     #[test]
-    fn a_claim_takes_a_copy_from_the_process_that_holds_the_socket() {
+    fn a_claim_takes_a_copy_from_the_holder_known_by_its_cookie() {
         if !nix::unistd::getuid().is_root() {
-            eprintln!("SKIPPED: pidfd_getfd of another process needs root");
+            eprintln!("SKIPPED: pidfd_getfd needs root or ptrace rights");
             return;
         }
         let mut state = state();
         let holder = me(1);
-        let (id, fd) = leased(&mut state, &holder);
-        // The broker never takes a copy from itself: the socket must live in another
-        // process, as it does for a real holder.
-        let child = std::process::Command::new("sleep")
-            .arg("30")
-            .stdin(std::process::Stdio::from(fd))
-            .spawn()
-            .unwrap();
-        let mut child = scopeguard(child);
+        // The holder (this process) keeps its socket.
+        let (id, _fd) = leased(&mut state, &holder);
         let Response::HandoverOffered { token, .. } = handover(&mut state, &holder, id).response
         else {
             panic!("not offered");
         };
-        let claimant = me(2);
-        let reply = claim(&mut state, &claimant, token);
+        let reply = claim(&mut state, &me(2), token);
         let Response::Granted {
             id: claimed,
             sockets,
@@ -117,19 +116,31 @@ mod tests {
         assert!(state.table.kept_by_connection(1).is_empty());
         assert_eq!(state.table.kept_by_connection(2), [id]);
         assert!(state.handovers.is_empty());
-        child.0.kill().unwrap();
-        child.0.wait().unwrap();
     }
 
-    /// Kills the child if the test fails before it does.
-    struct Guard(std::process::Child);
-    impl Drop for Guard {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    fn scopeguard(child: std::process::Child) -> Guard {
-        Guard(child)
+    #[test]
+    fn a_socket_on_the_leased_address_that_is_not_the_leased_one_is_never_handed_over() {
+        let mut state = state();
+        let holder = me(1);
+        let (id, fd) = leased(&mut state, &holder);
+        let addr = state.table.get(id).unwrap().sockets[0].addr;
+        drop(fd);
+        // Someone else's socket on the same address, in the holder's process even.
+        let _other = std::net::TcpListener::bind(addr).unwrap();
+        let Response::HandoverOffered { token, .. } = handover(&mut state, &holder, id).response
+        else {
+            panic!("not offered");
+        };
+        let reply = claim(&mut state, &me(2), token);
+        assert!(
+            matches!(
+                reply.response,
+                Response::Failed(Failure::NotPermitted { .. })
+            ),
+            "{:?}",
+            reply.response
+        );
+        assert!(reply.fds.is_empty());
+        assert_eq!(state.table.kept_by_connection(1), [id]);
     }
 }

@@ -33,7 +33,11 @@ fn with_policy(policy: Policy) -> State {
 /// This test process as a client on connection `conn`, with its real uid.
 pub fn me(conn: u64) -> Peer {
     let uid = nix::unistd::getuid().as_raw();
-    peer(conn, std::process::id() as i32, uid)
+    let pid = std::process::id() as i32;
+    Peer {
+        start_time: crate::procfs::start_time(pid).unwrap(),
+        ..peer(conn, pid, uid)
+    }
 }
 
 /// A client of another user (never root) on connection `conn`.

@@ -39,6 +39,7 @@ fn grant_on(table: &mut Table, conn: ConnId, addr: &str) -> LeaseId {
         start_time: 7,
         since: 0,
         sockets: vec![sock(Transport::Tcp, addr)],
+        cookies: vec![1],
         service: None,
     })
 }
@@ -187,10 +188,14 @@ fn linger_keeps_the_port_names_the_survivor_and_drops_the_time_limit() {
     let mut table = table();
     let id = grant_on(&mut table, 5, "127.0.0.1:8080");
     table.set_time_limit(id, Some(Deadline::after(Duration::from_secs(60))));
-    let lease = table.linger(id, Some((300, "child".into()))).unwrap();
+    let lease = table.linger(id, Some((300, "child".into(), 5))).unwrap();
     assert_eq!(
         (lease.holder.pid, lease.holder.name.as_str()),
         (300, "child")
+    );
+    assert_eq!(
+        lease.start_time, 5,
+        "the survivor's start time, to know it again"
     );
     assert_eq!(
         lease.holder.uid, 1000,
@@ -258,6 +263,7 @@ fn a_restored_lease_keeps_its_id_and_later_ids_are_higher() {
             start_time: 1,
             since: 0,
             sockets: vec![sock(Transport::Tcp, "127.0.0.1:8080")],
+            cookies: vec![1],
             service: None,
         },
     );
