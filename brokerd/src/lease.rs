@@ -68,6 +68,8 @@ pub struct Lease {
     pub expires: Option<Deadline>,
     /// The named service it was leased as, if any.
     pub service: Option<Rc<str>>,
+    /// The token of its standing handover offer, if any (see `Table::offer`).
+    pub offer: Option<u64>,
 }
 
 impl Lease {

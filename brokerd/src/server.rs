@@ -165,6 +165,7 @@ impl Server {
                 }
             }
             self.conns.serve_ready(&mut self.state);
+            self.state.prune_watches();
             // Group commit: the turn's grants reach the journal before any answer leaves.
             self.journal_turn();
             self.conns.settle_served(&self.epoll, &mut self.state);

@@ -36,8 +36,6 @@ pub struct State {
     /// Reserved ports the broker holds now (see `Policy::reserved`); a leased one is taken
     /// back when its lease has ended and no copy survives (`maintain_reservations`).
     pub reservations: HashMap<(Transport, u16), OwnedFd>,
-    /// Offered handovers: token to lease.
-    pub handovers: HashMap<u64, LeaseId>,
     pub watches: ProcessWatches,
     /// When lingering leases and missing reservations are probed next.
     pub next_linger_check: Option<Instant>,
@@ -51,7 +49,6 @@ impl State {
             default_addr,
             table: Table::new(pool),
             reservations: HashMap::new(),
-            handovers: HashMap::new(),
             watches: ProcessWatches::new()?,
             next_linger_check: None,
             started: Instant::now(),
@@ -136,6 +133,16 @@ impl State {
                 SocketList(&lease.sockets),
                 lease.holder.uid
             );
+        }
+    }
+
+    /// Stops watching processes that no lease is tied to any more: a watch lives no longer
+    /// than the leases it is for.
+    pub fn prune_watches(&mut self) {
+        for pid in self.table.take_untied() {
+            if self.table.tied_to_process(pid).is_empty() {
+                self.watches.unwatch(pid);
+            }
         }
     }
 

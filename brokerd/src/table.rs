@@ -64,6 +64,10 @@ pub struct Table {
     by_conn: HashMap<ConnId, Vec<LeaseId>>,
     by_process: HashMap<i32, Vec<LeaseId>>,
     lingering: BTreeSet<LeaseId>,
+    /// Standing handover offers: token to lease; an offer dies with its lease.
+    offers: HashMap<u64, LeaseId>,
+    /// Processes whose last tied lease left since `take_untied`, to stop watching them.
+    untied: Vec<i32>,
     /// Time limits, earliest first. An entry is stale when its lease was renewed or has
     /// ended; it is dropped when it comes up.
     deadlines: BinaryHeap<Reverse<(Instant, LeaseId)>>,
@@ -103,6 +107,8 @@ impl Table {
             by_conn: HashMap::new(),
             by_process: HashMap::new(),
             lingering: BTreeSet::new(),
+            offers: HashMap::new(),
+            untied: Vec::new(),
             deadlines: BinaryHeap::new(),
             changed: Vec::new(),
             ended: Vec::new(),
@@ -217,6 +223,7 @@ impl Table {
                 cookies: new.cookies,
                 expires: None,
                 service: new.service,
+                offer: None,
             },
         );
     }
@@ -225,6 +232,9 @@ impl Table {
     pub fn end(&mut self, id: LeaseId) -> Option<Lease> {
         let lease = self.leases.remove(&id)?;
         self.ended.push(id);
+        if let Some(token) = lease.offer {
+            self.offers.remove(&token);
+        }
         self.index_keeper(id, lease.keeper, false);
         for socket in &lease.sockets {
             let key = (socket.transport, socket.addr.port());
@@ -270,9 +280,40 @@ impl Table {
         let lease = self.leases.get_mut(&id)?;
         let from = std::mem::replace(&mut lease.holder, holder);
         lease.start_time = start_time;
+        if let Some(token) = lease.offer.take() {
+            self.offers.remove(&token);
+        }
         self.set_keeper(id, Keeper::Connection(conn));
         self.changed.push(id);
         Some(from)
+    }
+
+    /// Offer: the lease may be claimed with `token` (see `hand_over`), until it is claimed,
+    /// offered again (the new token replaces the old) or ends.
+    pub fn offer(&mut self, id: LeaseId, token: u64) {
+        let Some(lease) = self.leases.get_mut(&id) else {
+            return;
+        };
+        if let Some(old) = lease.offer.replace(token) {
+            self.offers.remove(&old);
+        }
+        self.offers.insert(token, id);
+    }
+
+    /// The lease offered with `token`, if the offer stands.
+    pub fn offered(&self, token: u64) -> Option<LeaseId> {
+        self.offers.get(&token).copied()
+    }
+
+    /// Standing handover offers.
+    #[cfg(test)]
+    pub fn offer_count(&self) -> usize {
+        self.offers.len()
+    }
+
+    /// Processes that no lease is tied to any more, since the last call.
+    pub fn take_untied(&mut self) -> Vec<i32> {
+        std::mem::take(&mut self.untied)
     }
 
     /// Re-attach: the lease is kept by connection `conn` (its holder reconnected).
@@ -359,7 +400,12 @@ impl Table {
     fn index_keeper(&mut self, id: LeaseId, keeper: Keeper, add: bool) {
         match keeper {
             Keeper::Connection(conn) => index(&mut self.by_conn, conn, id, add),
-            Keeper::Process(pid) => index(&mut self.by_process, pid, id, add),
+            Keeper::Process(pid) => {
+                index(&mut self.by_process, pid, id, add);
+                if !add && !self.by_process.contains_key(&pid) {
+                    self.untied.push(pid);
+                }
+            }
             Keeper::Lingering if add => {
                 self.lingering.insert(id);
             }

@@ -38,6 +38,18 @@ impl ProcessWatches {
         Ok(())
     }
 
+    /// Stops watching process `pid`.
+    pub fn unwatch(&mut self, pid: i32) {
+        // Closing the pidfd takes it out of the epoll set.
+        self.pidfds.remove(&pid);
+    }
+
+    /// How many processes are watched.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.pidfds.len()
+    }
+
     /// The watched processes that have exited since the last call; they are no longer watched.
     pub fn exited(&mut self) -> Vec<i32> {
         let mut events = [EpollEvent::empty(); 64];

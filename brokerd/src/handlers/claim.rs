@@ -12,7 +12,7 @@ use crate::socket_copies;
 use crate::state::State;
 
 pub fn claim(state: &mut State, peer: &Peer, token: u64) -> Reply {
-    let offered = state.handovers.get(&token).copied();
+    let offered = state.table.offered(token);
     let found = match offered.map(|id| state.may_act_on(&peer.identity, id)) {
         None => Err(Failure::NotPermitted {
             reason: "no lease is offered with this token".into(),
@@ -35,7 +35,6 @@ pub fn claim(state: &mut State, peer: &Peer, token: u64) -> Reply {
         Ok(found) => found,
         Err(failure) => return Reply::failed(failure),
     };
-    state.handovers.remove(&token);
     if let Some(from) =
         state
             .table
@@ -84,7 +83,7 @@ mod tests {
             Response::Failed(Failure::NotYourLease { .. })
         ));
         assert_eq!(state.table.kept_by_connection(1), [id]);
-        assert!(state.handovers.contains_key(&token), "the offer stands");
+        assert_eq!(state.table.offered(token), Some(id), "the offer stands");
     }
 
     #[test]
@@ -115,7 +114,7 @@ mod tests {
         assert_eq!(copy.local_addr().unwrap(), sockets[0].addr);
         assert!(state.table.kept_by_connection(1).is_empty());
         assert_eq!(state.table.kept_by_connection(2), [id]);
-        assert!(state.handovers.is_empty());
+        assert_eq!(state.table.offer_count(), 0);
     }
 
     #[test]

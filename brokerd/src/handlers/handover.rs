@@ -16,8 +16,7 @@ pub fn handover(state: &mut State, peer: &Peer, id: LeaseId) -> Reply {
     }
     let token = random_token();
     // One offer per lease: a new one replaces the last.
-    state.handovers.retain(|_, offered| *offered != id);
-    state.handovers.insert(token, id);
+    state.table.offer(id, token);
     info!(lease = id.0, "offered for handover by {}", peer.holder);
     Reply::answer(Response::HandoverOffered { id, token })
 }
@@ -53,8 +52,21 @@ mod tests {
             panic!("not offered");
         };
         assert_ne!(first, second);
-        assert_eq!(state.handovers.len(), 1);
-        assert_eq!(state.handovers.get(&second), Some(&id));
+        assert_eq!(state.table.offer_count(), 1);
+        assert_eq!(state.table.offered(second), Some(id));
+        assert_eq!(state.table.offered(first), None);
+    }
+
+    #[test]
+    fn an_offer_dies_with_its_lease() {
+        let mut state = state();
+        let peer = me(1);
+        for _ in 0..100 {
+            let (id, _fd) = leased(&mut state, &peer);
+            handover(&mut state, &peer, id);
+            crate::handlers::release::release(&mut state, &peer, id);
+        }
+        assert_eq!(state.table.offer_count(), 0, "offers of ended leases are kept");
     }
 
     #[test]
@@ -66,6 +78,6 @@ mod tests {
             reply.response,
             Response::Failed(Failure::NotYourLease { .. })
         ));
-        assert!(state.handovers.is_empty());
+        assert_eq!(state.table.offer_count(), 0);
     }
 }

@@ -80,6 +80,25 @@ mod tests {
     }
 
     #[test]
+    fn ties_again_and_again_cost_nothing_and_the_watch_dies_with_the_lease() {
+        let mut state = state();
+        let peer = me(1);
+        let (id, _fd) = leased(&mut state, &peer);
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id() as i32;
+        for _ in 0..100 {
+            tie(&mut state, &peer, id, pid);
+        }
+        assert_eq!(state.table.tied_to_process(pid), [id]);
+        assert_eq!(state.watches.len(), 1);
+        crate::handlers::release::release(&mut state, &peer, id);
+        state.prune_watches();
+        assert_eq!(state.watches.len(), 0, "a watch outlived the lease it was for");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    #[test]
     fn a_user_ties_only_to_its_own_processes() {
         let mut state = state();
         let peer = stranger(1, 4242);

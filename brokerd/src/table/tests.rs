@@ -172,6 +172,35 @@ fn hand_over_gives_the_same_lease_to_the_claimants_connection() {
 }
 
 #[test]
+fn an_offer_stands_until_claimed_replaced_or_ended() {
+    let mut table = table();
+    let id = grant_on(&mut table, 5, "127.0.0.1:8080");
+    table.offer(id, 11);
+    table.offer(id, 12);
+    assert_eq!((table.offered(11), table.offered(12)), (None, Some(id)));
+    table.hand_over(id, 6, holder(300, 1000), 1);
+    assert_eq!(table.offered(12), None, "claimed");
+    table.offer(id, 13);
+    table.end(id);
+    assert_eq!(table.offer_count(), 0, "ended with its lease");
+    table.offer(LeaseId(999), 14);
+    assert_eq!(table.offer_count(), 0, "no offer for a lease that is not there");
+}
+
+#[test]
+fn the_last_lease_leaving_a_process_untethers_it() {
+    let mut table = table();
+    let a = grant_on(&mut table, 5, "127.0.0.1:8080");
+    let b = grant_on(&mut table, 5, "127.0.0.1:8081");
+    table.tie(a, Holder::clone(&holder(200, 1000)), 1);
+    table.tie(b, Holder::clone(&holder(200, 1000)), 1);
+    table.end(a);
+    assert!(table.take_untied().is_empty());
+    table.linger(b, None);
+    assert_eq!(table.take_untied(), [200]);
+}
+
+#[test]
 fn reattach_moves_a_lease_to_the_new_connection() {
     let mut table = table();
     let id = grant_on(&mut table, 5, "127.0.0.1:8080");
