@@ -209,7 +209,7 @@ impl Table {
             self.pool.mark(socket.transport, socket.addr.port(), true);
         }
         self.sockets += new.sockets.len();
-        *self.per_uid.entry(new.holder.uid).or_default() += 1;
+        self.count_for_uid(new.holder.uid, true);
         self.index_keeper(id, new.keeper, true);
         self.leases.insert(
             id,
@@ -247,12 +247,7 @@ impl Table {
             }
         }
         self.sockets -= lease.sockets.len();
-        if let Some(count) = self.per_uid.get_mut(&lease.holder.uid) {
-            *count -= 1;
-            if *count == 0 {
-                self.per_uid.remove(&lease.holder.uid);
-            }
-        }
+        self.count_for_uid(lease.holder.uid, false);
         Some(lease)
     }
 
@@ -280,11 +275,15 @@ impl Table {
         let lease = self.leases.get_mut(&id)?;
         let from = std::mem::replace(&mut lease.holder, holder);
         lease.start_time = start_time;
+        let to_uid = lease.holder.uid;
         if let Some(token) = lease.offer.take() {
             self.offers.remove(&token);
         }
         self.set_keeper(id, Keeper::Connection(conn));
         self.changed.push(id);
+        // The quota counts follow the lease to its new user.
+        self.count_for_uid(from.uid, false);
+        self.count_for_uid(to_uid, true);
         Some(from)
     }
 
@@ -297,7 +296,13 @@ impl Table {
         if let Some(old) = lease.offer.replace(token) {
             self.offers.remove(&old);
         }
-        self.offers.insert(token, id);
+        // A token names one lease: another lease offered with it (tokens are random, so
+        // hardly ever) loses its offer.
+        if let Some(other) = self.offers.insert(token, id).filter(|&other| other != id) {
+            if let Some(other) = self.leases.get_mut(&other) {
+                other.offer = None;
+            }
+        }
     }
 
     /// The lease offered with `token`, if the offer stands.
@@ -386,6 +391,19 @@ impl Table {
         )
     }
 
+    /// Counts a lease for (or no longer for) the per-user quota of `uid`.
+    fn count_for_uid(&mut self, uid: u32, add: bool) {
+        let count = self.per_uid.entry(uid).or_default();
+        if add {
+            *count += 1;
+        } else {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.per_uid.remove(&uid);
+            }
+        }
+    }
+
     fn set_keeper(&mut self, id: LeaseId, keeper: Keeper) {
         let Some(lease) = self.leases.get_mut(&id) else {
             return;
@@ -417,5 +435,7 @@ impl Table {
     }
 }
 
+#[cfg(test)]
+mod properties;
 #[cfg(test)]
 mod tests;

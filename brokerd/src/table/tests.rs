@@ -201,6 +201,16 @@ fn the_last_lease_leaving_a_process_untethers_it() {
 }
 
 #[test]
+fn a_claim_by_another_user_moves_the_quota_count() {
+    let mut table = table();
+    let id = grant_on(&mut table, 5, "127.0.0.1:8080");
+    table.hand_over(id, 6, holder(300, 2000), 1);
+    assert_eq!((table.leases_of_uid(1000), table.leases_of_uid(2000)), (0, 1));
+    table.end(id);
+    assert_eq!((table.leases_of_uid(1000), table.leases_of_uid(2000)), (0, 0));
+}
+
+#[test]
 fn reattach_moves_a_lease_to_the_new_connection() {
     let mut table = table();
     let id = grant_on(&mut table, 5, "127.0.0.1:8080");
