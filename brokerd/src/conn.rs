@@ -13,7 +13,7 @@ use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use portbroker_proto::{FrameSplitter, MAX_REQUEST_FRAME};
 use tracing::debug;
 
-use crate::grant::MAX_SOCKETS_PER_LEASE;
+use crate::lease::MAX_SOCKETS_PER_LEASE;
 use crate::peer::Peer;
 
 /// Above this much unsent output, the broker stops reading a connection's requests until the

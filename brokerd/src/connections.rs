@@ -53,6 +53,15 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     text
 }
 
+/// An answer held until the turn's journal commit.
+struct Answer {
+    conn: ConnId,
+    response: Response,
+    fds: Vec<OwnedFd>,
+    /// The lease this answer grants, if it grants a new one.
+    new_lease: Option<portbroker_proto::LeaseId>,
+}
+
 pub struct Connections {
     listener: SocketFile,
     conns: HashMap<ConnId, Conn>,
@@ -68,6 +77,8 @@ pub struct Connections {
     ready: VecDeque<ConnId>,
     /// Connections served this turn, settled (answers sent) after the journal commit.
     unsettled: Vec<ConnId>,
+    /// The turn's answers, in order, until the journal commit.
+    held: Vec<Answer>,
     /// Open connections per uid, for `connections_per_uid`.
     per_uid: HashMap<u32, u64>,
     budgets: RequestBudgets,
@@ -92,6 +103,7 @@ impl Connections {
             hello_deadlines: VecDeque::new(),
             ready: VecDeque::new(),
             unsettled: Vec::new(),
+            held: Vec::new(),
             per_uid: HashMap::new(),
             budgets: RequestBudgets::default(),
             next_idle_sweep: Instant::now() + IDLE_SWEEP,
@@ -450,8 +462,9 @@ impl Connections {
         self.deliver(id, reply);
     }
 
-    /// Sends a reply: its notices to their connections, then its answer (with its sockets)
-    /// to connection `id`. Every answer the broker gives leaves through here.
+    /// Takes a reply: its notices for their connections, then its answer (with its sockets)
+    /// for connection `id`, in order. Nothing leaves before `release_answers`, after the
+    /// turn's journal commit. Every answer the broker gives goes through here.
     fn deliver(&mut self, id: ConnId, reply: Reply) {
         self.deliver_notices(reply.notices);
         if reply.then_close {
@@ -465,14 +478,58 @@ impl Connections {
                 conn.closing = true;
             }
         }
-        self.send(id, &reply.response, reply.fds);
+        self.hold(Answer {
+            conn: id,
+            response: reply.response,
+            fds: reply.fds,
+            new_lease: reply.new_lease,
+        });
     }
 
-    /// Queues notices for their connections, sent when the served connections are settled.
+    /// Takes notices for their connections; they leave with the turn's answers.
     pub fn deliver_notices(&mut self, notices: Vec<Notice>) {
         for notice in notices {
-            self.send(notice.conn, &notice.response, Vec::new());
+            self.hold(Answer {
+                conn: notice.conn,
+                response: notice.response,
+                fds: Vec::new(),
+                new_lease: None,
+            });
             self.unsettled.push(notice.conn);
+        }
+    }
+
+    /// Holds an answer until the journal commit. Its sockets count as queued at once, so the
+    /// backpressure that keeps a non-reading client to one lease's worth holds meanwhile.
+    fn hold(&mut self, answer: Answer) {
+        if let Some(conn) = self.conns.get_mut(&answer.conn) {
+            conn.queued_fds += answer.fds.len();
+            self.queued_fds += answer.fds.len();
+        }
+        self.held.push(answer);
+    }
+
+    /// Queues the held answers on their connections, in order. `journal_error`: the turn's
+    /// records could not be written, so no lease granted in it may stand (a restart would
+    /// forget it): each is ended, its sockets closed, and its client told why instead.
+    pub fn release_answers(&mut self, state: &mut State, journal_error: Option<&str>) {
+        for mut answer in std::mem::take(&mut self.held) {
+            if let Some(conn) = self.conns.get_mut(&answer.conn) {
+                conn.queued_fds -= answer.fds.len();
+                self.queued_fds -= answer.fds.len();
+            }
+            if let (Some(error), Some(lease)) = (journal_error, answer.new_lease) {
+                state.table.end(lease);
+                warn!(
+                    lease = lease.0,
+                    "not granted after all: the journal could not record it ({error})"
+                );
+                answer.fds.clear();
+                answer.response = Response::Failed(Failure::JournalUnavailable {
+                    error: error.to_owned(),
+                });
+            }
+            self.send(answer.conn, &answer.response, answer.fds);
         }
     }
 

@@ -10,14 +10,12 @@ use portbroker_proto::{GrantedSocket, Holder, LeaseId, Listen, Refusal, SocketSp
 use tracing::{debug, info};
 
 use crate::bind::{bind_refusal, bind_socket, cookie, take_reservation};
-use crate::lease::{unix_now, Keeper, SocketList};
+use crate::lease::{unix_now, Keeper, SocketList, MAX_SOCKETS_PER_LEASE};
 use crate::peer::Peer;
 use crate::policy::Identity;
 use crate::state::State;
 use crate::table::{addrs_overlap, NewLease};
 
-/// The most sockets one lease holds (and one `sendmsg` carries).
-pub const MAX_SOCKETS_PER_LEASE: usize = 64;
 /// How many pool ports held by processes outside the broker one "any port" lease may skip.
 const POOL_TRIES: usize = 64;
 

@@ -53,6 +53,13 @@ pub struct Config {
 const SIGNAL_TOKEN: u64 = 1;
 const WATCHES_TOKEN: u64 = 2;
 
+/// Microseconds since the Unix epoch.
+fn unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(1, |d| d.as_micros() as u64)
+}
+
 /// A lease as the journal keeps it.
 fn journal_entry(lease: &Lease) -> Entry {
     Entry {
@@ -126,9 +133,14 @@ impl Server {
             log_flush_due: None,
             shutting_down: false,
         };
-        if let Some((journal, recovered)) = journal {
-            server.journal = Some(journal);
-            server.recover(recovered);
+        match journal {
+            Some((journal, recovered)) => {
+                server.journal = Some(journal);
+                server.recover(recovered);
+            }
+            // Nothing remembers the last life's ids: start from the clock, in microseconds,
+            // so that a stale handle of a client never names a new lease.
+            None => server.state.table.skip_ids_below(unix_micros()),
         }
         Ok(server)
     }
@@ -144,7 +156,8 @@ impl Server {
         );
         let mut events = vec![EpollEvent::empty(); 256];
         while !self.shutting_down {
-            self.journal_turn();
+            // What timers and closes ended since the last turn.
+            let _ = self.journal_turn();
             self.flush_log_when_due();
             let timeout = self.next_timeout();
             let ready = match self.epoll.wait(&mut events, timeout) {
@@ -166,13 +179,17 @@ impl Server {
             }
             self.conns.serve_ready(&mut self.state);
             self.state.prune_watches();
-            // Group commit: the turn's grants reach the journal before any answer leaves.
-            self.journal_turn();
+            // Group commit: the turn's grants reach the journal before any answer leaves, and
+            // a grant the journal could not record is answered with a failure instead.
+            let journal = self.journal_turn();
+            self.conns
+                .release_answers(&mut self.state, journal.as_ref().err().map(String::as_str));
             self.conns.settle_served(&self.epoll, &mut self.state);
             self.conns.expire_hellos(&self.epoll, &mut self.state);
             let expired = self.state.expire_due(Instant::now());
             if !expired.is_empty() {
                 self.conns.deliver_notices(expired);
+                self.conns.release_answers(&mut self.state, None);
                 self.conns.settle_served(&self.epoll, &mut self.state);
             }
             if self
@@ -185,7 +202,7 @@ impl Server {
             self.conns.run_timers(&self.epoll, &mut self.state);
         }
         let (leases, conns) = (self.state.table.lease_count(), self.conns.len());
-        self.journal_turn();
+        let _ = self.journal_turn();
         match &mut self.journal {
             Some(journal) if self.release_on_exit => {
                 journal.rewrite(std::iter::empty()).context("cannot empty the journal")?;
@@ -200,10 +217,11 @@ impl Server {
     }
 
     /// Writes this turn's grants, changes and ends to the journal with one `write` (group
-    /// commit; no fsync: see `journal`), compacting it now and then.
-    fn journal_turn(&mut self) {
+    /// commit; no fsync: see `journal`), compacting it now and then. The error says why the
+    /// turn's records could not be written (they are kept and retried next turn).
+    fn journal_turn(&mut self) -> Result<(), String> {
         let Some(journal) = self.journal.as_mut() else {
-            return;
+            return Ok(());
         };
         let table = &mut self.state.table;
         let (changed, ended) = table.take_changes();
@@ -221,18 +239,22 @@ impl Server {
         } else {
             journal.commit()
         };
-        if let Err(err) = result {
+        result.map_err(|err| {
             if self.journal_warning.due() {
-                warn!("cannot write the journal: {err}; leases may not survive a restart");
+                warn!(
+                    "cannot write the journal: {err}; granting nothing until it can, releases \
+                     and reads go on"
+                );
             }
-        }
+            err.to_string()
+        })
     }
 
     /// Puts back the leases of the journal. A lease whose holder still runs (same pid and
     /// start time) and still holds every one of its sockets (same cookies) is tied to that
     /// process; the others end once a probe shows their ports free, and linger until then.
     fn recover(&mut self, recovered: Recovered) {
-        let (mut kept, mut ended, mut lingering) = (0, 0, 0);
+        let (mut kept, mut ended, mut lingering, mut dropped) = (0, 0, 0, 0);
         // Each holder's sockets are read once, however many leases it has.
         let mut held: HashMap<(i32, u64), Option<HashSet<u64>>> = HashMap::new();
         for entry in recovered.leases {
@@ -244,8 +266,7 @@ impl Server {
                 && cookies
                     .as_ref()
                     .is_some_and(|held| entry.cookies.iter().all(|c| held.contains(c)));
-            let watched = still_held && self.state.watches.watch(entry.pid).is_ok();
-            self.state.table.restore(
+            let restored = self.state.table.restore(
                 id,
                 NewLease {
                     keeper: Keeper::Process(entry.pid),
@@ -262,6 +283,12 @@ impl Server {
                     service: entry.service.as_deref().map(Rc::from),
                 },
             );
+            if let Err(reason) = restored {
+                warn!("the journal's lease {id} was dropped: {reason}");
+                dropped += 1;
+                continue;
+            }
+            let watched = still_held && self.state.watches.watch(entry.pid).is_ok();
             if watched {
                 kept += 1;
                 continue;
@@ -281,7 +308,8 @@ impl Server {
         // The journal was just rewritten as what it held; restoring is no change.
         self.state.table.take_changes();
         info!(
-            "recovered from the journal: {kept} leases kept, {ended} ended, {lingering} lingering"
+            "recovered from the journal: {kept} leases kept, {ended} ended, {lingering} lingering, \
+             {dropped} dropped"
         );
         if let Some((line, unread)) = recovered.damage {
             warn!(

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use portbroker_proto::{GrantedSocket, Holder, LeaseId, PortRange, Transport};
 
-use crate::lease::{ConnId, Deadline, Keeper, Lease};
+use crate::lease::{ConnId, Deadline, Keeper, Lease, MAX_LEASE_ID, MAX_SOCKETS_PER_LEASE};
 use crate::pool::Pool;
 
 /// Whether two addresses of the same transport and port collide in the kernel's bind rules:
@@ -182,6 +182,12 @@ impl Table {
         self.pool.find_free(transport, tries, skip)
     }
 
+    /// Lease ids from now on are at least `first`: ids never repeat across restarts (see
+    /// `Server::new`).
+    pub fn skip_ids_below(&mut self, first: u64) {
+        self.next_id = self.next_id.max(first.clamp(1, MAX_LEASE_ID / 2));
+    }
+
     /// Grant: records a lease whose sockets are bound. The caller has checked that none
     /// conflicts.
     pub fn grant(&mut self, lease: NewLease) -> LeaseId {
@@ -193,10 +199,54 @@ impl Table {
     }
 
     /// Puts back a lease of an earlier life of the daemon, with its id; later grants get
-    /// higher ids. Restoring is no change for the journal, which it came from.
-    pub fn restore(&mut self, id: LeaseId, lease: NewLease) {
+    /// higher ids. Restoring is no change for the journal, which it came from. What came from
+    /// disk is checked, not trusted: an id out of range or already live, a lease without
+    /// sockets or with a cookie count that does not match, and a socket that overlaps a live
+    /// lease's are refused with the reason.
+    pub fn restore(&mut self, id: LeaseId, lease: NewLease) -> Result<(), String> {
+        if !(1..=MAX_LEASE_ID).contains(&id.0) {
+            return Err(format!("its id {id} is outside 1..={MAX_LEASE_ID}"));
+        }
+        if self.leases.contains_key(&id) {
+            return Err(format!("lease {id} is already live"));
+        }
+        if lease.sockets.is_empty() || lease.sockets.len() > MAX_SOCKETS_PER_LEASE {
+            return Err(format!(
+                "it has {} sockets, not 1 to {MAX_SOCKETS_PER_LEASE}",
+                lease.sockets.len()
+            ));
+        }
+        if !lease.cookies.is_empty() && lease.cookies.len() != lease.sockets.len() {
+            return Err(format!(
+                "it has {} cookies for {} sockets",
+                lease.cookies.len(),
+                lease.sockets.len()
+            ));
+        }
+        for (i, socket) in lease.sockets.iter().enumerate() {
+            if socket.addr.port() == 0 {
+                return Err(format!("socket {socket} has port 0"));
+            }
+            let overlaps_own = lease.sockets[..i].iter().any(|other| {
+                other.transport == socket.transport
+                    && other.addr.port() == socket.addr.port()
+                    && addrs_overlap(other.addr.ip(), socket.addr.ip())
+            });
+            if overlaps_own {
+                return Err(format!(
+                    "socket {socket} overlaps another of the same lease"
+                ));
+            }
+            if let Some(conflict) = self.conflict(socket.transport, socket.addr) {
+                return Err(format!(
+                    "{socket} overlaps {} of lease {}",
+                    conflict.held, conflict.lease.id
+                ));
+            }
+        }
         self.next_id = self.next_id.max(id.0 + 1);
         self.insert(id, lease);
+        Ok(())
     }
 
     fn insert(&mut self, id: LeaseId, new: NewLease) {

@@ -186,3 +186,18 @@ fn a_recovered_lease_whose_holder_closed_its_socket_ends() {
         again.log()
     );
 }
+
+#[test]
+fn lease_ids_never_repeat_across_restarts_even_without_a_journal() {
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let daemon = Daemon::start_with(&["--no-journal"]);
+        let lease = daemon.broker().lease_str(&["tcp:127.0.0.1:0"]).unwrap();
+        ids.push(lease.id());
+    }
+    assert_ne!(
+        ids[0], ids[1],
+        "a restarted daemon gave out lease id {} again",
+        ids[0]
+    );
+}

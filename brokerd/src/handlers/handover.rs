@@ -66,7 +66,11 @@ mod tests {
             handover(&mut state, &peer, id);
             crate::handlers::release::release(&mut state, &peer, id);
         }
-        assert_eq!(state.table.offer_count(), 0, "offers of ended leases are kept");
+        assert_eq!(
+            state.table.offer_count(),
+            0,
+            "offers of ended leases are kept"
+        );
     }
 
     #[test]

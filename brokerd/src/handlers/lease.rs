@@ -18,6 +18,7 @@ pub fn granted_or_refused(
     match granted {
         Ok(granted) => Reply {
             fds: granted.fds,
+            new_lease: Some(granted.id),
             ..Reply::answer(Response::Granted {
                 id: granted.id,
                 fds: granted.sockets.len() as u32,

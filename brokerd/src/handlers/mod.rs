@@ -21,7 +21,7 @@ pub mod fixture;
 
 use std::os::fd::OwnedFd;
 
-use portbroker_proto::{Failure, Request, Response};
+use portbroker_proto::{Failure, LeaseId, Request, Response};
 
 use crate::peer::Peer;
 use crate::state::{Notice, State};
@@ -37,6 +37,9 @@ pub struct Reply {
     pub notices: Vec<Notice>,
     /// A protocol violation: the connection closes once this answer is sent.
     pub then_close: bool,
+    /// The lease this reply grants, when it grants a new one: it stands only if the journal
+    /// records it (see `Connections::release_answers`).
+    pub new_lease: Option<LeaseId>,
 }
 
 impl Reply {
@@ -46,6 +49,7 @@ impl Reply {
             fds: Vec::new(),
             notices: Vec::new(),
             then_close: false,
+            new_lease: None,
         }
     }
 

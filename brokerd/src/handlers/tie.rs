@@ -84,7 +84,10 @@ mod tests {
         let mut state = state();
         let peer = me(1);
         let (id, _fd) = leased(&mut state, &peer);
-        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
         let pid = child.id() as i32;
         for _ in 0..100 {
             tie(&mut state, &peer, id, pid);
@@ -93,7 +96,11 @@ mod tests {
         assert_eq!(state.watches.len(), 1);
         crate::handlers::release::release(&mut state, &peer, id);
         state.prune_watches();
-        assert_eq!(state.watches.len(), 0, "a watch outlived the lease it was for");
+        assert_eq!(
+            state.watches.len(),
+            0,
+            "a watch outlived the lease it was for"
+        );
         child.kill().unwrap();
         child.wait().unwrap();
     }

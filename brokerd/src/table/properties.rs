@@ -10,7 +10,12 @@ use super::*;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Grant { conn: u64, uid: u32, port: u16, two: bool },
+    Grant {
+        conn: u64,
+        uid: u32,
+        port: u16,
+        two: bool,
+    },
     End(usize),
     Tie(usize, i32),
     HandOver(usize, u64, u32),
@@ -54,7 +59,12 @@ fn apply(table: &mut Table, start: Instant, op: Op) {
         })
     };
     match op {
-        Op::Grant { conn, uid, port, two } => {
+        Op::Grant {
+            conn,
+            uid,
+            port,
+            two,
+        } => {
             let mut sockets = vec![GrantedSocket {
                 transport: Transport::Tcp,
                 addr: SocketAddr::new("127.0.0.1".parse().unwrap(), port),
@@ -169,7 +179,9 @@ fn assert_consistent(table: &Table) {
             offers.insert(token, lease.id);
         }
         for socket in &lease.sockets {
-            let hit = table.conflict(socket.transport, socket.addr).expect("indexed");
+            let hit = table
+                .conflict(socket.transport, socket.addr)
+                .expect("indexed");
             assert_eq!(hit.lease.id, lease.id);
         }
     }

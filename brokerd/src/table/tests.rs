@@ -184,7 +184,11 @@ fn an_offer_stands_until_claimed_replaced_or_ended() {
     table.end(id);
     assert_eq!(table.offer_count(), 0, "ended with its lease");
     table.offer(LeaseId(999), 14);
-    assert_eq!(table.offer_count(), 0, "no offer for a lease that is not there");
+    assert_eq!(
+        table.offer_count(),
+        0,
+        "no offer for a lease that is not there"
+    );
 }
 
 #[test]
@@ -205,9 +209,15 @@ fn a_claim_by_another_user_moves_the_quota_count() {
     let mut table = table();
     let id = grant_on(&mut table, 5, "127.0.0.1:8080");
     table.hand_over(id, 6, holder(300, 2000), 1);
-    assert_eq!((table.leases_of_uid(1000), table.leases_of_uid(2000)), (0, 1));
+    assert_eq!(
+        (table.leases_of_uid(1000), table.leases_of_uid(2000)),
+        (0, 1)
+    );
     table.end(id);
-    assert_eq!((table.leases_of_uid(1000), table.leases_of_uid(2000)), (0, 0));
+    assert_eq!(
+        (table.leases_of_uid(1000), table.leases_of_uid(2000)),
+        (0, 0)
+    );
 }
 
 #[test]
@@ -294,18 +304,20 @@ fn expire_ends_only_leases_whose_current_limit_has_passed() {
 #[test]
 fn a_restored_lease_keeps_its_id_and_later_ids_are_higher() {
     let mut table = table();
-    table.restore(
-        LeaseId(41),
-        NewLease {
-            keeper: Keeper::Process(100),
-            holder: holder(100, 0),
-            start_time: 1,
-            since: 0,
-            sockets: vec![sock(Transport::Tcp, "127.0.0.1:8080")],
-            cookies: vec![1],
-            service: None,
-        },
-    );
+    table
+        .restore(
+            LeaseId(41),
+            NewLease {
+                keeper: Keeper::Process(100),
+                holder: holder(100, 0),
+                start_time: 1,
+                since: 0,
+                sockets: vec![sock(Transport::Tcp, "127.0.0.1:8080")],
+                cookies: vec![1],
+                service: None,
+            },
+        )
+        .unwrap();
     let hit = table
         .conflict(Transport::Tcp, "0.0.0.0:8080".parse().unwrap())
         .unwrap();
@@ -319,4 +331,40 @@ fn a_restored_lease_keeps_its_id_and_later_ids_are_higher() {
     let next = grant_on(&mut table, 1, "127.0.0.1:8081");
     assert_eq!(next, LeaseId(42));
     assert!(table.end(LeaseId(41)).is_some());
+}
+
+#[test]
+fn restoring_refuses_impossible_ids_and_overlaps_without_panicking() {
+    let mut table = table();
+    let lease = |port: u16| NewLease {
+        keeper: Keeper::Process(100),
+        holder: holder(100, 1000),
+        start_time: 1,
+        since: 0,
+        sockets: vec![sock(Transport::Tcp, &format!("127.0.0.1:{port}"))],
+        cookies: vec![1],
+        service: None,
+    };
+    assert!(table.restore(LeaseId(u64::MAX), lease(8080)).is_err());
+    assert!(table.restore(LeaseId(0), lease(8080)).is_err());
+    assert!(table.restore(LeaseId(5), lease(8080)).is_ok());
+    assert!(
+        table.restore(LeaseId(5), lease(8081)).is_err(),
+        "the same id twice"
+    );
+    assert!(
+        table.restore(LeaseId(6), lease(8080)).is_err(),
+        "the same port twice"
+    );
+    let empty = NewLease {
+        sockets: Vec::new(),
+        cookies: Vec::new(),
+        ..lease(0)
+    };
+    assert!(table.restore(LeaseId(7), empty).is_err());
+    assert_eq!(table.lease_count(), 1);
+    // Later grants get fresh ids and find nothing missing.
+    let next = grant_on(&mut table, 1, "127.0.0.1:8082");
+    assert_eq!(next, LeaseId(6));
+    assert!(table.end(next).is_some());
 }
