@@ -368,3 +368,14 @@ fn restoring_refuses_impossible_ids_and_overlaps_without_panicking() {
     assert_eq!(next, LeaseId(6));
     assert!(table.end(next).is_some());
 }
+
+#[test]
+fn a_reattached_lingering_lease_is_live_again_and_lingers_no_more() {
+    let mut table = table();
+    let id = grant_on(&mut table, 5, "127.0.0.1:8080");
+    table.linger(id, None);
+    table.reattach(id, 9);
+    assert_eq!(state(&table, id), LeaseState::Connection);
+    assert_eq!(table.lingering().count(), 0);
+    assert_eq!(table.kept_by_connection(9), [id]);
+}
