@@ -95,7 +95,7 @@ fn bind_all(
             SpecProblem::Refused(refusal) => refusal,
         })?;
     }
-    check_quotas(state, who)?;
+    check_quotas(state, who, specs.len())?;
     let mut bound: Vec<(GrantedSocket, OwnedFd)> = Vec::with_capacity(specs.len());
     for (index, spec) in specs.iter().enumerate() {
         let ip = spec.addr.unwrap_or(state.default_addr);
@@ -167,7 +167,8 @@ fn check_spec(
     Ok(())
 }
 
-fn check_quotas(state: &State, who: &Identity) -> Result<(), Refusal> {
+/// The quotas a new lease of `sockets` sockets must fit in.
+fn check_quotas(state: &State, who: &Identity, sockets: usize) -> Result<(), Refusal> {
     let limits = &state.policy.limits;
     let total = state.table.lease_count() as u64;
     if total >= limits.leases_total {
@@ -186,6 +187,14 @@ fn check_quotas(state: &State, who: &Identity) -> Result<(), Refusal> {
             quota: "leases_per_uid".into(),
             used: mine,
             limit: limits.leases_per_uid,
+        });
+    }
+    let held = state.table.sockets_of_uid(who.uid);
+    if held + sockets as u64 > limits.sockets_per_uid {
+        return Err(Refusal::QuotaExceeded {
+            quota: "sockets_per_uid".into(),
+            used: held,
+            limit: limits.sockets_per_uid,
         });
     }
     Ok(())

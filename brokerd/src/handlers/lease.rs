@@ -31,7 +31,7 @@ pub fn granted_or_refused(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::handlers::fixture::{me, state, stranger};
+    use crate::handlers::fixture::{me, state, state_with, stranger};
     use crate::lease::Keeper;
     use portbroker_proto::{LeaseId, Refusal, Transport};
 
@@ -115,5 +115,52 @@ mod tests {
             empty.response,
             Response::Refused(Refusal::InvalidSpec { .. })
         ));
+    }
+
+    /// Asks for `count` sockets, any pool port on 127.0.0.1 each, as one lease.
+    fn any(count: usize) -> Vec<SocketSpec> {
+        vec!["tcp:127.0.0.1:0".parse().unwrap(); count]
+    }
+
+    fn granted(reply: Reply) -> LeaseId {
+        match reply.response {
+            Response::Granted { id, .. } => id,
+            other => panic!("not granted: {other:?}"),
+        }
+    }
+
+    fn refused_over_quota(reply: Reply) -> (String, u64, u64) {
+        match reply.response {
+            Response::Refused(Refusal::QuotaExceeded { quota, used, limit }) => {
+                (quota, used, limit)
+            }
+            other => panic!("not refused over a quota: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_user_holds_at_most_sockets_per_uid_sockets_however_they_are_packed() {
+        let mut state = state_with(
+            "[limits]\nsockets_per_uid = 4\n\n[[rule]]\nwho = \"everyone\"\nports = [\"pool\"]\n",
+        );
+        let peer = stranger(1, 4242);
+        let first = granted(lease(&mut state, &peer, &any(3)));
+        let quota = ("sockets_per_uid".to_owned(), 3, 4);
+        assert_eq!(refused_over_quota(lease(&mut state, &peer, &any(2))), quota);
+        assert_eq!(state.table.lease_count(), 1, "the refusal leased nothing");
+        granted(lease(&mut state, &peer, &any(1)));
+        let quota = ("sockets_per_uid".to_owned(), 4, 4);
+        assert_eq!(refused_over_quota(lease(&mut state, &peer, &any(1))), quota);
+        // Another user has a count of its own.
+        granted(lease(&mut state, &stranger(2, 4343), &any(4)));
+        // Root is exempt.
+        if nix::unistd::getuid().is_root() {
+            for conn in 3..5 {
+                granted(lease(&mut state, &me(conn), &any(4)));
+            }
+        }
+        // A lease that ends gives its sockets back.
+        state.table.end(first);
+        granted(lease(&mut state, &peer, &any(3)));
     }
 }
