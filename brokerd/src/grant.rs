@@ -30,15 +30,17 @@ pub struct Granted {
 
 /// Grants `specs` as one lease kept by `peer`'s connection, or refuses them. `by_rules`:
 /// whether the policy's rules decide (false for a named service whose own `who` list already
-/// admitted the client); `service`: the named service the lease is for.
+/// admitted the client); `service`: the named service the lease is for. `binds` counts the
+/// binds attempted, granted or refused: the work the asker is charged for.
 pub fn grant(
     state: &mut State,
     peer: &Peer,
     specs: &[SocketSpec],
     by_rules: bool,
     service: Option<&str>,
+    binds: &mut u32,
 ) -> Result<Granted, Refusal> {
-    let bound = match bind_all(state, &peer.identity, specs, by_rules) {
+    let bound = match bind_all(state, &peer.identity, specs, by_rules, binds) {
         Ok(bound) => bound,
         Err(refusal) => {
             info!("refused {}: {refusal}", peer.holder);
@@ -74,6 +76,7 @@ fn bind_all(
     who: &Identity,
     specs: &[SocketSpec],
     by_rules: bool,
+    binds: &mut u32,
 ) -> Result<Vec<(GrantedSocket, OwnedFd)>, Refusal> {
     if specs.is_empty() || specs.len() > MAX_SOCKETS_PER_LEASE {
         return Err(Refusal::InvalidSpec {
@@ -107,7 +110,7 @@ fn bind_all(
             })
         };
         let (addr, fd) = if spec.port == 0 {
-            bind_from_pool(state, spec, ip, |port| taken_here(port).is_some())?
+            bind_from_pool(state, spec, ip, |port| taken_here(port).is_some(), binds)?
         } else {
             if let Some(other) = taken_here(spec.port) {
                 return Err(Refusal::InvalidSpec {
@@ -115,7 +118,7 @@ fn bind_all(
                     reason: format!("{spec} overlaps socket #{} of the same lease", other + 1),
                 });
             }
-            bind_fixed(state, spec, SocketAddr::new(ip, spec.port))?
+            bind_fixed(state, spec, SocketAddr::new(ip, spec.port), binds)?
         };
         let listening = spec.transport == Transport::Tcp && spec.listen != Listen::BindOnly;
         bound.push((
@@ -206,6 +209,7 @@ fn bind_fixed(
     state: &mut State,
     spec: &SocketSpec,
     addr: SocketAddr,
+    binds: &mut u32,
 ) -> Result<(SocketAddr, OwnedFd), Refusal> {
     if let Some(conflict) = state.table.conflict(spec.transport, addr) {
         return Err(Refusal::InUse {
@@ -216,6 +220,7 @@ fn bind_fixed(
             holder: Holder::clone(&conflict.lease.holder),
         });
     }
+    *binds += 1;
     let fd = match state.take_reservation(spec.transport, spec.port) {
         // The held socket itself: the port is never unbound on the way.
         Some(held) if addr.ip() == state.default_addr => {
@@ -238,6 +243,7 @@ fn bind_from_pool(
     spec: &SocketSpec,
     ip: IpAddr,
     taken_by_this_lease: impl Fn(u16) -> bool,
+    binds: &mut u32,
 ) -> Result<(SocketAddr, OwnedFd), Refusal> {
     let mut result = None;
     let mut failure = None;
@@ -248,6 +254,7 @@ fn bind_from_pool(
                 return true;
             }
             let addr = SocketAddr::new(ip, port);
+            *binds += 1;
             match bind_socket(spec.transport, addr, spec.listen) {
                 Ok(fd) => {
                     result = Some((addr, fd));

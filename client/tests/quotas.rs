@@ -6,6 +6,7 @@
 mod support;
 
 use std::io::Write;
+use std::net::TcpListener;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -13,7 +14,7 @@ use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use portbroker_proto::{
-    encode_request, LeaseId, Refusal, Request, Response, SocketSpec, PROTOCOL_VERSION,
+    encode_request, Failure, LeaseId, Refusal, Request, Response, SocketSpec, PROTOCOL_VERSION,
 };
 use support::raw::{hello_frame, read_response, PROMPT};
 use support::{as_user, Daemon, NOBODY, STRANGER};
@@ -155,4 +156,61 @@ fn a_user_cannot_hold_more_sockets_than_sockets_per_uid_however_it_packs_them() 
         other => panic!("release: {other:?}"),
     }
     granted(nobody.lease_any(64), "a lease after a release", &daemon);
+}
+
+/// A port-0 spec may try up to 64 binds when pool ports are held outside the broker. A user
+/// whose requests each make dozens of binds must run out of its request budget after a few of
+/// them, not after `requests_per_sec_per_uid` of them.
+#[test]
+fn binds_count_against_the_request_budget() {
+    const RATE: u64 = 50;
+    let policy = format!(
+        "[socket]\nmode = \"0666\"\n\n[limits]\nrequests_per_sec_per_uid = {RATE}\n\n[[rule]]\nwho = \"everyone\"\nports = [\"pool\"]\naddresses = [\"127.0.0.1\"]\n"
+    );
+    let (lo, hi) = (64000u16, 64063u16);
+    let daemon = Daemon::start_for_all_users(Some(&policy), &["--pool", &format!("{lo}-{hi}")]);
+    assert!(
+        TcpListener::bind(("127.0.0.1", lo)).is_ok(),
+        "the test needs 127.0.0.1:{lo} free"
+    );
+    // Every pool port but the first is held outside the broker (by us, or by whatever already
+    // had it).
+    let held: Vec<TcpListener> = (lo + 1..=hi)
+        .filter_map(|port| TcpListener::bind(("127.0.0.1", port)).ok())
+        .collect();
+    eprintln!("holding {} of the pool's 63 other ports", held.len());
+
+    let mut nobody = UserConnection::open(&daemon, NOBODY);
+    // The first lease gets the one free port at its first bind.
+    granted(nobody.lease_any(1), "the first lease", &daemon);
+    // Every further port-0 lease tries each held port (63 binds) and finds the pool exhausted.
+    // The budget is used up by the binds, not by the requests: a handful of such requests must
+    // exhaust it (where one unit per request allowed about 50).
+    let mut exhausted = 0;
+    let over_budget = loop {
+        match nobody.lease_any(1) {
+            Response::Refused(Refusal::PoolExhausted { .. }) if exhausted < 5 => exhausted += 1,
+            Response::Failed(Failure::NotPermitted { reason }) => break reason,
+            other => panic!(
+                "after {} port-0 requests of about 63 binds each (the budget is {RATE} a \
+                 second), uid {NOBODY} was answered {other:?}, never refused as over its \
+                 budget\n{}",
+                exhausted + 1,
+                daemon.log()
+            ),
+        }
+    };
+    assert!(
+        over_budget.contains("requests_per_sec_per_uid"),
+        "{over_budget}"
+    );
+    eprintln!(
+        "refused after {exhausted} port-0 requests that found the pool exhausted: {over_budget}"
+    );
+    // Root has no budget.
+    let broker = daemon.broker();
+    for _ in 0..20 {
+        broker.status().expect("root has no request budget");
+    }
+    drop(held);
 }

@@ -8,14 +8,18 @@ use crate::peer::Peer;
 use crate::state::State;
 
 pub fn lease(state: &mut State, peer: &Peer, specs: &[SocketSpec]) -> Reply {
-    granted_or_refused(grant(state, peer, specs, true, None))
+    let mut binds = 0;
+    let granted = grant(state, peer, specs, true, None, &mut binds);
+    granted_or_refused(granted, binds)
 }
 
-/// The reply to a grant: `Granted` with the sockets, or `Refused`.
+/// The reply to a grant that attempted `binds` binds: `Granted` with the sockets, or
+/// `Refused`; either way the binds are the work charged to the asker.
 pub fn granted_or_refused(
     granted: Result<crate::grant::Granted, portbroker_proto::Refusal>,
+    binds: u32,
 ) -> Reply {
-    match granted {
+    let reply = match granted {
         Ok(granted) => Reply {
             fds: granted.fds,
             ..Reply::answer(Response::Granted {
@@ -25,6 +29,10 @@ pub fn granted_or_refused(
             })
         },
         Err(refusal) => Reply::answer(Response::Refused(refusal)),
+    };
+    Reply {
+        work: binds,
+        ..reply
     }
 }
 
@@ -34,6 +42,7 @@ mod tests {
     use crate::handlers::fixture::{me, state, state_with, stranger};
     use crate::lease::Keeper;
     use portbroker_proto::{LeaseId, Refusal, Transport};
+    use std::net::TcpListener;
 
     fn specs(text: &[&str]) -> Vec<SocketSpec> {
         text.iter().map(|s| s.parse().unwrap()).collect()
@@ -162,5 +171,48 @@ mod tests {
         // A lease that ends gives its sockets back.
         state.table.end(first);
         granted(lease(&mut state, &peer, &any(3)));
+    }
+
+    #[test]
+    fn a_lease_reports_the_binds_it_attempted_as_its_work() {
+        let mut state = state();
+        let pool = state.table.pool();
+        let peer = stranger(1, 4242);
+        // Five pool ports held outside the broker: a port-0 lease tries them first.
+        let held: Vec<TcpListener> = (pool.lo..pool.lo + 5)
+            .map(|port| TcpListener::bind(("127.0.0.1", port)).expect("a free fixture port"))
+            .collect();
+        let reply = lease(&mut state, &peer, &any(1));
+        assert_eq!(reply.work, 6, "five binds failed, the sixth took the port");
+        let Response::Granted { sockets, .. } = reply.response else {
+            panic!("not granted: {:?}", reply.response);
+        };
+        assert_eq!(sockets[0].addr.port(), pool.lo + 5);
+        // An explicit port is one bind, and a refusal before any bind is none.
+        let fixed = format!("tcp:127.0.0.1:{}", pool.hi);
+        assert_eq!(lease(&mut state, &peer, &specs(&[&fixed])).work, 1);
+        let refused = lease(&mut state, &peer, &specs(&["tcp:127.0.0.1:80"]));
+        assert!(matches!(
+            refused.response,
+            Response::Refused(Refusal::NotPermitted { .. })
+        ));
+        assert_eq!(refused.work, 0);
+        // A pool whose next 64 ports are all held outside: 64 binds, then the refusal.
+        drop(held);
+        let mut state = state_with("[[rule]]\nwho = \"everyone\"\nports = [\"pool\"]\n");
+        let pool = state.table.pool();
+        let _held: Vec<TcpListener> = (pool.lo..pool.lo + 64)
+            .map(|port| TcpListener::bind(("127.0.0.1", port)).expect("a free fixture port"))
+            .collect();
+        let exhausted = lease(&mut state, &peer, &any(1));
+        assert!(
+            matches!(
+                exhausted.response,
+                Response::Refused(Refusal::PoolExhausted { .. })
+            ),
+            "{:?}",
+            exhausted.response
+        );
+        assert_eq!(exhausted.work, 64);
     }
 }

@@ -37,6 +37,10 @@ pub struct Reply {
     pub notices: Vec<Notice>,
     /// A protocol violation: the connection closes once this answer is sent.
     pub then_close: bool,
+    /// The work done, in units of one ordinary request: the binds a lease attempted. The
+    /// asker's request budget and its share of an event-loop turn are charged this much; 0
+    /// (the default) counts as 1.
+    pub work: u32,
 }
 
 impl Reply {
@@ -46,6 +50,7 @@ impl Reply {
             fds: Vec::new(),
             notices: Vec::new(),
             then_close: false,
+            work: 0,
         }
     }
 
