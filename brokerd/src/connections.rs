@@ -33,6 +33,8 @@ const FIRST_CONN_ID: ConnId = 16;
 
 const READ_CHUNK: usize = 16 * 1024;
 /// Frames served from one connection per wakeup, so a pipelining client cannot starve others.
+/// A request counts as the work it did (`Reply::work`): one that made 64 binds uses up the
+/// whole share.
 const FRAMES_PER_WAKEUP: usize = 64;
 /// Accepts per wakeup, for the same reason.
 const ACCEPTS_PER_WAKEUP: usize = 256;
@@ -364,8 +366,7 @@ impl Connections {
                 }
                 match frames.next_payload() {
                     Ok(Some(payload)) => {
-                        self.handle_frame(state, id, payload);
-                        served += 1;
+                        served += self.handle_frame(state, id, payload);
                     }
                     Ok(None) => break,
                     Err(err) => {
@@ -418,11 +419,12 @@ impl Connections {
         }
     }
 
-    /// Decodes one request, checks it may be served here and now, and serves it.
-    fn handle_frame(&mut self, state: &mut State, id: ConnId, payload: &[u8]) {
+    /// Decodes one request, checks it may be served here and now, and serves it; returns the
+    /// work it did, in requests (at least 1).
+    fn handle_frame(&mut self, state: &mut State, id: ConnId, payload: &[u8]) -> usize {
         let connections = self.conns.len();
         let Some(conn) = self.conns.get_mut(&id) else {
-            return;
+            return 1;
         };
         let reply = match decode_request(payload) {
             Err(err) => Reply::closing(match peek_hello_protocol(payload) {
@@ -443,7 +445,8 @@ impl Connections {
                 let now = Instant::now();
                 conn.last_request = now;
                 let rate = state.policy.limits.requests_per_sec_per_uid;
-                match self.budgets.take(conn.peer.identity.uid, rate, now) {
+                let uid = conn.peer.identity.uid;
+                match self.budgets.take(uid, rate, now) {
                     Some(failure) => Reply::failed(failure),
                     None => {
                         let context = Context {
@@ -451,7 +454,12 @@ impl Connections {
                             greeted: conn.greeted,
                             connections,
                         };
-                        dispatch(state, &context, request)
+                        let reply = dispatch(state, &context, request);
+                        // The binds beyond the first are paid for after the fact, from the
+                        // same budget: it may go below zero, refusing what comes next.
+                        self.budgets
+                            .charge(uid, rate, reply.work.saturating_sub(1), now);
+                        reply
                     }
                 }
             }
@@ -459,7 +467,9 @@ impl Connections {
         if matches!(reply.response, Response::Hello { .. }) {
             conn.greeted = true;
         }
+        let work = reply.work.max(1) as usize;
         self.deliver(id, reply);
+        work
     }
 
     /// Takes a reply: its notices for their connections, then its answer (with its sockets)

@@ -28,15 +28,17 @@ pub struct Granted {
 
 /// Grants `specs` as one lease kept by `peer`'s connection, or refuses them. `by_rules`:
 /// whether the policy's rules decide (false for a named service whose own `who` list already
-/// admitted the client); `service`: the named service the lease is for.
+/// admitted the client); `service`: the named service the lease is for. `binds` counts the
+/// binds attempted, granted or refused: the work the asker is charged for.
 pub fn grant(
     state: &mut State,
     peer: &Peer,
     specs: &[SocketSpec],
     by_rules: bool,
     service: Option<&str>,
+    binds: &mut u32,
 ) -> Result<Granted, Refusal> {
-    let bound = bind_all(state, &peer.identity, specs, by_rules).and_then(with_cookies);
+    let bound = bind_all(state, &peer.identity, specs, by_rules, binds).and_then(with_cookies);
     let (sockets, fds, cookies) = match bound {
         Ok(bound) => bound,
         Err(refusal) => {
@@ -87,6 +89,7 @@ fn bind_all(
     who: &Identity,
     specs: &[SocketSpec],
     by_rules: bool,
+    binds: &mut u32,
 ) -> Result<Vec<(GrantedSocket, OwnedFd)>, Refusal> {
     if specs.is_empty() || specs.len() > MAX_SOCKETS_PER_LEASE {
         return Err(Refusal::InvalidSpec {
@@ -108,7 +111,7 @@ fn bind_all(
             SpecProblem::Refused(refusal) => refusal,
         })?;
     }
-    check_quotas(state, who)?;
+    check_quotas(state, who, specs.len())?;
     let mut bound: Vec<(GrantedSocket, OwnedFd)> = Vec::with_capacity(specs.len());
     for (index, spec) in specs.iter().enumerate() {
         let ip = spec.addr.unwrap_or(state.default_addr);
@@ -120,7 +123,7 @@ fn bind_all(
             })
         };
         let (addr, fd) = if spec.port == 0 {
-            bind_from_pool(state, spec, ip, |port| taken_here(port).is_some())?
+            bind_from_pool(state, spec, ip, |port| taken_here(port).is_some(), binds)?
         } else {
             if let Some(other) = taken_here(spec.port) {
                 return Err(Refusal::InvalidSpec {
@@ -128,7 +131,7 @@ fn bind_all(
                     reason: format!("{spec} overlaps socket #{} of the same lease", other + 1),
                 });
             }
-            bind_fixed(state, spec, SocketAddr::new(ip, spec.port))?
+            bind_fixed(state, spec, SocketAddr::new(ip, spec.port), binds)?
         };
         let listening = spec.transport == Transport::Tcp && spec.listen != Listen::BindOnly;
         bound.push((
@@ -180,7 +183,8 @@ fn check_spec(
     Ok(())
 }
 
-fn check_quotas(state: &State, who: &Identity) -> Result<(), Refusal> {
+/// The quotas a new lease of `sockets` sockets must fit in.
+fn check_quotas(state: &State, who: &Identity, sockets: usize) -> Result<(), Refusal> {
     let limits = &state.policy.limits;
     let total = state.table.lease_count() as u64;
     if total >= limits.leases_total {
@@ -201,6 +205,14 @@ fn check_quotas(state: &State, who: &Identity) -> Result<(), Refusal> {
             limit: limits.leases_per_uid,
         });
     }
+    let held = state.table.sockets_of_uid(who.uid);
+    if held + sockets as u64 > limits.sockets_per_uid {
+        return Err(Refusal::QuotaExceeded {
+            quota: "sockets_per_uid".into(),
+            used: held,
+            limit: limits.sockets_per_uid,
+        });
+    }
     Ok(())
 }
 
@@ -210,6 +222,7 @@ fn bind_fixed(
     state: &mut State,
     spec: &SocketSpec,
     addr: SocketAddr,
+    binds: &mut u32,
 ) -> Result<(SocketAddr, OwnedFd), Refusal> {
     if let Some(conflict) = state.table.conflict(spec.transport, addr) {
         return Err(Refusal::InUse {
@@ -220,6 +233,7 @@ fn bind_fixed(
             holder: Holder::clone(&conflict.lease.holder),
         });
     }
+    *binds += 1;
     let fd = match state.take_reservation(spec.transport, spec.port) {
         // The held socket itself: the port is never unbound on the way.
         Some(held) if addr.ip() == state.default_addr => {
@@ -242,6 +256,7 @@ fn bind_from_pool(
     spec: &SocketSpec,
     ip: IpAddr,
     taken_by_this_lease: impl Fn(u16) -> bool,
+    binds: &mut u32,
 ) -> Result<(SocketAddr, OwnedFd), Refusal> {
     let mut result = None;
     let mut failure = None;
@@ -252,6 +267,7 @@ fn bind_from_pool(
                 return true;
             }
             let addr = SocketAddr::new(ip, port);
+            *binds += 1;
             match bind_socket(spec.transport, addr, spec.listen) {
                 Ok(fd) => {
                     result = Some((addr, fd));

@@ -39,6 +39,9 @@ struct FilePool {
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     pub leases_per_uid: u64,
+    /// Live leased sockets of one non-root user: a lease holds up to 64, so the lease quota
+    /// alone would let one user hold 64 times as many ports.
+    pub sockets_per_uid: u64,
     pub connections_per_uid: u64,
     pub leases_total: u64,
     pub hello_timeout_secs: u64,
@@ -50,6 +53,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             leases_per_uid: 1024,
+            sockets_per_uid: 1024,
             connections_per_uid: 256,
             leases_total: 65_536,
             hello_timeout_secs: 10,
@@ -644,5 +648,10 @@ mod tests {
         let policy = Policy::load(&path).unwrap_or_else(|e| panic!("{e}"));
         assert!(policy.rule_count() >= 1);
         assert!(policy.services.contains_key("web"));
+        assert_eq!(
+            policy.limits.sockets_per_uid,
+            Limits::default().sockets_per_uid,
+            "the example shows the default"
+        );
     }
 }

@@ -60,6 +60,8 @@ pub struct Table {
     sockets: usize,
     /// Live leases per holder uid, for the per-user quota.
     per_uid: HashMap<u32, u64>,
+    /// Live leased sockets per holder uid, for `sockets_per_uid` (a lease holds up to 64).
+    sockets_per_uid: HashMap<u32, u64>,
     /// The leases each keeper keeps, kept in step by `set_keeper`.
     by_conn: HashMap<ConnId, Vec<LeaseId>>,
     by_process: HashMap<i32, Vec<LeaseId>>,
@@ -104,6 +106,7 @@ impl Table {
             pool: Pool::new(pool),
             sockets: 0,
             per_uid: HashMap::new(),
+            sockets_per_uid: HashMap::new(),
             by_conn: HashMap::new(),
             by_process: HashMap::new(),
             lingering: BTreeSet::new(),
@@ -130,6 +133,10 @@ impl Table {
 
     pub fn leases_of_uid(&self, uid: u32) -> u64 {
         self.per_uid.get(&uid).copied().unwrap_or(0)
+    }
+
+    pub fn sockets_of_uid(&self, uid: u32) -> u64 {
+        self.sockets_per_uid.get(&uid).copied().unwrap_or(0)
     }
 
     pub fn get(&self, id: LeaseId) -> Option<&Lease> {
@@ -259,7 +266,7 @@ impl Table {
             self.pool.mark(socket.transport, socket.addr.port(), true);
         }
         self.sockets += new.sockets.len();
-        self.count_for_uid(new.holder.uid, true);
+        self.count_for_uid(new.holder.uid, new.sockets.len(), true);
         self.index_keeper(id, new.keeper, true);
         self.leases.insert(
             id,
@@ -297,8 +304,38 @@ impl Table {
             }
         }
         self.sockets -= lease.sockets.len();
-        self.count_for_uid(lease.holder.uid, false);
+        self.count_for_uid(lease.holder.uid, lease.sockets.len(), false);
         Some(lease)
+    }
+
+    /// Counts a lease of `sockets` sockets for `uid`'s quotas, or stops counting it.
+    fn count_for_uid(&mut self, uid: u32, sockets: usize, add: bool) {
+        for (map, amount) in [
+            (&mut self.per_uid, 1),
+            (&mut self.sockets_per_uid, sockets as u64),
+        ] {
+            if add {
+                *map.entry(uid).or_default() += amount;
+            } else if let Some(count) = map.get_mut(&uid) {
+                *count = count.saturating_sub(amount);
+                if *count == 0 {
+                    map.remove(&uid);
+                }
+            }
+        }
+    }
+
+    /// A lease changed holders: it counts for the new holder's uid from now on (an
+    /// administrator may hand a lease to, or tie it to a process of, another user).
+    fn recount_holder(&mut self, id: LeaseId, old_uid: u32) {
+        let Some(lease) = self.leases.get(&id) else {
+            return;
+        };
+        let (new_uid, sockets) = (lease.holder.uid, lease.sockets.len());
+        if new_uid != old_uid {
+            self.count_for_uid(old_uid, sockets, false);
+            self.count_for_uid(new_uid, sockets, true);
+        }
     }
 
     /// Tie: the lease is kept by process `holder.pid` (started at `start_time`) instead of
@@ -306,8 +343,9 @@ impl Table {
     pub fn tie(&mut self, id: LeaseId, holder: Holder, start_time: u64) -> Option<&Lease> {
         let pid = holder.pid;
         let lease = self.leases.get_mut(&id)?;
-        lease.holder = Rc::new(holder);
+        let old_uid = std::mem::replace(&mut lease.holder, Rc::new(holder)).uid;
         lease.start_time = start_time;
+        self.recount_holder(id, old_uid);
         self.set_keeper(id, Keeper::Process(pid));
         self.changed.push(id);
         self.leases.get(&id)
@@ -325,15 +363,12 @@ impl Table {
         let lease = self.leases.get_mut(&id)?;
         let from = std::mem::replace(&mut lease.holder, holder);
         lease.start_time = start_time;
-        let to_uid = lease.holder.uid;
         if let Some(token) = lease.offer.take() {
             self.offers.remove(&token);
         }
+        self.recount_holder(id, from.uid);
         self.set_keeper(id, Keeper::Connection(conn));
         self.changed.push(id);
-        // The quota counts follow the lease to its new user.
-        self.count_for_uid(from.uid, false);
-        self.count_for_uid(to_uid, true);
         Some(from)
     }
 
@@ -439,19 +474,6 @@ impl Table {
             std::mem::take(&mut self.changed),
             std::mem::take(&mut self.ended),
         )
-    }
-
-    /// Counts a lease for (or no longer for) the per-user quota of `uid`.
-    fn count_for_uid(&mut self, uid: u32, add: bool) {
-        let count = self.per_uid.entry(uid).or_default();
-        if add {
-            *count += 1;
-        } else {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                self.per_uid.remove(&uid);
-            }
-        }
     }
 
     fn set_keeper(&mut self, id: LeaseId, keeper: Keeper) {

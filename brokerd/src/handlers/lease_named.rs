@@ -46,7 +46,9 @@ pub fn lease_named(state: &mut State, peer: &Peer, name: &str) -> Reply {
             "kept ports of service {name:?} go back to uid {uid}"
         );
     }
-    granted_or_refused(grant(state, peer, &specs, by_rules, Some(name)))
+    let mut binds = 0;
+    let granted = grant(state, peer, &specs, by_rules, Some(name), &mut binds);
+    granted_or_refused(granted, binds)
 }
 
 #[cfg(test)]
@@ -66,6 +68,7 @@ sticky_secs = 60
     fn a_service_is_granted_to_whom_it_names() {
         let mut state = state_with(POLICY);
         let reply = lease_named(&mut state, &stranger(1, 4242), "web");
+        assert_eq!(reply.work, 1, "one bind");
         let Response::Granted { id, .. } = reply.response else {
             panic!("not granted: {:?}", reply.response);
         };

@@ -40,6 +40,10 @@ pub struct Reply {
     /// The lease this reply grants, when it grants a new one: it stands only if the journal
     /// records it (see `Connections::release_answers`).
     pub new_lease: Option<LeaseId>,
+    /// The work done, in units of one ordinary request: the binds a lease attempted. The
+    /// asker's request budget and its share of an event-loop turn are charged this much; 0
+    /// (the default) counts as 1.
+    pub work: u32,
 }
 
 impl Reply {
@@ -50,6 +54,7 @@ impl Reply {
             notices: Vec::new(),
             then_close: false,
             new_lease: None,
+            work: 0,
         }
     }
 

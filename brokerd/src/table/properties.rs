@@ -155,6 +155,7 @@ fn recount<K: Copy + std::hash::Hash + Eq>(
 /// Every count and index, against a recount of the leases.
 fn assert_consistent(table: &Table) {
     let mut per_uid: HashMap<u32, u64> = HashMap::new();
+    let mut sockets_per_uid: HashMap<u32, u64> = HashMap::new();
     let mut by_conn: HashMap<ConnId, BTreeSet<LeaseId>> = HashMap::new();
     let mut by_process: HashMap<i32, BTreeSet<LeaseId>> = HashMap::new();
     let mut lingering = BTreeSet::new();
@@ -162,6 +163,7 @@ fn assert_consistent(table: &Table) {
     let mut sockets = 0;
     for lease in table.leases() {
         *per_uid.entry(lease.holder.uid).or_default() += 1;
+        *sockets_per_uid.entry(lease.holder.uid).or_default() += lease.sockets.len() as u64;
         sockets += lease.sockets.len();
         match lease.keeper {
             Keeper::Connection(conn) => {
@@ -186,6 +188,10 @@ fn assert_consistent(table: &Table) {
         }
     }
     assert_eq!(table.per_uid, per_uid, "per-uid lease counts");
+    assert_eq!(
+        table.sockets_per_uid, sockets_per_uid,
+        "per-uid socket counts"
+    );
     assert_eq!(table.socket_count(), sockets, "socket count");
     assert_eq!(recount(&table.by_conn), by_conn, "leases by connection");
     assert_eq!(recount(&table.by_process), by_process, "leases by process");

@@ -89,6 +89,7 @@ fn grant_indexes_the_lease_by_port_uid_and_connection() {
         .conflict(Transport::Tcp, "[::1]:8080".parse().unwrap())
         .is_none());
     assert_eq!(table.leases_of_uid(1000), 1);
+    assert_eq!(table.sockets_of_uid(1000), 1);
     assert_eq!(table.kept_by_connection(5), [id]);
     assert_eq!(state(&table, id), LeaseState::Connection);
     assert_eq!(table.take_changes(), (vec![id], vec![]));
@@ -110,6 +111,7 @@ fn end_frees_the_port_and_every_index() {
         .is_none());
     assert_eq!((table.lease_count(), table.socket_count()), (0, 0));
     assert_eq!(table.leases_of_uid(1000), 0);
+    assert_eq!(table.sockets_of_uid(1000), 0);
     assert!(table.kept_by_connection(5).is_empty());
     assert_eq!(table.take_changes(), (vec![], vec![id]));
     assert!(table.end(id).is_none(), "a lease ends once");
@@ -378,4 +380,38 @@ fn a_reattached_lingering_lease_is_live_again_and_lingers_no_more() {
     assert_eq!(state(&table, id), LeaseState::Connection);
     assert_eq!(table.lingering().count(), 0);
     assert_eq!(table.kept_by_connection(9), [id]);
+}
+
+#[test]
+fn the_per_uid_counts_follow_the_lease_to_another_user() {
+    // An administrator may claim another user's lease, or tie it to another user's process:
+    // from then on the lease counts against the new holder's quotas, not the old one's.
+    let mut table = table();
+    let id = table.grant(NewLease {
+        keeper: Keeper::Connection(5),
+        holder: holder(100, 1000),
+        start_time: 7,
+        since: 0,
+        sockets: vec![
+            sock(Transport::Tcp, "127.0.0.1:8080"),
+            sock(Transport::Udp, "127.0.0.1:8080"),
+        ],
+        cookies: vec![1, 2],
+        service: None,
+    });
+    // (leases, sockets) counted for `uid`.
+    let counts = |table: &Table, uid| (table.leases_of_uid(uid), table.sockets_of_uid(uid));
+    assert_eq!(counts(&table, 1000), (1, 2));
+    table.hand_over(id, 6, holder(300, 2000), 1);
+    assert_eq!(
+        (counts(&table, 1000), counts(&table, 2000)),
+        ((0, 0), (1, 2))
+    );
+    table.tie(id, Holder::clone(&holder(400, 3000)), 1);
+    assert_eq!(
+        (counts(&table, 2000), counts(&table, 3000)),
+        ((0, 0), (1, 2))
+    );
+    table.end(id);
+    assert_eq!(counts(&table, 3000), (0, 0));
 }
