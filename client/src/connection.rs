@@ -4,7 +4,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSliceMut};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use nix::errno::Errno;
 use nix::sys::socket::{recvmsg, send, MsgFlags};
@@ -27,6 +27,17 @@ const MAX_READ: usize = 1 << 20;
 pub(crate) enum Ended {
     Revoked,
     Expired,
+}
+
+/// Whether a request that failed reached the broker: what decides if it may be sent again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Delivery {
+    /// Not as a whole: the send failed, or the connection was unusable before it. The broker
+    /// acts only on whole frames, so it did nothing with the request.
+    NotSent,
+    /// Sent whole; the answer did not come (a timeout, a broken connection, a bad frame). The
+    /// broker may have acted on it.
+    Sent,
 }
 
 /// A response with the fds that belong to it (only `Granted` carries any).
@@ -87,19 +98,33 @@ impl Connection {
 
     /// Sends one request and waits for its response.
     pub(crate) fn round_trip(&mut self, request: &Request) -> Result<Reply, Error> {
-        let frame = self.begin(request)?;
+        self.exchange(request).map_err(|failed| failed.0)
+    }
+
+    /// [`Connection::round_trip`], telling on failure whether the request left whole.
+    pub(crate) fn exchange(&mut self, request: &Request) -> Result<Reply, Box<(Error, Delivery)>> {
+        let frame = self
+            .begin(request)
+            .map_err(|e| Box::new((e, Delivery::NotSent)))?;
         if let Err(send_error) = self.send_all(&frame) {
             // A broker that refuses a connection (a limit) answers and hangs up without reading:
             // its answer, already here, says why better than the broken pipe does.
             return match self.next_frame(false) {
                 Ok(Some(reply)) if matches!(reply.response, Response::Failed(_)) => Ok(reply),
-                _ => Err(send_error),
+                _ => Err(Box::new((send_error, Delivery::NotSent))),
             };
         }
-        self.read_unanswered()?;
-        let reply = self.receive()?;
+        let sent = |e| Box::new((e, Delivery::Sent));
+        self.read_unanswered().map_err(sent)?;
+        let reply = self.receive().map_err(sent)?;
         self.out_of_step = false;
         Ok(reply)
+    }
+
+    /// Whether the connection can take another request: false once a request failed half-way
+    /// or the connection broke.
+    pub(crate) fn is_usable(&self) -> bool {
+        !self.out_of_step
     }
 
     /// Encodes a request and marks the connection busy until the request completes; refuses
@@ -205,9 +230,17 @@ impl Connection {
     }
 
     /// Reads, without waiting, what has arrived: notices of revoked leases and the answers to
-    /// releases nobody waited for. Anything else would be an answer to nothing.
+    /// releases nobody waited for. Anything else would be an answer to nothing. An error leaves
+    /// the connection unusable.
     pub(crate) fn poll_notices(&mut self) -> Result<(), Error> {
         self.refuse_if_out_of_step()?;
+        self.out_of_step = true;
+        self.read_notices()?;
+        self.out_of_step = false;
+        Ok(())
+    }
+
+    fn read_notices(&mut self) -> Result<(), Error> {
         while let Some(reply) = self.next_frame(false)? {
             if self.record_notice(&reply.response) {
                 continue;
@@ -217,7 +250,6 @@ impl Connection {
                     self.unanswered -= 1;
                 }
                 other => {
-                    self.out_of_step = true;
                     return Err(Error::protocol(format!(
                         "the broker sent {} unasked",
                         other.name()
@@ -226,6 +258,17 @@ impl Connection {
             }
         }
         Ok(())
+    }
+
+    /// Takes over what `old`, the connection this one replaces, learnt of leases the broker
+    /// ended by itself, reading first (without waiting) whatever of that it still holds.
+    pub(crate) fn inherit_notices(&mut self, mut old: Connection) {
+        // Best effort: a broken connection may still hold notices before its end, or the late
+        // answer of a request that timed out, where reading stops.
+        let _ = old.read_notices();
+        for (id, how) in old.ended {
+            self.ended.entry(id).or_insert(how);
+        }
     }
 
     /// How the broker ended lease `id` by itself, if it did.
@@ -291,7 +334,10 @@ impl Connection {
             }
         };
         let fds = match &response {
-            Response::Granted { fds, .. } => {
+            Response::Granted { id, fds, .. } => {
+                // An id is granted once in a broker's life: a notice about an earlier lease of
+                // this id came from an earlier life of the broker.
+                self.ended.remove(id);
                 let wanted = *fds as usize;
                 if self.fds.len() < wanted {
                     return Err(Error::protocol(format!(
@@ -367,10 +413,6 @@ impl Connection {
             }
             return Ok(Some(msg.bytes));
         }
-    }
-
-    pub(crate) fn path(&self) -> &Path {
-        &self.path
     }
 }
 

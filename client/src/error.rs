@@ -3,7 +3,9 @@
 use std::io;
 use std::path::PathBuf;
 
-use portbroker_proto::{Failure, Holder, PathError, Refusal, SpecError};
+use portbroker_proto::{Failure, Holder, LeaseId, PathError, Refusal, SpecError};
+
+use crate::TRUST_UID_ENV;
 
 /// Anything that can go wrong talking to the broker.
 ///
@@ -23,6 +25,48 @@ pub enum Error {
         path: PathBuf,
         /// Why `connect()` failed.
         source: io::Error,
+    },
+    /// The process answering on the broker's socket runs as a user this library does not
+    /// trust: not root, not the caller's own user, and not the uid that `PORTBROKER_TRUST_UID`
+    /// names. It could be anyone's program posing as the broker, so nothing was sent to it.
+    #[error(
+        "refusing the broker at {}: the process answering there (pid {pid}) runs as uid {uid}, \
+         neither root nor this user (uid {own_uid}), so it may be posing as portbrokerd and \
+         nothing was sent to it{}; if uid {uid} runs a broker you trust, set \
+         {TRUST_UID_ENV}={uid}",
+        path.display(),
+        trust_note(trust_uid.as_deref())
+    )]
+    UntrustedBroker {
+        /// The socket path connected to.
+        path: PathBuf,
+        /// The pid of the process that answered (`SO_PEERCRED`).
+        pid: i32,
+        /// Its uid (`SO_PEERCRED`).
+        uid: u32,
+        /// The caller's effective uid.
+        own_uid: u32,
+        /// The value of `PORTBROKER_TRUST_UID`, if it was set (to another uid, or to
+        /// something that is not a uid).
+        trust_uid: Option<String>,
+    },
+    /// A [`Lease`](crate::Lease) handle's lease is gone: the connection to the broker broke,
+    /// and when the library connected again the broker did not give the lease back to this
+    /// process (it restarted without its journal, or the lease ended meanwhile). The lease's
+    /// id may name another lease by now, so the handle never sends it again: releasing,
+    /// renewing, tying or handing over through it fails with this error, and dropping it sends
+    /// nothing.
+    #[error(
+        "lease {id} is lost: the connection to the broker at {} broke, and the broker did not \
+         give the lease back when this process connected again (it restarted without it, or the \
+         lease ended meanwhile); its port may be someone else's now, so lease again",
+        path.display()
+    )]
+    LeaseLost {
+        /// The broker's socket path.
+        path: PathBuf,
+        /// The lease the handle held.
+        id: LeaseId,
     },
     /// No socket path was given and none could be worked out from the environment.
     #[error(transparent)]
@@ -48,7 +92,10 @@ pub enum Error {
         client: u32,
     },
     /// The connection broke, or the broker did not answer within the timeout. Leases held on
-    /// this connection end when it closes.
+    /// this connection end when it closes. The request may or may not have been carried out;
+    /// only the reads ([`Broker::list`](crate::Broker::list),
+    /// [`Broker::status`](crate::Broker::status)) are asked again on a new connection before
+    /// this is reported.
     #[error("lost the connection to the broker at {}: {source}", path.display())]
     ConnectionLost {
         /// The broker's socket path.
@@ -107,6 +154,11 @@ pub enum ErrorKind {
     NotYourLease,
     /// The connection broke or timed out.
     ConnectionLost,
+    /// The process on the broker's socket is not trusted: not root, not this user, not
+    /// `PORTBROKER_TRUST_UID`.
+    UntrustedBroker,
+    /// A lease handle's lease did not survive a broken connection (see [`Error::LeaseLost`]).
+    LeaseLost,
     /// The two sides disagree about the protocol.
     Protocol,
 }
@@ -140,6 +192,8 @@ impl Error {
             },
             Error::VersionMismatch { .. } => ErrorKind::VersionMismatch,
             Error::ConnectionLost { .. } => ErrorKind::ConnectionLost,
+            Error::UntrustedBroker { .. } => ErrorKind::UntrustedBroker,
+            Error::LeaseLost { .. } => ErrorKind::LeaseLost,
             Error::Protocol { .. } => ErrorKind::Protocol,
         }
     }
@@ -181,10 +235,18 @@ impl Error {
     }
 }
 
+/// What the message of [`Error::UntrustedBroker`] says of `PORTBROKER_TRUST_UID`, if it is set.
+fn trust_note(trust_uid: Option<&str>) -> String {
+    match trust_uid {
+        Some(value) => format!(" ({TRUST_UID_ENV} is {value:?})"),
+        None => String::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use portbroker_proto::{LeaseId, PortRange, Transport};
+    use portbroker_proto::{PortRange, Transport};
 
     fn holder() -> Holder {
         Holder {
@@ -298,6 +360,23 @@ mod tests {
                 ErrorKind::ConnectionLost,
             ),
             (Error::protocol("bad"), ErrorKind::Protocol),
+            (
+                Error::UntrustedBroker {
+                    path: "/x".into(),
+                    pid: 9,
+                    uid: 1001,
+                    own_uid: 1000,
+                    trust_uid: None,
+                },
+                ErrorKind::UntrustedBroker,
+            ),
+            (
+                Error::LeaseLost {
+                    path: "/x".into(),
+                    id: LeaseId(1),
+                },
+                ErrorKind::LeaseLost,
+            ),
         ];
         for (err, kind) in cases {
             assert_eq!(err.kind(), kind, "{err}");
@@ -348,5 +427,52 @@ mod tests {
         let text = unreachable.to_string();
         assert!(text.contains("/run/x.sock"), "{text}");
         assert!(text.contains("is portbrokerd running?"), "{text}");
+    }
+
+    #[test]
+    fn an_untrusted_broker_is_named_with_the_way_to_trust_it() {
+        let err = Error::UntrustedBroker {
+            path: "/run/portbroker/portbroker.sock".into(),
+            pid: 4242,
+            uid: 1001,
+            own_uid: 1000,
+            trust_uid: None,
+        };
+        let text = err.to_string();
+        for part in [
+            "/run/portbroker/portbroker.sock",
+            "pid 4242",
+            "uid 1001",
+            "uid 1000",
+            "set PORTBROKER_TRUST_UID=1001",
+        ] {
+            assert!(text.contains(part), "{part:?} missing: {text}");
+        }
+        assert!(!text.contains(" is \""), "{text}");
+        let err = Error::UntrustedBroker {
+            path: "/run/portbroker/portbroker.sock".into(),
+            pid: 4242,
+            uid: 1001,
+            own_uid: 1000,
+            trust_uid: Some("1002".into()),
+        };
+        assert!(
+            err.to_string()
+                .contains("(PORTBROKER_TRUST_UID is \"1002\")"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_lost_lease_says_which_and_what_to_do() {
+        let text = Error::LeaseLost {
+            path: "/run/x.sock".into(),
+            id: LeaseId(12),
+        }
+        .to_string();
+        assert!(text.starts_with("lease 12 is lost"), "{text}");
+        assert!(text.contains("/run/x.sock"), "{text}");
+        assert!(text.contains("restarted without it"), "{text}");
+        assert!(text.ends_with("lease again"), "{text}");
     }
 }

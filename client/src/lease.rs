@@ -9,7 +9,7 @@ use portbroker_proto::{GrantedSocket, Holder, LeaseId, SocketSpec};
 
 use crate::connection::Ended;
 use crate::error::Error;
-use crate::session::Shared;
+use crate::session::{Handle, Shared};
 use crate::socket::LeasedSocket;
 
 /// A live lease and its sockets.
@@ -17,9 +17,16 @@ use crate::socket::LeasedSocket;
 /// The lease holds the broker connection open, so it outlives the [`Broker`](crate::Broker)
 /// it came from. It ends with [`Lease::release`], or when the `Lease` is dropped (a
 /// best-effort release), or when the process exits.
+///
+/// If the connection breaks (the broker restarted, say), the library connects again and asks
+/// the broker for this process's leases back. A lease the broker does not give back is lost:
+/// every method that would act on it fails with [`ErrorKind::LeaseLost`](crate::ErrorKind),
+/// and dropping the handle sends nothing, because its id may name another lease by then.
 pub struct Lease {
     shared: Arc<Shared>,
     id: LeaseId,
+    /// This handle's claim to the lease in the process's lease book.
+    ticket: crate::book::Ticket,
     granted: Vec<GrantedSocket>,
     sockets: Vec<LeasedSocket>,
     released: bool,
@@ -44,9 +51,12 @@ impl Lease {
         granted: Vec<GrantedSocket>,
         fds: Vec<OwnedFd>,
     ) -> Result<Lease, Error> {
+        // In the book first, so that the half-built lease's drop releases it.
+        let ticket = shared.enter(id);
         let mut lease = Lease {
             shared,
             id,
+            ticket,
             granted,
             sockets: Vec::with_capacity(fds.len()),
             released: false,
@@ -88,8 +98,14 @@ impl Lease {
             .zip(&lease.granted)
             .map(|(fd, granted)| LeasedSocket::from_granted(fd, granted))
             .collect();
-        lease.shared.track(lease.id, true);
         Ok(lease)
+    }
+
+    fn handle(&self) -> Handle {
+        Handle {
+            id: self.id,
+            ticket: self.ticket,
+        }
     }
 
     /// The lease's id, as `portctl list` shows it.
@@ -119,15 +135,16 @@ impl Lease {
     /// Whether an administrator revoked this lease (`portctl revoke`). Its listening sockets
     /// then refuse to accept (`accept()` fails), and the port is no longer the holder's: a
     /// server whose `accept()` fails can ask this to tell a revocation from a fault. Reads what
-    /// the broker sent without waiting for anything.
+    /// the broker sent without waiting for an answer; if the connection broke, connects again
+    /// first, and fails with [`Error::LeaseLost`] if the broker did not give the lease back.
     pub fn is_revoked(&self) -> Result<bool, Error> {
-        Ok(self.shared.ended(self.id)? == Some(Ended::Revoked))
+        Ok(self.shared.ended(self.handle())? == Some(Ended::Revoked))
     }
 
     /// Whether the lease reached its time limit ([`Broker::renew`](crate::Broker::renew)) and
-    /// the broker ended it. Reads what the broker sent without waiting for anything.
+    /// the broker ended it. Reads what the broker sent as [`Lease::is_revoked`] does.
     pub fn is_expired(&self) -> Result<bool, Error> {
-        Ok(self.shared.ended(self.id)? == Some(Ended::Expired))
+        Ok(self.shared.ended(self.handle())? == Some(Ended::Expired))
     }
 
     /// Ties the lease to process `pid` instead of this connection: from now on it lasts exactly
@@ -135,8 +152,13 @@ impl Lease {
     /// hands its sockets to a child it starts; `portctl run` does this. The process must belong
     /// to this user, unless this user is an administrator (root or a member of the policy's
     /// `[admin]` groups). Returns the lease's holder as the broker now lists it.
+    ///
+    /// A tied lease is that process's, not this one's: if this connection breaks, the broker
+    /// does not give it back, and this handle then counts it as lost
+    /// ([`Error::LeaseLost`]) while the lease lives on with its process;
+    /// [`Broker::release`](crate::Broker::release) with its id still ends it.
     pub fn tie_to_process(&self, pid: i32) -> Result<Holder, Error> {
-        self.shared.tie_to_process(self.id, pid)
+        self.shared.tie_to_process(self.handle(), pid)
     }
 
     /// Offers the lease to another process (the next version of a server, say), which takes it
@@ -145,7 +167,7 @@ impl Lease {
     /// holder runs, and should be closed then. If this process exits before the claim, the
     /// lease ends as usual.
     pub fn handover(mut self) -> Result<(u64, Vec<LeasedSocket>), Error> {
-        let token = self.shared.offer_handover(self.id)?;
+        let token = self.shared.offer_handover(self.handle())?;
         self.released = true;
         Ok((token, std::mem::take(&mut self.sockets)))
     }
@@ -161,7 +183,7 @@ impl Lease {
     /// Gives this lease a time limit of `ttl` from now, or extends it; see
     /// [`Broker::renew`](crate::Broker::renew).
     pub fn renew(&self, ttl: std::time::Duration) -> Result<Option<std::time::SystemTime>, Error> {
-        self.shared.renew(self.id, ttl)
+        self.shared.renew(Some(self.handle()), self.id, ttl)
     }
 
     /// The first listening TCP socket.
@@ -188,7 +210,8 @@ impl Lease {
     }
 
     /// Closes the sockets the `Lease` still holds, then ends the lease and waits for the broker
-    /// to confirm. Sockets taken with [`Lease::take_sockets`] are not closed.
+    /// to confirm. Sockets taken with [`Lease::take_sockets`] are not closed. A lost lease
+    /// ([`Error::LeaseLost`]) is not released: its id may name another lease by now.
     ///
     /// Dropping a `Lease` ends it too, without waiting: the release is sent at once and its
     /// answer read with the next request on the same connection, which the broker serves after
@@ -198,7 +221,9 @@ impl Lease {
         self.released = true;
         // Close first, so that the address is really free once the broker says it is.
         self.sockets.clear();
-        self.shared.release(self.id)
+        let result = self.shared.release(Some(self.handle()), self.id);
+        self.shared.leave(self.handle());
+        result
     }
 }
 
@@ -244,13 +269,14 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        self.shared.track(self.id, false);
-        if !self.released {
+        if self.released {
+            self.shared.leave(self.handle());
+        } else {
             // Close first, as in `release`. Then tell the broker without waiting for its
             // answer: a drop has nobody to report to, and the next request reads the answer.
-            // If the connection is gone, the broker has ended the lease already.
+            // If the connection is gone, the broker ends the lease as it closes.
             self.sockets.clear();
-            let _ = self.shared.release_unanswered(self.id);
+            self.shared.release_unanswered(self.handle());
         }
     }
 }

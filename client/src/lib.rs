@@ -40,11 +40,37 @@
 //! # }
 //! ```
 //!
-//! The library never changes the process environment; [`Broker::connect`] only reads
-//! `PORTBROKER_SOCKET` (see [`portbroker_proto::default_socket_path`]).
+//! # Which broker it talks to
+//!
+//! [`Broker::connect`] connects to `$PORTBROKER_SOCKET`, else to the system or per-user path
+//! (see [`portbroker_proto::default_socket_path`]). Whatever the path, the library talks only
+//! to a broker that runs as root or as the caller's own user (a broker of the user's own): it
+//! asks the kernel who answers on the socket (`SO_PEERCRED`) before it sends anything, on
+//! every connection, so that nobody who can replace the socket file can pose as the broker.
+//! Another user's broker is refused with [`ErrorKind::UntrustedBroker`], unless
+//! `PORTBROKER_TRUST_UID` ([`TRUST_UID_ENV`]) names that user's uid:
+//!
+//! ```sh
+//! PORTBROKER_TRUST_UID=1001 PORTBROKER_SOCKET=/srv/ci/portbroker.sock my-server   # uid 1001's broker
+//! ```
+//!
+//! The library reads these two variables and never changes the process environment.
+//!
+//! # When the connection breaks
+//!
+//! The library connects again by itself (a restarted broker, an idle timeout), with the same
+//! timeout ([`Broker::set_timeout`]), and asks the broker for this process's leases back.
+//! A lease the broker gives back goes on as before; one it does not (it restarted without its
+//! journal, or the lease ended meanwhile) is lost, and its [`Lease`] handle fails with
+//! [`ErrorKind::LeaseLost`] instead of acting on an id that may name another lease by then.
+//! A request that was sent but not answered is not sent again (it may have been carried out,
+//! and a lease would be granted twice), except the reads [`Broker::list`] and
+//! [`Broker::status`]: it fails with [`ErrorKind::ConnectionLost`], and the next request
+//! connects again.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+mod book;
 mod connection;
 mod error;
 mod lease;
@@ -52,6 +78,7 @@ mod lease;
 mod received_fds;
 mod session;
 mod socket;
+mod trust;
 
 /// The README's examples, compiled as doctests so that they cannot rot.
 #[doc = include_str!("../../README.md")]
@@ -73,6 +100,7 @@ pub use portbroker_proto::{
 pub use error::{Error, ErrorKind};
 pub use lease::Lease;
 pub use socket::LeasedSocket;
+pub use trust::TRUST_UID_ENV;
 
 use lease::Asked;
 use portbroker_proto::{Request, Response};
@@ -126,7 +154,9 @@ impl Broker {
 
     /// Connects to the broker listening at `path` and exchanges `Hello`.
     ///
-    /// Fails with [`Error::Unreachable`] when nothing accepts there, and with
+    /// Fails with [`Error::Unreachable`] when nothing accepts there, with
+    /// [`Error::UntrustedBroker`] when the process that does runs as another user than root
+    /// or this one (and `PORTBROKER_TRUST_UID` does not name it), and with
     /// [`Error::VersionMismatch`] when the broker speaks another protocol version.
     pub fn connect_to(path: impl AsRef<Path>) -> Result<Broker, Error> {
         let shared = Shared::connect(path.as_ref().to_path_buf())?;
@@ -146,9 +176,10 @@ impl Broker {
     }
 
     /// Sets how long a request may wait to be sent or answered (30 s by default); `None` waits
-    /// forever. A request that times out fails with [`Error::ConnectionLost`] and leaves the
-    /// connection unusable, because its answer may still arrive. `Some(Duration::ZERO)` is
-    /// refused by the OS.
+    /// forever. It holds for every connection of this `Broker`, those made again after a break
+    /// included. A request that times out fails with [`Error::ConnectionLost`] and leaves the
+    /// connection unusable, because its answer may still arrive: the next request connects
+    /// again. `Some(Duration::ZERO)` is refused by the OS.
     pub fn set_timeout(&self, timeout: Option<Duration>) -> Result<(), Error> {
         self.shared.set_timeout(timeout)
     }
@@ -235,7 +266,7 @@ impl Broker {
     /// allows it to the lease holder's user and to administrators (root and the members of the
     /// policy's `[admin]` groups).
     pub fn release(&self, id: LeaseId) -> Result<(), Error> {
-        self.shared.release(id)
+        self.shared.release(None, id)
     }
 
     /// Every live lease, ordered by id.
@@ -282,7 +313,7 @@ impl Broker {
     /// limit. Returns when the lease now expires. Allowed to the holder's user and to
     /// administrators.
     pub fn renew(&self, id: LeaseId, ttl: Duration) -> Result<Option<SystemTime>, Error> {
-        self.shared.renew(id, ttl)
+        self.shared.renew(None, id, ttl)
     }
 
     /// [`Broker::lease`] with a time limit of `ttl` from the grant (see [`Broker::renew`]).

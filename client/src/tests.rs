@@ -1,16 +1,18 @@
 //! Tests of the whole client against a scripted broker on a real Unix socket.
 
 use std::io::{IoSlice, Read};
-use std::net::{TcpListener, UdpSocket};
+use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use portbroker_proto::{
-    decode_request, encode_response, Failure, FrameSplitter, GrantedSocket, LeaseId, Refusal,
-    Request, Response, Transport, MAX_REQUEST_FRAME, PROTOCOL_VERSION,
+    decode_request, encode_response, Failure, FrameSplitter, GrantedSocket, LeaseId, PortRange,
+    Refusal, Request, Response, StatusInfo, Transport, MAX_REQUEST_FRAME, PROTOCOL_VERSION,
 };
 
 use crate::{Broker, Error, ErrorKind, Lease, LeasedSocket};
@@ -456,5 +458,314 @@ fn nothing_listening_is_unreachable() {
     assert!(err.is_unreachable());
     assert!(
         matches!(&err, Error::Unreachable { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+    );
+}
+
+/// What a [`ScriptedBroker`] does with a request.
+enum Act {
+    Answer(Response, Vec<OwnedFd>),
+    /// Answers, then closes the connection.
+    AnswerThenHangUp(Response, Vec<OwnedFd>),
+    /// Closes the connection without answering.
+    HangUp,
+    /// Never answers (the client times out), and goes on reading.
+    Ignore,
+}
+
+/// An answer without fds.
+fn answer(response: Response) -> Act {
+    Act::Answer(response, Vec::new())
+}
+
+type Script = Box<dyn FnMut(usize, &Request) -> Act + Send>;
+
+/// A broker that serves `connections` connections at once, each on a thread of its own, and
+/// does with each request (Hello included) what `script` says, given the connection's index.
+struct ScriptedBroker {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    thread: JoinHandle<Vec<Vec<Request>>>,
+    /// The index of each connection the broker closed, as it closes it.
+    hang_ups: mpsc::Receiver<usize>,
+}
+
+impl ScriptedBroker {
+    fn start(connections: usize, script: Script) -> ScriptedBroker {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("broker.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let script = Arc::new(Mutex::new(script));
+        let (hung_up, hang_ups) = mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let served: Vec<_> = (0..connections)
+                .map(|index| {
+                    let (mut stream, _) = listener.accept().unwrap();
+                    let (script, hung_up) = (Arc::clone(&script), hung_up.clone());
+                    std::thread::spawn(move || {
+                        let mut seen = Vec::new();
+                        while let Some(request) = read_request(&mut stream) {
+                            let act = (script.lock().unwrap())(index, &request);
+                            seen.push(request);
+                            match act {
+                                Act::Answer(response, fds) => {
+                                    send_response(&stream, &response, &fds);
+                                }
+                                Act::AnswerThenHangUp(response, fds) => {
+                                    send_response(&stream, &response, &fds);
+                                    break;
+                                }
+                                Act::HangUp => break,
+                                Act::Ignore => {}
+                            }
+                        }
+                        drop(stream);
+                        let _ = hung_up.send(index);
+                        seen
+                    })
+                })
+                .collect();
+            served
+                .into_iter()
+                .map(|thread| thread.join().expect("a scripted connection panicked"))
+                .collect()
+        });
+        ScriptedBroker {
+            _dir: dir,
+            path,
+            thread,
+            hang_ups,
+        }
+    }
+
+    /// Waits until the broker has closed connection `index`.
+    fn wait_hang_up(&self, index: usize) {
+        loop {
+            let closed = self
+                .hang_ups
+                .recv_timeout(Duration::from_secs(10))
+                .expect("the scripted broker did not close the connection within 10 s");
+            if closed == index {
+                return;
+            }
+        }
+    }
+
+    /// Waits for the clients to hang up and returns the requests of each connection.
+    fn requests(self) -> Vec<Vec<Request>> {
+        self.thread.join().expect("the scripted broker panicked")
+    }
+}
+
+fn status() -> Response {
+    Response::Status(StatusInfo {
+        daemon_version: "9.9.9".into(),
+        protocol: PROTOCOL_VERSION,
+        uptime_secs: 1,
+        leases: 0,
+        sockets: 0,
+        connections: 1,
+        pool: PortRange { lo: 1, hi: 2 },
+        default_addr: Ipv4Addr::UNSPECIFIED.into(),
+    })
+}
+
+/// Whether a request names lease `id`.
+fn names_lease(request: &Request, id: LeaseId) -> bool {
+    match request {
+        Request::Release { id: named }
+        | Request::Revoke { id: named }
+        | Request::TieToProcess { id: named, .. }
+        | Request::Handover { id: named }
+        | Request::Renew { id: named, .. } => *named == id,
+        Request::Reattach { ids } => ids.contains(&id),
+        _ => false,
+    }
+}
+
+/// Leases 1 and 2 on the first connection, which then breaks; on the second, the broker gives
+/// back lease 2 only. Lease 1's handle says its lease is lost and never names its id on the
+/// new connection, where it could be another holder's lease 1.
+#[test]
+fn after_a_reconnect_only_the_leases_given_back_stay_live() {
+    let fake = ScriptedBroker::start(
+        2,
+        Box::new(|conn, request| match (conn, request) {
+            (_, Request::Hello { .. }) => answer(hello(PROTOCOL_VERSION)),
+            (0, Request::Lease { .. }) => {
+                let (response, fds) = grant(1, [Transport::Tcp]);
+                Act::Answer(response, fds)
+            }
+            (0, Request::LeaseNamed { .. }) => {
+                let (response, fds) = grant(2, [Transport::Udp]);
+                Act::AnswerThenHangUp(response, fds)
+            }
+            (1, Request::Reattach { .. }) => answer(Response::Reattached {
+                ids: vec![LeaseId(2)],
+            }),
+            // As a broker answers for a lease 1 that is now someone else's.
+            (1, Request::Renew { id, .. }) => answer(Response::Renewed {
+                id: *id,
+                expires_unix_ms: Some(1),
+            }),
+            (1, Request::Release { id }) => answer(Response::Released { id: *id }),
+            (1, Request::Status) => answer(status()),
+            other => panic!("unexpected {other:?}"),
+        }),
+    );
+    let broker = Broker::connect_to(&fake.path).unwrap();
+    let lost = broker.lease_str(&["tcp:127.0.0.1:0"]).unwrap();
+    let kept = broker.lease_named("dns").unwrap();
+    fake.wait_hang_up(0);
+
+    // The first request after the break reconnects; lease 1 is not given back.
+    let err = lost
+        .renew(Duration::from_secs(60))
+        .expect_err("the handle of a lease not given back renewed it");
+    assert_eq!(err.kind(), ErrorKind::LeaseLost, "{err}");
+    let text = err.to_string();
+    assert!(text.contains("lease 1"), "{text}");
+    assert!(text.contains(&fake.path.display().to_string()), "{text}");
+    assert!(lost.tie_to_process(1).is_err());
+    assert_eq!(lost.is_revoked().unwrap_err().kind(), ErrorKind::LeaseLost);
+    // Lease 2 is live on the new connection.
+    assert!(kept.renew(Duration::from_secs(60)).is_ok());
+    assert!(!kept.is_revoked().unwrap());
+    let err = lost.release().expect_err("released a lease not given back");
+    assert_eq!(err.kind(), ErrorKind::LeaseLost, "{err}");
+    kept.release().unwrap();
+    broker.status().unwrap();
+    drop(broker);
+
+    let requests = fake.requests();
+    assert!(
+        matches!(&requests[1][1], Request::Reattach { ids } if ids.len() == 2),
+        "{:?}",
+        requests[1]
+    );
+    let named: Vec<&Request> = requests[1][2..]
+        .iter()
+        .filter(|request| names_lease(request, LeaseId(1)))
+        .collect();
+    assert!(
+        named.is_empty(),
+        "lease 1 was named on the new connection: {named:?}"
+    );
+    assert_eq!(
+        requests[1][2..],
+        [
+            Request::Renew {
+                id: LeaseId(2),
+                ttl_ms: 60_000
+            },
+            Request::Release { id: LeaseId(2) },
+            Request::Status,
+        ]
+    );
+}
+
+/// A lease request whose answer did not come in time may have been granted: it is not sent
+/// again on a new connection (which would lease twice), the caller gets the error.
+#[test]
+fn a_timed_out_lease_request_is_not_sent_again() {
+    let fake = ScriptedBroker::start(
+        2,
+        Box::new(|conn, request| match (conn, request) {
+            (_, Request::Hello { .. }) => answer(hello(PROTOCOL_VERSION)),
+            (0, Request::Lease { .. }) => Act::Ignore,
+            (1, Request::Lease { .. }) => {
+                let (response, fds) = grant(7, [Transport::Tcp]);
+                Act::Answer(response, fds)
+            }
+            (1, Request::Status) => answer(status()),
+            other => panic!("unexpected {other:?}"),
+        }),
+    );
+    let broker = Broker::connect_to(&fake.path).unwrap();
+    broker
+        .set_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let err = broker
+        .lease_str(&["tcp:127.0.0.1:0"])
+        .expect_err("the lease request was sent again and granted");
+    assert_eq!(err.kind(), ErrorKind::ConnectionLost, "{err}");
+    // The next request connects again and goes through.
+    broker.status().unwrap();
+    drop(broker);
+    let requests = fake.requests();
+    assert_eq!(requests[0].len(), 2, "{:?}", requests[0]);
+    assert!(
+        matches!(requests[1][..], [Request::Hello { .. }, Request::Status]),
+        "{:?}",
+        requests[1]
+    );
+}
+
+/// `set_timeout` holds for the connection made after a break, too.
+#[test]
+fn the_timeout_survives_a_reconnect() {
+    let fake = ScriptedBroker::start(
+        2,
+        Box::new(|conn, request| match (conn, request) {
+            (_, Request::Hello { .. }) => answer(hello(PROTOCOL_VERSION)),
+            (0, Request::Status) => Act::HangUp,
+            (1, Request::Status) => Act::Ignore,
+            other => panic!("unexpected {other:?}"),
+        }),
+    );
+    let broker = Broker::connect_to(&fake.path).unwrap();
+    broker
+        .set_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let started = Instant::now();
+    // The first connection breaks, Status is asked again on a second, which never answers.
+    let err = broker.status().unwrap_err();
+    let waited = started.elapsed();
+    assert!(
+        matches!(&err, Error::ConnectionLost { source, .. } if source.kind() == std::io::ErrorKind::TimedOut),
+        "{err}"
+    );
+    assert!(
+        waited < Duration::from_secs(10),
+        "waited {waited:?}: the new connection forgot the 200 ms timeout"
+    );
+    drop(broker);
+    assert_eq!(fake.requests().len(), 2);
+}
+
+/// A read is asked again on a new connection when the old one broke under it; a request that
+/// never left (the broker had gone before it was sent) is sent on the new connection.
+#[test]
+fn reads_and_unsent_requests_go_through_a_reconnect() {
+    let fake = ScriptedBroker::start(
+        3,
+        Box::new(|conn, request| match (conn, request) {
+            (0, Request::Hello { .. }) => answer(hello(PROTOCOL_VERSION)),
+            (0, Request::List) => Act::HangUp,
+            (1, Request::Hello { .. }) => answer(hello(PROTOCOL_VERSION)),
+            (1, Request::List) => Act::AnswerThenHangUp(Response::Leases(Vec::new()), Vec::new()),
+            (2, Request::Hello { .. }) => answer(hello(PROTOCOL_VERSION)),
+            (2, Request::Lease { .. }) => {
+                let (response, fds) = grant(1, [Transport::Tcp]);
+                Act::Answer(response, fds)
+            }
+            (2, Request::Release { id }) => answer(Response::Released { id: *id }),
+            other => panic!("unexpected {other:?}"),
+        }),
+    );
+    let broker = Broker::connect_to(&fake.path).unwrap();
+    assert!(broker.list().unwrap().is_empty());
+    fake.wait_hang_up(1);
+    let lease = broker.lease_str(&["tcp:127.0.0.1:0"]).unwrap();
+    lease.release().unwrap();
+    drop(broker);
+    let requests = fake.requests();
+    assert_eq!(requests[1].len(), 2, "{:?}", requests[1]);
+    assert!(
+        matches!(
+            requests[2][1..],
+            [Request::Lease { .. }, Request::Release { .. }]
+        ),
+        "{:?}",
+        requests[2]
     );
 }

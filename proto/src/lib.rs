@@ -190,13 +190,86 @@ pub struct Holder {
     pub name: String,
 }
 
+/// Shows the name [`escaped`]: a process chooses its own name (`prctl(PR_SET_NAME)`), control
+/// characters included, and this text reaches other users' terminals and the broker's log.
+///
+/// ```
+/// use portbroker_proto::Holder;
+///
+/// let holder = Holder { pid: 4242, uid: 1000, gid: 1000, name: "evil\x1b[2J\n".into() };
+/// assert_eq!(holder.to_string(), r"pid 4242 (evil\x1b[2J\n, uid 1000)");
+/// ```
 impl fmt::Display for Holder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.name.is_empty() {
             write!(f, "pid {} (uid {})", self.pid, self.uid)
         } else {
-            write!(f, "pid {} ({}, uid {})", self.pid, self.name, self.uid)
+            write!(
+                f,
+                "pid {} ({}, uid {})",
+                self.pid,
+                escaped(&self.name),
+                self.uid
+            )
         }
+    }
+}
+
+/// `text` for a terminal or a log line, with every character that is not printable escaped:
+/// `\n`, `\r` and `\t`; other ASCII controls (ESC, DEL, ...) as `\x1b`; other characters that
+/// do not print on their own (C1 controls, bidirectional overrides and other format characters,
+/// combining marks, unassigned code points) as `\u{202e}`; and `\` itself as `\\`, so that the escaped text reads back
+/// unambiguously. Printable text, non-ASCII letters included, passes unchanged.
+///
+/// For text that another user controls, such as a process name, before it is printed: it
+/// cannot move the cursor, change colours, rewrite the screen or start a line of its own.
+///
+/// ```
+/// use portbroker_proto::escaped;
+///
+/// assert_eq!(escaped("nginx").to_string(), "nginx");
+/// assert_eq!(escaped("r\u{e9}seau").to_string(), "r\u{e9}seau");
+/// assert_eq!(escaped("evil\x1b[31m\n").to_string(), r"evil\x1b[31m\n");
+/// assert_eq!(escaped("a\\b\u{202e}").to_string(), r"a\\b\u{202e}");
+/// ```
+pub fn escaped(text: &str) -> impl fmt::Display + '_ {
+    Escaped(text)
+}
+
+struct Escaped<'a>(&'a str);
+
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use fmt::Write as _;
+        let text = self.0;
+        let mut plain = 0;
+        for (at, c) in text.char_indices() {
+            let escape_ascii = match c {
+                '\\' => Some("\\\\"),
+                '\n' => Some("\\n"),
+                '\r' => Some("\\r"),
+                '\t' => Some("\\t"),
+                _ => None,
+            };
+            let printable = escape_ascii.is_none()
+                && !c.is_ascii_control()
+                && (c.is_ascii() || c.escape_debug().next() != Some('\\'));
+            if printable {
+                continue;
+            }
+            f.write_str(&text[plain..at])?;
+            plain = at + c.len_utf8();
+            match escape_ascii {
+                Some(escape) => f.write_str(escape)?,
+                None if c.is_ascii() => write!(f, "\\x{:02x}", c as u32)?,
+                None => {
+                    for e in c.escape_unicode() {
+                        f.write_char(e)?;
+                    }
+                }
+            }
+        }
+        f.write_str(&text[plain..])
     }
 }
 
@@ -727,5 +800,82 @@ impl Response {
             Response::Renewed { .. } => "Renewed",
             Response::Reloaded { .. } => "Reloaded",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaped_leaves_printable_text_alone() {
+        for text in [
+            "",
+            "nginx",
+            "python3",
+            "a b-c_d.e",
+            "r\u{e9}seau",
+            "\u{65e5}\u{672c}",
+            "\"'{}",
+        ] {
+            assert_eq!(escaped(text).to_string(), text);
+        }
+    }
+
+    #[test]
+    fn escaped_escapes_every_control_character() {
+        let cases = [
+            ("ev\x1b[31m\nil", r"ev\x1b[31m\nil"),
+            ("\r\t\0\x07\x7f", r"\r\t\x00\x07\x7f"),
+            // C1 controls: U+009B is a one-character CSI on some terminals.
+            ("\u{9b}2J\u{85}", r"\u{9b}2J\u{85}"),
+            // Bidirectional override, zero-width space, byte order mark, line separator.
+            (
+                "abc\u{202e}fed\u{200b}\u{feff}\u{2028}",
+                r"abc\u{202e}fed\u{200b}\u{feff}\u{2028}",
+            ),
+            // A backslash is escaped, so that escaped text never passes for an escape.
+            (r"\x1b", r"\\x1b"),
+        ];
+        for (text, shown) in cases {
+            assert_eq!(escaped(text).to_string(), shown, "{text:?}");
+        }
+        // Whatever the input, the output holds no control and no non-printable character.
+        let all: String = (0..0x3000u32).filter_map(char::from_u32).collect();
+        let shown = escaped(&all).to_string();
+        let prints = |c: char| match c.is_ascii() {
+            true => !c.is_ascii_control(),
+            false => c.escape_debug().next() == Some(c),
+        };
+        assert!(shown.chars().all(prints), "{shown}");
+        assert!(shown.contains(r"\x1b") && shown.contains(r"\u{200f}"));
+    }
+
+    #[test]
+    fn a_holder_shows_its_name_escaped() {
+        let holder = Holder {
+            pid: 7,
+            uid: 1000,
+            gid: 1000,
+            name: "ev\x1b[31m\nil".into(),
+        };
+        assert_eq!(holder.to_string(), r"pid 7 (ev\x1b[31m\nil, uid 1000)");
+        let refusal = Refusal::InUse {
+            transport: Transport::Tcp,
+            requested: "127.0.0.1:80".parse().unwrap(),
+            held: "0.0.0.0:80".parse().unwrap(),
+            lease: LeaseId(3),
+            holder: holder.clone(),
+        };
+        let text = refusal.to_string();
+        assert!(
+            text.ends_with(r"held by pid 7 (ev\x1b[31m\nil, uid 1000)"),
+            "{text}"
+        );
+        let nameless = Holder {
+            name: String::new(),
+            ..holder
+        };
+        assert_eq!(nameless.to_string(), "pid 7 (uid 1000)");
     }
 }

@@ -41,7 +41,8 @@ pub const OS_ERROR: u8 = 71;
 pub const TEMPORARY: u8 = 75;
 /// The broker and this client disagree about the protocol.
 pub const PROTOCOL: u8 = 76;
-/// The broker's policy forbids it, or it needs an administrator.
+/// The broker's policy forbids it, or it needs an administrator; or the process on the
+/// broker's socket is not trusted (not root, not this user, not `PORTBROKER_TRUST_UID`).
 pub const NOT_PERMITTED: u8 = 77;
 /// Configuration: the policy has no such service, or its file does not load (`EX_CONFIG`).
 pub const CONFIG: u8 = 78;
@@ -75,13 +76,15 @@ fn code_for_kind(kind: ErrorKind) -> u8 {
         | ErrorKind::PoolExhausted
         | ErrorKind::QuotaExceeded
         | ErrorKind::JournalUnavailable => TEMPORARY,
-        ErrorKind::NotPermitted | ErrorKind::NotYourLease => NOT_PERMITTED,
+        ErrorKind::NotPermitted | ErrorKind::NotYourLease | ErrorKind::UntrustedBroker => {
+            NOT_PERMITTED
+        }
         ErrorKind::Unreachable => UNAVAILABLE,
         ErrorKind::InvalidSpec => USAGE,
         ErrorKind::Protocol | ErrorKind::VersionMismatch => PROTOCOL,
         ErrorKind::UnknownLease => UNKNOWN_LEASE,
         ErrorKind::UnknownService | ErrorKind::ReloadFailed => CONFIG,
-        ErrorKind::BindFailed | ErrorKind::ConnectionLost => OS_ERROR,
+        ErrorKind::BindFailed | ErrorKind::ConnectionLost | ErrorKind::LeaseLost => OS_ERROR,
         _ => OS_ERROR,
     }
 }
@@ -120,6 +123,15 @@ mod tests {
         assert_eq!(code_for_kind(ErrorKind::PoolExhausted), TEMPORARY);
         assert_eq!(code_for_kind(ErrorKind::VersionMismatch), PROTOCOL);
         assert_eq!(code_for_kind(ErrorKind::BindFailed), OS_ERROR);
+        assert_eq!(code_for_kind(ErrorKind::LeaseLost), OS_ERROR);
+        let untrusted = portbroker::Error::UntrustedBroker {
+            path: "/x".into(),
+            pid: 9,
+            uid: 1001,
+            own_uid: 1000,
+            trust_uid: None,
+        };
+        assert_eq!(code_for(&untrusted.into()), NOT_PERMITTED);
         assert_eq!(code_for(&anyhow::anyhow!("fork failed")), OS_ERROR);
         assert_eq!(code_for(&UsageError("bad".into()).into()), USAGE);
     }

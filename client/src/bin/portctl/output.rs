@@ -6,6 +6,7 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
+use portbroker::proto::escaped;
 use portbroker::{LeaseInfo, LeaseState, StatusInfo};
 use serde::Serialize;
 
@@ -72,7 +73,8 @@ fn table(rows: &[Vec<String>]) -> String {
 }
 
 /// One row per socket of each lease, under a header that is there even with no lease. `now` is
-/// in seconds since the Unix epoch.
+/// in seconds since the Unix epoch. Process names are [`escaped`]: one row stays one line, and
+/// no holder writes escape sequences to the reader's terminal.
 pub fn leases_table(leases: &[LeaseInfo], now: u64) -> String {
     let header = [
         "ID", "PROTO", "ADDRESS", "PID", "UID", "NAME", "SINCE", "STATE",
@@ -87,7 +89,8 @@ pub fn leases_table(leases: &[LeaseInfo], now: u64) -> String {
                 socket.addr.to_string(),
                 lease.holder.pid.to_string(),
                 lease.holder.uid.to_string(),
-                lease.holder.name.clone(),
+                // The holder names itself: it must not write to the reader's terminal.
+                escaped(&lease.holder.name).to_string(),
                 format_age(now.saturating_sub(lease.since)),
                 state.clone(),
             ]);
@@ -161,7 +164,10 @@ pub fn leases_json(leases: &[LeaseInfo]) -> Result<String> {
 pub fn status_text(status: &StatusInfo, socket: &Path) -> String {
     let rows = [
         ("socket", socket.display().to_string()),
-        ("daemon version", status.daemon_version.clone()),
+        (
+            "daemon version",
+            escaped(&status.daemon_version).to_string(),
+        ),
         ("protocol", status.protocol.to_string()),
         ("uptime", format_age(status.uptime_secs)),
         ("leases", status.leases.to_string()),
@@ -274,6 +280,22 @@ mod tests {
         assert!(lines[2].contains("[::]:8080"));
         // Columns line up.
         assert_eq!(lines[0].find("NAME"), lines[1].find("python3"));
+    }
+
+    #[test]
+    fn names_are_escaped_in_the_table_and_exact_in_json() {
+        let mut hostile = lease();
+        hostile.holder.name = "ev\x1b[31m\nil".into();
+        let text = leases_table(&[hostile.clone()], 1_764_130_192);
+        assert!(!text.contains('\x1b'), "{text:?}");
+        assert_eq!(text.lines().count(), 3, "{text:?}");
+        assert!(
+            text.lines().nth(1).unwrap().contains(r"ev\x1b[31m\nil"),
+            "{text:?}"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&leases_json(&[hostile]).unwrap()).unwrap();
+        assert_eq!(json[0]["name"], "ev\x1b[31m\nil");
     }
 
     #[test]
