@@ -19,6 +19,7 @@ mod server;
 mod socket_copies;
 mod socket_file;
 mod state;
+mod state_dir;
 mod table;
 mod throttle;
 mod watches;
@@ -54,7 +55,8 @@ struct Args {
     #[arg(long)]
     no_config: bool,
     /// Where the lease journal lives, so that leases survive a restart [default: the socket's
-    /// directory]
+    /// directory]. Like the socket's directory, it must belong to the daemon's user and be
+    /// writable by no one else; it is created (mode 0755) if missing.
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
     /// Keep no journal: a restart forgets every lease.
@@ -175,6 +177,19 @@ fn run(args: Args) -> Result<()> {
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .map(PathBuf::from);
+    let journal = match (args.no_journal, args.state_dir, &socket_dir) {
+        (true, _, _) => None,
+        (false, Some(dir), _) => Some(dir),
+        (false, None, Some(dir)) => Some(dir.clone()),
+        (false, None, None) => None,
+    };
+    // Before anything is created, bound or reserved: a root daemon keeps its files only where
+    // no other user can plant links or swap them (see state_dir).
+    let socket_dir_or_cwd = socket_dir.clone().unwrap_or_else(|| PathBuf::from("."));
+    state_dir::prepare(&socket_dir_or_cwd, "socket directory", "--socket")?;
+    if let Some(dir) = journal.as_ref().filter(|&dir| *dir != socket_dir_or_cwd) {
+        state_dir::prepare(dir, "state directory", "--state-dir")?;
+    }
     let ephemeral = ephemeral_range()?;
     let pool = match args.pool.or(policy.pool) {
         Some(pool) => {
@@ -207,11 +222,7 @@ fn run(args: Args) -> Result<()> {
             .unwrap_or(usize::MAX)
             .clamp(16, 65_536),
         max_queued_fds: usize::try_from(fd_limit / 4).unwrap_or(usize::MAX).max(64),
-        journal: match (args.no_journal, args.state_dir, socket_dir) {
-            (true, _, _) => None,
-            (false, Some(dir), _) | (false, None, Some(dir)) => Some(dir.join("leases.journal")),
-            (false, None, None) => None,
-        },
+        journal: journal.map(|dir| dir.join("leases.journal")),
         release_on_exit: args.release_on_exit,
         policy,
     };

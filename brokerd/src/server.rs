@@ -205,7 +205,7 @@ impl Server {
         let _ = self.journal_turn();
         match &mut self.journal {
             Some(journal) if self.release_on_exit => {
-                journal.rewrite(std::iter::empty()).context("cannot empty the journal")?;
+                journal.rewrite(std::iter::empty(), 0).context("cannot empty the journal")?;
                 info!("shutting down: closing {conns} connections and ending {leases} leases");
             }
             Some(_) => info!(
@@ -235,7 +235,7 @@ impl Server {
         }
         let result = if journal.wants_compaction(table.lease_count()) {
             let entries: Vec<Entry> = table.leases().map(journal_entry).collect();
-            journal.rewrite(entries.iter())
+            journal.rewrite(entries.iter(), 0)
         } else {
             journal.commit()
         };

@@ -1,9 +1,8 @@
-//! The broker's own Unix socket: refuse to start beside a live daemon, replace a stale file,
-//! and remove the file on a clean shutdown.
+//! The broker's own Unix socket, in a directory no one else can write (see `state_dir`): refuse
+//! to start beside a live daemon, replace a stale file, and remove the file on a clean shutdown.
 
-use std::fs::DirBuilder;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
@@ -22,13 +21,13 @@ pub struct SocketFile {
 impl SocketFile {
     /// Listens on `path` with the file's `mode` and, when given, its group `gid`.
     pub fn create(path: &Path, mode: u32, gid: Option<u32>) -> Result<Self> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(dir)
-                .with_context(|| format!("cannot create the socket directory {}", dir.display()))?;
-        }
+        // Whoever can write in the directory could remove our socket and put theirs in its
+        // place; start-up has checked it already, and this keeps the rule where the file is made.
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        crate::state_dir::prepare(dir, "socket directory", "--socket")?;
         remove_stale(path)?;
         let name = path
             .to_fs_name::<GenericFilePath>()

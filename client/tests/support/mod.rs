@@ -443,3 +443,75 @@ pub fn raise_fd_limit() -> u64 {
     setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
     hard
 }
+
+/// Runs `portbrokerd` with `args` (and `--no-config`) where it is expected to refuse to start:
+/// returns its output once it exits, and fails the test if it is still running after 10 s (it
+/// started and serves instead of refusing).
+pub fn portbrokerd_refusing(args: &[&str]) -> std::process::Output {
+    let child = Command::new(portbrokerd_bin())
+        .args(args)
+        .arg("--no-config")
+        .env_remove("RUST_LOG")
+        .env_remove("PORTBROKER_CONFIG")
+        .env_remove("PORTBROKER_SOCKET")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn portbrokerd");
+    let out = finish(child);
+    assert!(
+        !out.status.success(),
+        "portbrokerd {args:?} was expected to refuse to start and exited with success:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A tmpfs of `size` (as `mount -o size=` takes it, "12k") mounted, mode 0755, on a fresh
+/// temporary directory and unmounted on drop: a small disk to fill. `None` when this process is
+/// not root or the mount fails; the caller then prints a SKIPPED line and returns.
+pub struct TinyTmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl TinyTmpfs {
+    pub fn mount(size: &str) -> Result<TinyTmpfs, String> {
+        if !nix::unistd::geteuid().is_root() {
+            return Err("mounting a tmpfs needs root".into());
+        }
+        let dir = tempfile::tempdir().map_err(|e| format!("cannot make a mount point: {e}"))?;
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "mount -t tmpfs failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(TinyTmpfs { dir })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for TinyTmpfs {
+    fn drop(&mut self) {
+        // Lazily: a daemon killed a moment ago may still be closing its files.
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
