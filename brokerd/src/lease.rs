@@ -7,12 +7,12 @@ use portbroker_proto::{GrantedSocket, Holder, LeaseId, LeaseInfo, LeaseState};
 
 use crate::socket_copies::Leased;
 
-/// The largest lease id: ids stay exact in JSON (2^53), and a counter started anywhere below it
-/// cannot wrap.
-pub const MAX_LEASE_ID: u64 = 1 << 53;
+/// The largest lease id (the journal's rule, which everything read back from disk obeys).
+pub use crate::journal::MAX_LEASE_ID;
 
-/// The most sockets one lease holds (and one `sendmsg` carries).
-pub const MAX_SOCKETS_PER_LEASE: usize = 64;
+/// The most sockets one lease holds (and one `sendmsg` carries); the journal, which must not
+/// import the daemon's modules (a fuzz target includes it alone), defines it.
+pub const MAX_SOCKETS_PER_LEASE: usize = crate::journal::MAX_SOCKETS;
 
 /// Identifies a client connection for the life of the daemon.
 pub type ConnId = u64;

@@ -205,7 +205,9 @@ impl Server {
         let _ = self.journal_turn();
         match &mut self.journal {
             Some(journal) if self.release_on_exit => {
-                journal.rewrite(std::iter::empty(), 0).context("cannot empty the journal")?;
+                journal
+                    .rewrite(std::iter::empty(), self.state.table.next_id())
+                    .context("cannot empty the journal")?;
                 info!("shutting down: closing {conns} connections and ending {leases} leases");
             }
             Some(_) => info!(
@@ -235,7 +237,7 @@ impl Server {
         }
         let result = if journal.wants_compaction(table.lease_count()) {
             let entries: Vec<Entry> = table.leases().map(journal_entry).collect();
-            journal.rewrite(entries.iter(), 0)
+            journal.rewrite(entries.iter(), table.next_id())
         } else {
             journal.commit()
         };
@@ -254,7 +256,11 @@ impl Server {
     /// start time) and still holds every one of its sockets (same cookies) is tied to that
     /// process; the others end once a probe shows their ports free, and linger until then.
     fn recover(&mut self, recovered: Recovered) {
-        let (mut kept, mut ended, mut lingering, mut dropped) = (0, 0, 0, 0);
+        let (mut kept, mut ended, mut lingering) = (0, 0, 0);
+        // Records the journal refused to read back count as dropped too.
+        let mut dropped = recovered.dropped;
+        // Ids of leases that ended before the restart are not given out again.
+        self.state.table.skip_ids_below(recovered.next_id);
         // Each holder's sockets are read once, however many leases it has.
         let mut held: HashMap<(i32, u64), Option<HashSet<u64>>> = HashMap::new();
         for entry in recovered.leases {

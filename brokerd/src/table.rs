@@ -195,6 +195,11 @@ impl Table {
         self.next_id = self.next_id.max(first.clamp(1, MAX_LEASE_ID / 2));
     }
 
+    /// The id the next grant gets: the high-water mark the journal keeps.
+    pub fn next_id(&self) -> u64 {
+        self.next_id
+    }
+
     /// Grant: records a lease whose sockets are bound. The caller has checked that none
     /// conflicts.
     pub fn grant(&mut self, lease: NewLease) -> LeaseId {

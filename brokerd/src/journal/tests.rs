@@ -59,11 +59,6 @@ fn recovered_ids(text: &str) -> Vec<u64> {
 }
 
 #[test]
-fn the_socket_bound_matches_the_granting_code() {
-    assert_eq!(MAX_SOCKETS, crate::grant::MAX_SOCKETS_PER_LEASE);
-}
-
-#[test]
 fn grants_and_ends_replay_to_the_live_leases() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("leases.journal");
