@@ -311,8 +311,9 @@ impl Server {
                 ended += 1;
             }
         }
-        // The journal was just rewritten as what it held; restoring is no change.
-        self.state.table.take_changes();
+        // Restoring is no change for the journal (it was just rewritten as what it held), but
+        // the leases ended here are: the first turn writes their ends, so that the next start
+        // does not end them again.
         info!(
             "recovered from the journal: {kept} leases kept, {ended} ended, {lingering} lingering, \
              {dropped} dropped"

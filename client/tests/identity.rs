@@ -201,3 +201,27 @@ fn lease_ids_never_repeat_across_restarts_even_without_a_journal() {
         ids[0]
     );
 }
+
+#[test]
+fn a_lease_ended_at_recovery_stays_ended_at_the_next_restart() {
+    let mut daemon = Daemon::start();
+    let mut run = daemon.portctl();
+    run.args(["run", "--quiet", "tcp:127.0.0.1:0", "--", "sh", "-c"])
+        .arg("echo ready; exec sleep 30");
+    let (mut child, line) = support::spawn_and_read_line(&mut run);
+    assert_eq!(line, "ready");
+    let lease = daemon.broker().list().unwrap().pop().expect("the lease of portctl run");
+    daemon.kill9();
+    // The holder dies while the daemon is down: the restart ends its lease.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(lease.holder.pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    support::kill_all([&mut child]);
+    let mut again = Daemon::start_with(&["--socket", daemon.socket.to_str().unwrap()]);
+    again.assert_logged("1 ended", Duration::from_secs(5), "the first restart");
+    again.kill9();
+    // ... and the journal knows it: the next restart has nothing to end.
+    let third = Daemon::start_with(&["--socket", daemon.socket.to_str().unwrap()]);
+    third.assert_logged("0 leases kept, 0 ended", Duration::from_secs(5), "the second restart");
+}
