@@ -4,13 +4,12 @@
 
 mod support;
 
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use portbroker::Broker;
-use support::{portbrokerd_bin, wait_until};
+use support::portbrokerd_bin;
 
 /// A daemon in a mount namespace of its own where `/dev/urandom` is `/dev/null`: opening it
 /// works, reading it gives nothing.
@@ -52,17 +51,9 @@ impl BlindDaemon {
             .spawn()
             .expect("spawn unshare");
         let mut daemon = BlindDaemon { child, dir, socket };
-        let ready = wait_until(Duration::from_secs(10), || {
-            if let Ok(Some(status)) = daemon.child.try_wait() {
-                panic!("portbrokerd exited early ({status}):\n{}", daemon.log());
-            }
-            UnixStream::connect(&daemon.socket).is_ok()
+        support::wait_listening(&mut daemon.child, &daemon.socket, || {
+            daemon.dir.path().join("portbrokerd.log")
         });
-        assert!(
-            ready,
-            "portbrokerd did not listen within 10 s:\n{}",
-            daemon.log()
-        );
         Ok(daemon)
     }
 

@@ -210,7 +210,12 @@ fn a_lease_ended_at_recovery_stays_ended_at_the_next_restart() {
         .arg("echo ready; exec sleep 30");
     let (mut child, line) = support::spawn_and_read_line(&mut run);
     assert_eq!(line, "ready");
-    let lease = daemon.broker().list().unwrap().pop().expect("the lease of portctl run");
+    let lease = daemon
+        .broker()
+        .list()
+        .unwrap()
+        .pop()
+        .expect("the lease of portctl run");
     daemon.kill9();
     // The holder dies while the daemon is down: the restart ends its lease.
     let _ = nix::sys::signal::kill(
@@ -223,5 +228,9 @@ fn a_lease_ended_at_recovery_stays_ended_at_the_next_restart() {
     again.kill9();
     // ... and the journal knows it: the next restart has nothing to end.
     let third = Daemon::start_with(&["--socket", daemon.socket.to_str().unwrap()]);
-    third.assert_logged("0 leases kept, 0 ended", Duration::from_secs(5), "the second restart");
+    third.assert_logged(
+        "0 leases kept, 0 ended",
+        Duration::from_secs(5),
+        "the second restart",
+    );
 }

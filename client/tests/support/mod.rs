@@ -171,17 +171,9 @@ impl Daemon {
             socket,
             pool,
         };
-        let ready = wait_until(Duration::from_secs(10), || {
-            if let Ok(Some(status)) = daemon.child.try_wait() {
-                panic!("portbrokerd exited early ({status}):\n{}", daemon.log());
-            }
-            UnixStream::connect(&daemon.socket).is_ok()
+        wait_listening(&mut daemon.child, &daemon.socket, || {
+            daemon.dir.path().join("portbrokerd.log")
         });
-        assert!(
-            ready,
-            "portbrokerd did not listen within 10 s:\n{}",
-            daemon.log()
-        );
         daemon
     }
 
@@ -297,6 +289,23 @@ const POLICY_FILE: &str = "portbroker.toml";
 /// The unprivileged user that policies of the tests name (nobody), and one they do not.
 pub const NOBODY: u32 = 65534;
 pub const STRANGER: u32 = 65533;
+
+/// Waits (up to 10 s) until a daemon `child` answers on `socket`; fails the test with the log
+/// at `log` if it exits or does not listen in time.
+pub fn wait_listening(child: &mut Child, socket: &Path, log: impl Fn() -> PathBuf) {
+    let read_log = || std::fs::read_to_string(log()).unwrap_or_default();
+    let ready = wait_until(Duration::from_secs(10), || {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("portbrokerd exited early ({status}):\n{}", read_log());
+        }
+        UnixStream::connect(socket).is_ok()
+    });
+    assert!(
+        ready,
+        "portbrokerd did not listen within 10 s:\n{}",
+        read_log()
+    );
+}
 
 /// util-linux setpriv, which runs a program as another user.
 pub fn setpriv_bin() -> &'static Path {
