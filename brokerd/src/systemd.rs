@@ -82,14 +82,17 @@ pub fn take_listen_fds() -> anyhow::Result<Passed> {
         var("LISTEN_FDNAMES").as_deref(),
         std::process::id(),
     );
+    // listenfd validates each fd as a socket, marks it close-on-exec and hands it over owned
+    // (this crate forbids unsafe). It is asked only once LISTEN_PID is known to be ours (it
+    // would take fds without one), and must not start anywhere but at fd 3.
+    std::env::remove_var("LISTEN_FDS_FIRST_FD");
+    let mut fds = match &names {
+        Ok(Some(_)) => listenfd::ListenFd::from_env(),
+        _ => listenfd::ListenFd::empty(),
+    };
     // Edition 2021: removing variables is safe while no other thread reads the environment,
     // which holds here (start-up, one thread).
-    for name in [
-        "LISTEN_PID",
-        "LISTEN_FDS",
-        "LISTEN_FDNAMES",
-        "LISTEN_FDS_FIRST_FD",
-    ] {
+    for name in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
         std::env::remove_var(name);
     }
     let names = names.map_err(|e| anyhow::anyhow!("{e}; start portbrokerd as systemd does"))?;
@@ -97,7 +100,6 @@ pub fn take_listen_fds() -> anyhow::Result<Passed> {
         return Ok(Passed::default());
     };
     let mut passed = Passed::default();
-    let mut fds = listenfd_from(names.len());
     for (index, name) in names.into_iter().enumerate() {
         let number = LISTEN_FDS_START + index as i32;
         let stored = name.starts_with("reserve-");
@@ -141,18 +143,6 @@ pub fn take_listen_fds() -> anyhow::Result<Passed> {
         }
     }
     Ok(passed)
-}
-
-/// listenfd's view of the first `count` fds: it validates each as a socket of a family and
-/// type, marks it close-on-exec and hands it over as an owned fd (our crate forbids unsafe).
-/// The variables were removed already, so they are set again for it alone, and removed again.
-fn listenfd_from(count: usize) -> listenfd::ListenFd {
-    std::env::set_var("LISTEN_FDS", count.to_string());
-    std::env::set_var("LISTEN_PID", std::process::id().to_string());
-    let fds = listenfd::ListenFd::from_env();
-    std::env::remove_var("LISTEN_FDS");
-    std::env::remove_var("LISTEN_PID");
-    fds
 }
 
 fn set_nonblocking(fd: &OwnedFd) -> nix::Result<()> {
