@@ -67,6 +67,35 @@ fn innocent_listener_on(daemon: &Daemon, addr: SocketAddr) -> TcpListener {
     bound.unwrap()
 }
 
+/// The lease of a `portctl run`, once portctl has tied it to the program it started (the
+/// program may print before the tie is done).
+fn tied_lease(daemon: &Daemon) -> portbroker::LeaseInfo {
+    let broker = daemon.broker();
+    let mut found = None;
+    let tied = wait_until(Duration::from_secs(5), || {
+        found = broker.list().unwrap().pop();
+        found
+            .as_ref()
+            .is_some_and(|l| l.state == portbroker::LeaseState::Process)
+    });
+    assert!(
+        tied,
+        "portctl run never tied its lease: {found:?}\n{}",
+        daemon.log()
+    );
+    found.unwrap()
+}
+
+/// SIGKILLs `pid` and waits until its socket on `addr` is closed (the port binds again).
+fn kill_and_wait_closed(pid: i32, addr: SocketAddr) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let closed = wait_until(Duration::from_secs(5), || TcpListener::bind(addr).is_ok());
+    assert!(closed, "{addr} stayed bound after pid {pid} was killed");
+}
+
 #[test]
 fn claim_never_hands_over_a_socket_the_holder_no_longer_has() {
     let daemon = Daemon::start();
@@ -115,11 +144,7 @@ fn a_lingering_lease_names_only_a_process_with_its_socket() {
     let (mut child, line) = support::spawn_and_read_line(&mut run);
     assert_eq!(line.trim(), "closed");
     let broker = daemon.broker();
-    let lease = broker
-        .list()
-        .unwrap()
-        .pop()
-        .expect("the lease of portctl run");
+    let lease = tied_lease(&daemon);
     let addr = lease.sockets[0].addr;
     let innocent = innocent_listener_on(&daemon, addr);
     // The holder exits; the port is busy (with someone else's socket), so the lease lingers,
@@ -156,12 +181,7 @@ fn a_recovered_lease_whose_holder_closed_its_socket_ends() {
         .arg("echo ready; read go; exec 3>&-; exec sleep 30");
     let (mut child, line) = support::spawn_and_read_line(&mut run);
     assert_eq!(line, "ready");
-    let lease = daemon
-        .broker()
-        .list()
-        .unwrap()
-        .pop()
-        .expect("the lease of portctl run");
+    let lease = tied_lease(&daemon);
     let addr = lease.sockets[0].addr;
     daemon.kill9();
     // While the daemon is down, the holder closes its socket but lives on.
@@ -210,18 +230,10 @@ fn a_lease_ended_at_recovery_stays_ended_at_the_next_restart() {
         .arg("echo ready; exec sleep 30");
     let (mut child, line) = support::spawn_and_read_line(&mut run);
     assert_eq!(line, "ready");
-    let lease = daemon
-        .broker()
-        .list()
-        .unwrap()
-        .pop()
-        .expect("the lease of portctl run");
+    let lease = tied_lease(&daemon);
     daemon.kill9();
     // The holder dies while the daemon is down: the restart ends its lease.
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(lease.holder.pid),
-        nix::sys::signal::Signal::SIGKILL,
-    );
+    kill_and_wait_closed(lease.holder.pid, lease.sockets[0].addr);
     support::kill_all([&mut child]);
     let mut again = Daemon::start_with(&["--socket", daemon.socket.to_str().unwrap()]);
     again.assert_logged("1 ended", Duration::from_secs(5), "the first restart");
