@@ -5,8 +5,8 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use nix::errno::Errno;
 use nix::sys::socket::{
-    bind, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType,
-    SockaddrStorage,
+    bind, getsockname, getsockopt, listen, setsockopt, socket, sockopt, AddressFamily, Backlog,
+    SockFlag, SockType, SockaddrStorage,
 };
 use portbroker_proto::{Listen, Refusal, Transport};
 
@@ -35,6 +35,42 @@ pub fn reserve(transport: Transport, addr: SocketAddr) -> Result<OwnedFd, Errno>
     let fd = unbound_socket(transport, addr)?;
     bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
     Ok(fd)
+}
+
+/// Whether `fd`, passed back by systemd's fd store, is a reservation of `addr` as `reserve`
+/// makes them: a socket of the transport, bound to exactly `addr`, not listening. The error
+/// says what it is instead.
+pub fn check_reservation(
+    fd: &OwnedFd,
+    transport: Transport,
+    addr: SocketAddr,
+) -> Result<(), String> {
+    let kind = match transport {
+        Transport::Tcp => SockType::Stream,
+        Transport::Udp => SockType::Datagram,
+    };
+    match getsockopt(fd, sockopt::SockType) {
+        Ok(actual) if actual == kind => {}
+        Ok(actual) => return Err(format!("it is a {actual:?} socket, not {transport}")),
+        Err(errno) => return Err(format!("it is not a socket ({errno})")),
+    }
+    let bound: Option<SocketAddr> = getsockname::<SockaddrStorage>(fd.as_raw_fd())
+        .ok()
+        .and_then(|a| {
+            a.as_sockaddr_in()
+                .map(|v4| SocketAddr::V4((*v4).into()))
+                .or_else(|| a.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into())))
+        });
+    if bound != Some(addr) {
+        return Err(match bound {
+            Some(bound) => format!("it is bound to {bound}, not {addr}"),
+            None => format!("it is not bound to {addr}"),
+        });
+    }
+    if transport == Transport::Tcp && getsockopt(fd, sockopt::AcceptConn).unwrap_or(true) {
+        return Err("it listens, and a reservation must not".into());
+    }
+    Ok(())
 }
 
 /// Turns a reservation into what a lease hands out: listening for TCP unless bind-only (with
@@ -169,6 +205,22 @@ mod tests {
         let _bound = bind_socket(Transport::Tcp, addr, Listen::BindOnly).unwrap();
         assert!(TcpStream::connect(addr).is_err());
         assert!(TcpListener::bind(format!("0.0.0.0:{port}")).is_err());
+    }
+
+    #[test]
+    fn only_a_bound_not_listening_socket_of_the_port_passes_as_a_reservation() {
+        let port = free_port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let held = reserve(Transport::Tcp, addr).unwrap();
+        check_reservation(&held, Transport::Tcp, addr).unwrap();
+        assert!(check_reservation(&held, Transport::Udp, addr).is_err());
+        let other: SocketAddr = format!("127.0.0.1:{}", port + 1).parse().unwrap();
+        assert!(check_reservation(&held, Transport::Tcp, other).is_err());
+        let listening = take_reservation(held, Transport::Tcp, Listen::Default).unwrap();
+        let err = check_reservation(&listening, Transport::Tcp, addr).unwrap_err();
+        assert!(err.contains("listens"), "{err}");
+        let udp = reserve(Transport::Udp, addr).unwrap();
+        check_reservation(&udp, Transport::Udp, addr).unwrap();
     }
 
     #[test]

@@ -20,6 +20,7 @@ mod socket_copies;
 mod socket_file;
 mod state;
 mod state_dir;
+mod systemd;
 mod table;
 mod throttle;
 mod watches;
@@ -160,6 +161,10 @@ fn raise_fd_limit() -> u64 {
 }
 
 fn run(args: Args) -> Result<()> {
+    // First, before anything could start a thread or a child: what systemd passed and how to
+    // talk to it, taken out of the environment.
+    let passed = systemd::take_listen_fds()?;
+    let notify = systemd::Notifier::from_env();
     let unprivileged_port_start = read_sysctl("/proc/sys/net/ipv4/ip_unprivileged_port_start")
         .ok()
         .and_then(|s| s.trim().parse().ok())
@@ -185,9 +190,17 @@ fn run(args: Args) -> Result<()> {
     };
     // Before anything is created, bound or reserved: a root daemon keeps its files only where
     // no other user can plant links or swap them (see state_dir).
+    // Under socket activation the socket's directory is systemd's (RuntimeDirectory=), and
+    // the daemon creates nothing there; a journal kept in it is still checked.
+    let activated = passed.listener.is_some();
     let socket_dir_or_cwd = socket_dir.clone().unwrap_or_else(|| PathBuf::from("."));
-    state_dir::prepare(&socket_dir_or_cwd, "socket directory", "--socket")?;
-    if let Some(dir) = journal.as_ref().filter(|&dir| *dir != socket_dir_or_cwd) {
+    if !activated {
+        state_dir::prepare(&socket_dir_or_cwd, "socket directory", "--socket")?;
+    }
+    if let Some(dir) = journal
+        .as_ref()
+        .filter(|&dir| activated || *dir != socket_dir_or_cwd)
+    {
         state_dir::prepare(dir, "state directory", "--state-dir")?;
     }
     let ephemeral = ephemeral_range()?;
@@ -226,7 +239,7 @@ fn run(args: Args) -> Result<()> {
         release_on_exit: args.release_on_exit,
         policy,
     };
-    Server::new(config)?.run()
+    Server::new(config, passed, notify)?.run()
 }
 
 fn main() -> ExitCode {

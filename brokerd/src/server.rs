@@ -30,6 +30,7 @@ use crate::policy::Policy;
 use crate::socket_copies;
 use crate::socket_file::SocketFile;
 use crate::state::State;
+use crate::systemd::{Notifier, Passed};
 use crate::table::NewLease;
 use crate::throttle::Throttle;
 
@@ -79,6 +80,10 @@ fn journal_entry(lease: &Lease) -> Entry {
 /// How long a logged line may wait in the buffer before it is written.
 const LOG_DELAY: Duration = Duration::from_millis(50);
 
+/// The least time between two `STATUS=` notifications: systemd shows the status, it need not
+/// follow every lease.
+const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+
 pub struct Server {
     epoll: Epoll,
     signals: SignalDelivery<UnixStream, SignalOnly>,
@@ -89,23 +94,37 @@ pub struct Server {
     release_on_exit: bool,
     log_flush_due: Option<Instant>,
     shutting_down: bool,
+    /// Reservations systemd's fd store kept for us, taken back at start-up.
+    stored: Vec<(String, std::os::fd::OwnedFd)>,
+    /// The (leases, connections) systemd was last told, when, and when to tell it again.
+    status_shown: Option<(usize, usize)>,
+    status_sent: Option<Instant>,
+    status_due: Option<Instant>,
+    /// When the next `WATCHDOG=1` is due: a timer of this loop, so a stuck loop stops pinging
+    /// and systemd restarts the daemon.
+    watchdog_due: Option<Instant>,
 }
 
 impl Server {
-    pub fn new(config: Config) -> Result<Self> {
-        let socket = SocketFile::create(
-            &config.socket,
-            config.policy.socket_mode,
-            config.policy.socket_gid,
-        )?;
+    pub fn new(config: Config, passed: Passed, notify: Notifier) -> Result<Self> {
+        let socket = match passed.listener {
+            // Socket activation: systemd made the socket and keeps its file.
+            Some(fd) => SocketFile::inherited(fd, &config.socket),
+            None => SocketFile::create(
+                &config.socket,
+                config.policy.socket_mode,
+                config.policy.socket_gid,
+            )?,
+        };
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).context("epoll_create")?;
         let (read, write) = UnixStream::pair().context("cannot create the signal pipe")?;
         read.set_nonblocking(true)
             .context("cannot make the signal pipe non-blocking")?;
         let signals = SignalDelivery::with_pipe(read, write, SignalOnly, [SIGINT, SIGTERM, SIGHUP])
             .context("cannot install the SIGINT/SIGTERM/SIGHUP handlers")?;
-        let state = State::new(config.pool, config.default_addr, config.policy)
+        let mut state = State::new(config.pool, config.default_addr, config.policy)
             .context("cannot create the epoll set for process watches")?;
+        state.notify = notify;
         let conns = Connections::new(socket, config.max_connections, config.max_queued_fds);
         let watch = |fd: &dyn std::os::fd::AsFd, token: u64, what: &str| {
             epoll
@@ -132,6 +151,11 @@ impl Server {
             release_on_exit: config.release_on_exit,
             log_flush_due: None,
             shutting_down: false,
+            stored: passed.stored,
+            status_shown: None,
+            status_sent: None,
+            status_due: None,
+            watchdog_due: None,
         };
         match journal {
             Some((journal, recovered)) => {
@@ -146,7 +170,16 @@ impl Server {
     }
 
     pub fn run(mut self) -> Result<()> {
+        // After recovery, so that a stored reservation is checked against the leases.
+        let stored = std::mem::take(&mut self.stored);
+        self.state.adopt_stored(stored);
         self.state.maintain_reservations();
+        // Listening, journal recovered, reservations bound: systemd may start what needs us.
+        self.state.notify.ready();
+        if let Some(interval) = self.state.notify.watchdog() {
+            info!("systemd's watchdog expects a sign of life every {interval:?}");
+        }
+        self.watchdog_due = self.state.notify.watchdog().map(|_| Instant::now());
         info!(
             socket = %self.conns.socket_path().display(),
             pool = %self.state.table.pool(),
@@ -159,6 +192,7 @@ impl Server {
             // What timers and closes ended since the last turn.
             let _ = self.journal_turn();
             self.flush_log_when_due();
+            self.notify_turn();
             let timeout = self.next_timeout();
             let ready = match self.epoll.wait(&mut events, timeout) {
                 Ok(n) => n,
@@ -201,6 +235,7 @@ impl Server {
             }
             self.conns.run_timers(&self.epoll, &mut self.state);
         }
+        self.state.notify.stopping();
         let (leases, conns) = (self.state.table.lease_count(), self.conns.len());
         let _ = self.journal_turn();
         match &mut self.journal {
@@ -344,6 +379,36 @@ impl Server {
         }
     }
 
+    /// What systemd hears from the loop: the watchdog when due (half its interval, so one late
+    /// turn is no miss), and the status when the number of leases or connections changed, at
+    /// most once per `STATUS_INTERVAL`. Datagrams that never wait.
+    fn notify_turn(&mut self) {
+        if !self.state.notify.enabled() {
+            return;
+        }
+        let now = Instant::now();
+        if let (Some(due), Some(interval)) = (self.watchdog_due, self.state.notify.watchdog()) {
+            if due <= now {
+                self.state.notify.watchdog_ping();
+                self.watchdog_due = Some(now + interval / 2);
+            }
+        }
+        let current = (self.state.table.lease_count(), self.conns.len());
+        if self.status_shown == Some(current) {
+            self.status_due = None;
+            return;
+        }
+        match self.status_sent.map(|sent| sent + STATUS_INTERVAL) {
+            Some(next) if next > now => self.status_due = Some(next),
+            _ => {
+                self.state.notify.status(current.0, current.1);
+                self.status_shown = Some(current);
+                self.status_sent = Some(now);
+                self.status_due = None;
+            }
+        }
+    }
+
     fn next_timeout(&self) -> EpollTimeout {
         if self.conns.has_ready() {
             // Requests wait in buffers: serve them without sleeping.
@@ -354,6 +419,8 @@ impl Server {
             self.state.table.next_deadline(),
             self.state.next_linger_check,
             self.log_flush_due,
+            self.status_due,
+            self.watchdog_due,
         ];
         let Some(deadline) = deadlines.into_iter().flatten().min() else {
             return EpollTimeout::NONE;

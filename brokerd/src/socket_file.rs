@@ -1,7 +1,10 @@
 //! The broker's own Unix socket, in a directory no one else can write (see `state_dir`): refuse
 //! to start beside a live daemon, replace a stale file, and remove the file on a clean shutdown.
+//! Under socket activation the listener and its file are systemd's: taken as passed, never
+//! removed.
 
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -14,8 +17,9 @@ use interprocess::os::unix::uds_local_socket;
 pub struct SocketFile {
     listener: UnixListener,
     path: PathBuf,
-    /// (device, inode) of the file we created, so we never remove a successor's socket.
-    identity: (u64, u64),
+    /// (device, inode) of the file we created, so we never remove a successor's socket; `None`
+    /// when systemd created it (socket activation): its file outlives us.
+    identity: Option<(u64, u64)>,
 }
 
 impl SocketFile {
@@ -54,8 +58,40 @@ impl SocketFile {
         Ok(SocketFile {
             listener,
             path: path.to_owned(),
-            identity: (meta.dev(), meta.ino()),
+            identity: Some((meta.dev(), meta.ino())),
         })
+    }
+
+    /// The listener a socket unit passed (checked by `systemd::take_listen_fds`: a listening,
+    /// non-blocking AF_UNIX stream socket). `configured` is the path the daemon would have
+    /// used; the path the socket is really bound to is what logs show.
+    pub fn inherited(fd: OwnedFd, configured: &Path) -> SocketFile {
+        let listener = UnixListener::from(fd);
+        let bound = listener
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(Path::to_owned));
+        let path = match bound {
+            Some(bound) => {
+                if bound != configured {
+                    tracing::warn!(
+                        "systemd passed a socket on {}, not on {}: serving on it; clients that \
+                         look for {} will not find the broker (set --socket or \
+                         PORTBROKER_SOCKET to the socket unit's ListenStream=)",
+                        bound.display(),
+                        configured.display(),
+                        configured.display()
+                    );
+                }
+                bound
+            }
+            None => configured.to_owned(),
+        };
+        SocketFile {
+            listener,
+            path,
+            identity: None,
+        }
     }
 
     pub fn listener(&self) -> &UnixListener {
@@ -69,8 +105,11 @@ impl SocketFile {
 
 impl Drop for SocketFile {
     fn drop(&mut self) {
-        let ours = std::fs::symlink_metadata(&self.path)
-            .is_ok_and(|m| (m.dev(), m.ino()) == self.identity);
+        let Some(identity) = self.identity else {
+            return;
+        };
+        let ours =
+            std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == identity);
         if ours {
             if let Err(err) = std::fs::remove_file(&self.path) {
                 tracing::warn!("cannot remove {}: {err}", self.path.display());

@@ -15,6 +15,7 @@ use crate::lease::{ConnId, Deadline, Keeper, Lease, SocketList};
 use crate::policy::{Identity, Policy};
 use crate::procfs;
 use crate::socket_copies;
+use crate::systemd::{self, Notifier};
 use crate::table::Table;
 use crate::watches::ProcessWatches;
 
@@ -40,6 +41,9 @@ pub struct State {
     /// When lingering leases and missing reservations are probed next.
     pub next_linger_check: Option<Instant>,
     pub started: Instant,
+    /// systemd's notification socket (a no-op without one). Every held reservation is also in
+    /// systemd's fd store, so that a restart finds its port still bound.
+    pub notify: Notifier,
 }
 
 impl State {
@@ -52,6 +56,7 @@ impl State {
             watches: ProcessWatches::new()?,
             next_linger_check: None,
             started: Instant::now(),
+            notify: Notifier::default(),
         })
     }
 
@@ -221,6 +226,9 @@ impl State {
             }
             match bind::reserve(transport, addr) {
                 Ok(fd) => {
+                    // A copy in systemd's store keeps the port bound while the daemon restarts.
+                    self.notify
+                        .store(&systemd::store_name(transport, port), &fd);
                     self.reservations.insert((transport, port), fd);
                 }
                 Err(errno) => {
@@ -238,8 +246,66 @@ impl State {
     /// watched, to be taken back when the lease has ended.
     pub fn take_reservation(&mut self, transport: Transport, port: u16) -> Option<OwnedFd> {
         let held = self.reservations.remove(&(transport, port))?;
+        // systemd's copy must go, or the port stays bound after the lease ends. (A datagram
+        // that does not wait; systemd drops its copy a moment later, and until then a probe of
+        // the port sees it bound and the lease lingers for one more check.)
+        self.notify
+            .store_remove(&systemd::store_name(transport, port));
         self.probe_soon();
         Some(held)
+    }
+
+    /// Takes back the reservations systemd's fd store kept across a restart (`LISTEN_FDS`
+    /// entries named `reserve-tcp-PORT`/`reserve-udp-PORT`), so that their ports were never
+    /// unbound. Each must still be reserved by the policy, be a socket of its transport bound
+    /// to the default address and its port, not listen, and not clash with a recovered lease;
+    /// anything else is closed and dropped from the store. Call after recovery and before
+    /// `maintain_reservations`.
+    pub fn adopt_stored(&mut self, stored: Vec<(String, OwnedFd)>) {
+        let mut adopted = 0;
+        for (name, fd) in stored {
+            let Some((transport, port)) = systemd::parse_store_name(&name) else {
+                warn!("systemd's fd store passed {name:?}, which portbrokerd never stores; closing it");
+                self.notify.store_remove(&name);
+                continue;
+            };
+            let addr = SocketAddr::new(self.default_addr, port);
+            let refusal = if self
+                .policy
+                .reserved
+                .binary_search(&(transport, port))
+                .is_err()
+            {
+                Some("the policy no longer reserves it".to_owned())
+            } else if let Err(why) = bind::check_reservation(&fd, transport, addr) {
+                Some(why)
+            } else if let Some(conflict) = self.table.conflict(transport, addr) {
+                Some(format!("lease {} holds the port", conflict.lease.id))
+            } else if self.reservations.contains_key(&(transport, port)) {
+                // Two fds under one name: keep the first, and store it alone again.
+                self.notify.store_remove(&name);
+                if let Some(kept) = self.reservations.get(&(transport, port)) {
+                    self.notify.store(&name, kept);
+                }
+                warn!("systemd's fd store held {name} twice; closed the second copy");
+                continue;
+            } else {
+                None
+            };
+            match refusal {
+                Some(why) => {
+                    info!("dropping the stored reservation {name} from systemd's fd store: {why}");
+                    self.notify.store_remove(&name);
+                }
+                None => {
+                    self.reservations.insert((transport, port), fd);
+                    adopted += 1;
+                }
+            }
+        }
+        if adopted > 0 {
+            info!("{adopted} reservations taken back from systemd's fd store, never unbound");
+        }
     }
 
     /// Re-reads the policy file; on any error the policy in force stays as it was. Returns
@@ -249,7 +315,18 @@ impl State {
         let Some(path) = old.source.clone() else {
             return Err("the daemon runs on the built-in policy; start it with --config FILE to have a file to reload".into());
         };
-        let new = Policy::load(&path).map_err(|e| e.to_string())?;
+        // systemd shows the service as reloading until the READY=1 that follows, success or not.
+        self.notify.reloading();
+        let result = Policy::load(&path).map_err(|e| e.to_string());
+        let result = result.map(|new| self.apply_policy(&path, new));
+        self.notify.ready();
+        result
+    }
+
+    /// Puts a newly loaded policy in force: reservations it no longer names are let go (and
+    /// dropped from systemd's fd store), new ones are bound.
+    fn apply_policy(&mut self, path: &std::path::Path, new: Policy) -> (u32, u32) {
+        let old = &self.policy;
         if (&new.socket_path, new.socket_mode, new.socket_gid, new.pool)
             != (&old.socket_path, old.socket_mode, old.socket_gid, old.pool)
         {
@@ -266,7 +343,20 @@ impl State {
             counts.1
         );
         self.policy = new;
-        Ok(counts)
+        let dropped: Vec<(Transport, u16)> = self
+            .reservations
+            .keys()
+            .filter(|key| self.policy.reserved.binary_search(key).is_err())
+            .copied()
+            .collect();
+        for (transport, port) in dropped {
+            self.reservations.remove(&(transport, port));
+            self.notify
+                .store_remove(&systemd::store_name(transport, port));
+            info!("no longer reserving {transport}:{port}");
+        }
+        self.maintain_reservations();
+        counts
     }
 }
 
