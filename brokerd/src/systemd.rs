@@ -194,8 +194,10 @@ pub fn status_message(leases: usize, connections: usize) -> String {
     format!("STATUS={leases} leases, {connections} connections")
 }
 
+/// `FDPOLL=0`: systemd polls stored fds and drops one that reports EPOLLHUP, which a bound TCP
+/// socket that neither listens nor is connected (a reservation) does at once (TCP_CLOSE).
 fn store_message(name: &str) -> String {
-    format!("FDSTORE=1\nFDNAME={name}")
+    format!("FDSTORE=1\nFDNAME={name}\nFDPOLL=0")
 }
 
 fn store_remove_message(name: &str) -> String {
@@ -420,7 +422,7 @@ mod tests {
         assert_eq!(status_message(3, 1), "STATUS=3 leases, 1 connections");
         assert_eq!(
             store_message("reserve-tcp-9000"),
-            "FDSTORE=1\nFDNAME=reserve-tcp-9000"
+            "FDSTORE=1\nFDNAME=reserve-tcp-9000\nFDPOLL=0"
         );
         assert_eq!(
             store_remove_message("reserve-udp-53"),
@@ -499,6 +501,6 @@ mod tests {
             nix::unistd::close(fd).unwrap();
         }
         let n = msg.bytes;
-        assert_eq!(&buf[..n], b"FDSTORE=1\nFDNAME=reserve-tcp-9000");
+        assert_eq!(&buf[..n], b"FDSTORE=1\nFDNAME=reserve-tcp-9000\nFDPOLL=0");
     }
 }

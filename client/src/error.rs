@@ -26,6 +26,20 @@ pub enum Error {
         /// Why `connect()` failed.
         source: io::Error,
     },
+    /// No broker answered on any of the default socket paths ([`Broker::connect`] with no
+    /// `PORTBROKER_SOCKET`, where there are several: a per-user one and the system one).
+    ///
+    /// [`Broker::connect`]: crate::Broker::connect
+    #[error(
+        "cannot reach a broker: {}; is portbrokerd running? (`systemctl enable --now \
+         portbrokerd.socket` starts the system broker, whose socket is for group portbroker: \
+         `usermod -aG portbroker USER`; or set PORTBROKER_SOCKET)",
+        tried_list(tried)
+    )]
+    NoBroker {
+        /// Every socket path tried, in order, with why `connect()` failed there.
+        tried: Vec<(PathBuf, io::Error)>,
+    },
     /// The process answering on the broker's socket runs as a user this library does not
     /// trust: not root, not the caller's own user, and not the uid that `PORTBROKER_TRUST_UID`
     /// names. It could be anyone's program posing as the broker, so nothing was sent to it.
@@ -167,7 +181,9 @@ impl Error {
     /// The class of this error.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Unreachable { .. } | Error::NoSocketPath(_) => ErrorKind::Unreachable,
+            Error::Unreachable { .. } | Error::NoBroker { .. } | Error::NoSocketPath(_) => {
+                ErrorKind::Unreachable
+            }
             Error::Spec(_) => ErrorKind::InvalidSpec,
             Error::Refused(refusal) => match refusal {
                 Refusal::InUse { .. } => ErrorKind::InUse,
@@ -233,6 +249,15 @@ impl Error {
             source: None,
         }
     }
+}
+
+/// "PATH (why), PATH (why)" for [`Error::NoBroker`].
+fn tried_list(tried: &[(PathBuf, io::Error)]) -> String {
+    let each: Vec<String> = tried
+        .iter()
+        .map(|(path, source)| format!("{} ({source})", path.display()))
+        .collect();
+    format!("tried {}", each.join(", "))
 }
 
 /// What the message of [`Error::UntrustedBroker`] says of `PORTBROKER_TRUST_UID`, if it is set.
@@ -427,6 +452,26 @@ mod tests {
         let text = unreachable.to_string();
         assert!(text.contains("/run/x.sock"), "{text}");
         assert!(text.contains("is portbrokerd running?"), "{text}");
+
+        let none = Error::NoBroker {
+            tried: vec![
+                (
+                    "/run/user/1000/portbroker/portbroker.sock".into(),
+                    io::ErrorKind::NotFound.into(),
+                ),
+                (
+                    "/run/portbroker/portbroker.sock".into(),
+                    io::ErrorKind::PermissionDenied.into(),
+                ),
+            ],
+        };
+        assert!(none.is_unreachable());
+        let text = none.to_string();
+        assert!(
+            text.contains("tried /run/user/1000/portbroker/portbroker.sock (entity not found), /run/portbroker/portbroker.sock (permission denied)"),
+            "{text}"
+        );
+        assert!(text.contains("group portbroker"), "{text}");
     }
 
     #[test]

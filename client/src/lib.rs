@@ -42,8 +42,10 @@
 //!
 //! # Which broker it talks to
 //!
-//! [`Broker::connect`] connects to `$PORTBROKER_SOCKET`, else to the system or per-user path
-//! (see [`portbroker_proto::default_socket_path`]). Whatever the path, the library talks only
+//! [`Broker::connect`] connects to `$PORTBROKER_SOCKET`; else, for a user other than root,
+//! to the user's own broker (`$XDG_RUNTIME_DIR/portbroker/portbroker.sock`) if one answers;
+//! else to the system service (`/run/portbroker/portbroker.sock`; see
+//! [`portbroker_proto::client_socket_paths`]). Whatever the path, the library talks only
 //! to a broker that runs as root or as the caller's own user (a broker of the user's own): it
 //! asks the kernel who answers on the socket (`SO_PEERCRED`) before it sends anything, on
 //! every connection, so that nobody who can replace the socket file can pose as the broker.
@@ -146,10 +148,30 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Connects to the broker at the default path: `$PORTBROKER_SOCKET`, else the system or
-    /// per-user path (see [`portbroker_proto::default_socket_path`]).
+    /// Connects to the broker at the default path: `$PORTBROKER_SOCKET` if set; else, for a
+    /// user other than root, the per-user socket `$XDG_RUNTIME_DIR/portbroker/portbroker.sock`
+    /// if a broker answers there; else the system service's `/run/portbroker/portbroker.sock`
+    /// (see [`portbroker_proto::client_socket_paths`]).
+    ///
+    /// A path where nothing accepts is passed over for the next; any other failure (an
+    /// untrusted broker, another protocol version) is reported at once. When nothing answers
+    /// anywhere: [`Error::Unreachable`] for a single path, else [`Error::NoBroker`] naming every
+    /// path tried.
     pub fn connect() -> Result<Broker, Error> {
-        Broker::connect_to(portbroker_proto::default_socket_path()?)
+        let mut tried = Vec::new();
+        for path in portbroker_proto::client_socket_paths() {
+            match Broker::connect_to(&path) {
+                Err(Error::Unreachable { path, source }) => tried.push((path, source)),
+                other => return other,
+            }
+        }
+        match tried.len() {
+            1 => {
+                let (path, source) = tried.remove(0);
+                Err(Error::Unreachable { path, source })
+            }
+            _ => Err(Error::NoBroker { tried }),
+        }
     }
 
     /// Connects to the broker listening at `path` and exchanges `Hello`.

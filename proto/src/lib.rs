@@ -83,7 +83,7 @@ pub use codec::{
     MAX_RESPONSE_FRAME,
 };
 pub use frames::FrameSplitter;
-pub use paths::{default_socket_path, PathError, SOCKET_ENV};
+pub use paths::{client_socket_paths, default_socket_path, PathError, SOCKET_ENV, SYSTEM_SOCKET};
 pub use spec::SpecError;
 
 /// The protocol version this crate speaks. Independent of the crate version.
