@@ -23,6 +23,18 @@
 //! # }
 //! ```
 //!
+//! For one listening socket, [`listen`] does it in one line: its [`Listener`] dereferences to
+//! [`std::net::TcpListener`] and ends the lease when dropped ([`bind_udp`] for UDP;
+//! [`listen_or_bind`] to bind directly, explicitly, where no broker is reachable):
+//!
+//! ```no_run
+//! # fn main() -> Result<(), portbroker::Error> {
+//! let listener = portbroker::listen("tcp:127.0.0.1:0")?;
+//! let (_stream, peer) = listener.accept().expect("accept");
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! A refused lease says why, and who is in the way:
 //!
 //! ```no_run
@@ -73,6 +85,7 @@
 #![warn(missing_docs)]
 
 mod book;
+mod bound;
 mod connection;
 mod error;
 mod lease;
@@ -99,6 +112,7 @@ pub use portbroker_proto::{
     Refusal, SocketSpec, SpecError, StatusInfo, Transport, PROTOCOL_VERSION,
 };
 
+pub use bound::{bind_udp, listen, listen_or_bind, Bound, BoundUdp, Fallback, Listener};
 pub use error::{Error, ErrorKind};
 pub use lease::Lease;
 pub use socket::LeasedSocket;
