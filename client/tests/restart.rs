@@ -3,11 +3,12 @@
 
 mod support;
 
+use std::collections::HashMap;
 use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -23,6 +24,25 @@ conn, _ = server.accept()
 conn.sendall(str(os.getpid()).encode())
 conn.close()
 sys.exit(1)
+"#;
+
+/// Answers every connection on fd 3 with its pid; says READY=1 to NOTIFY_SOCKET first, and
+/// exits 0 on SIGTERM.
+const READY_SERVER: &str = r#"
+import os, signal, socket, sys
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+server = socket.socket(fileno=3)
+me = str(os.getpid()).encode()
+address = os.environ["NOTIFY_SOCKET"]
+if address.startswith("@"):
+    address = "\0" + address[1:]
+notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+notify.sendto(b"READY=1", address)
+notify.close()
+while True:
+    conn, _ = server.accept()
+    conn.sendall(me)
+    conn.close()
 "#;
 
 /// Connects, and reads what the server says until it closes the connection.
@@ -186,6 +206,118 @@ fn max_restarts_ends_with_cmds_last_status() {
         stderr.contains("not restarting it after 1 restarts"),
         "{stderr}"
     );
+    let broker = daemon.broker();
+    assert!(wait_until(Duration::from_secs(5), || broker
+        .list()
+        .unwrap()
+        .is_empty()));
+}
+
+#[derive(Default)]
+struct Tally {
+    answers: HashMap<i32, u32>,
+    refused: Vec<String>,
+    empty: u32,
+    total: u32,
+}
+
+#[test]
+fn a_graceful_restart_refuses_no_connection() {
+    let daemon = Daemon::start();
+    let port = free_port();
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let spec = format!("tcp:{addr}");
+    // A ready timeout far beyond the test's limits: only READY=1 can end the old CMD in time.
+    let portctl = daemon
+        .portctl()
+        .args(["run", "-q", "--restart-on-hup", "--ready-timeout", "60"])
+        .args([spec.as_str(), "--", "python3", "-c", READY_SERVER])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    lease_of(&daemon, &portctl);
+    let old = pid_of(&ask(addr).unwrap());
+
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = {
+        let (tally, stop) = (Arc::clone(&tally), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            for _ in 0..100_000 {
+                if stop.load(Ordering::Relaxed) || Instant::now() >= deadline {
+                    break;
+                }
+                let result = ask(addr);
+                let mut tally = tally.lock().unwrap();
+                tally.total += 1;
+                match result {
+                    Ok(answer) if answer.is_empty() => tally.empty += 1,
+                    Ok(answer) => *tally.answers.entry(pid_of(&answer)).or_default() += 1,
+                    Err(err) => tally.refused.push(err.to_string()),
+                }
+            }
+        })
+    };
+    let answered_by = |pid: i32| tally.lock().unwrap().answers.get(&pid).copied();
+    assert!(
+        wait_until(Duration::from_secs(10), || answered_by(old).is_some()),
+        "the loop never got an answer"
+    );
+
+    signal(&portctl, Signal::SIGHUP);
+    let mut new = None;
+    let switched = wait_until(Duration::from_secs(20), || {
+        new = tally
+            .lock()
+            .unwrap()
+            .answers
+            .keys()
+            .copied()
+            .find(|&pid| pid != old);
+        new.is_some()
+    });
+    assert!(switched, "no answer from a new CMD after SIGHUP");
+    let new = new.unwrap();
+    // The old CMD goes once the new one said READY=1; portctl reaps it.
+    let old_gone = wait_until(Duration::from_secs(20), || {
+        !std::path::Path::new(&format!("/proc/{old}")).exists()
+    });
+    assert!(old_gone, "the old CMD (pid {old}) still runs");
+    // Keep connecting a while longer: the new CMD alone serves now.
+    let after = answered_by(new).unwrap_or(0);
+    assert!(wait_until(Duration::from_secs(10), || answered_by(new)
+        .unwrap_or(0)
+        >= after + 50));
+    stop.store(true, Ordering::Relaxed);
+    client.join().unwrap();
+
+    let tally = tally.lock().unwrap();
+    eprintln!(
+        "{} connections: answers {:?}, {} closed unanswered by a stopping CMD",
+        tally.total, tally.answers, tally.empty
+    );
+    assert!(
+        tally.refused.is_empty(),
+        "{} of {} connections failed: {:?}",
+        tally.refused.len(),
+        tally.total,
+        &tally.refused[..tally.refused.len().min(5)]
+    );
+    assert_eq!(
+        tally
+            .answers
+            .keys()
+            .copied()
+            .collect::<std::collections::BTreeSet<_>>(),
+        [old, new].into(),
+        "answers only from the old and the new CMD"
+    );
+
+    signal(&portctl, Signal::SIGTERM);
+    let output = finish(portctl);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
     let broker = daemon.broker();
     assert!(wait_until(Duration::from_secs(5), || broker
         .list()
