@@ -324,3 +324,51 @@ fn a_graceful_restart_refuses_no_connection() {
         .unwrap()
         .is_empty()));
 }
+
+/// Answers every connection on fd 3 with its pid, and knows nothing of sd_notify.
+const SILENT_SERVER: &str = r#"
+import os, socket
+server = socket.socket(fileno=3)
+me = str(os.getpid()).encode()
+while True:
+    conn, _ = server.accept()
+    conn.sendall(me)
+    conn.close()
+"#;
+
+#[test]
+fn a_program_without_sd_notify_is_taken_as_ready_after_the_timeout() {
+    let daemon = Daemon::start();
+    let port = free_port();
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let spec = format!("tcp:{addr}");
+    let portctl = daemon
+        .portctl()
+        .args(["run", "--restart-on-hup", "--ready-timeout", "0.3"])
+        .args([spec.as_str(), "--", "python3", "-c", SILENT_SERVER])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    lease_of(&daemon, &portctl);
+    let old = pid_of(&ask(addr).unwrap());
+    signal(&portctl, Signal::SIGHUP);
+    // The old CMD is stopped once the timeout passed, and the new one serves alone.
+    let old_gone = wait_until(Duration::from_secs(20), || {
+        !std::path::Path::new(&format!("/proc/{old}")).exists()
+    });
+    assert!(old_gone, "the old CMD (pid {old}) still runs");
+    let new = pid_of(&ask(addr).unwrap());
+    assert_ne!(new, old);
+    assert!(runs_a_cmd_but(&portctl, &[]), "the new CMD runs");
+
+    signal(&portctl, Signal::SIGTERM);
+    let output = finish(portctl);
+    // python3 has no SIGTERM handler here: killed by it.
+    assert_eq!(output.status.code(), Some(128 + 15), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("did not say READY=1 in time, taken as ready"),
+        "{stderr}"
+    );
+}

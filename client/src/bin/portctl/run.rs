@@ -229,6 +229,16 @@ struct Generation {
     started: Instant,
 }
 
+impl std::fmt::Display for Generation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Pid 0: a CMD that could not be started at all.
+        match self.pid.as_raw() {
+            0 => write!(f, "CMD"),
+            pid => write!(f, "CMD (pid {pid})"),
+        }
+    }
+}
+
 /// Runs CMD again and again on the same sockets, as its [`RestartPolicy`] says.
 struct Supervisor<'a> {
     program: &'a Program,
@@ -339,11 +349,13 @@ impl<'a> Supervisor<'a> {
         if let Some((pending, _)) = self.pending {
             if let Some(status) = relay::reap(pending.pid).context("cannot wait for CMD")? {
                 self.pending = None;
-                warn(&format!(
-                    "the new CMD (pid {}) exited with status {status} before it was ready; \
-                     the old one keeps serving",
-                    pending.pid
-                ));
+                if !self.stopping {
+                    warn(&format!(
+                        "the new CMD (pid {}) exited with status {status} before it was ready; \
+                         the old one keeps serving",
+                        pending.pid
+                    ));
+                }
             }
         }
         let mut still_running = Vec::with_capacity(self.retired.len());
@@ -362,8 +374,8 @@ impl<'a> Supervisor<'a> {
         self.last_status = status;
         if let Some((next, _)) = self.pending.take() {
             self.say(&format!(
-                "CMD (pid {}) exited with status {status}; the new one (pid {}) takes over",
-                generation.pid, next.pid
+                "{generation} exited with status {status}; the new one (pid {}) takes over",
+                next.pid
             ));
             self.current = Some(next);
             return;
@@ -377,8 +389,8 @@ impl<'a> Supervisor<'a> {
             .is_some_and(|max| self.restarts >= max)
         {
             warn(&format!(
-                "CMD (pid {}) exited with status {status}; not restarting it after {} restarts",
-                generation.pid, self.restarts
+                "{generation} exited with status {status}; not restarting it after {} restarts",
+                self.restarts
             ));
             return;
         }
@@ -386,8 +398,7 @@ impl<'a> Supervisor<'a> {
         self.backoff = Some(backoff);
         self.restart_at = Some(Instant::now() + backoff);
         self.say(&format!(
-            "CMD (pid {}) exited with status {status}; restarting it in {} ms",
-            generation.pid,
+            "{generation} exited with status {status}; restarting it in {} ms",
             backoff.as_millis()
         ));
     }
@@ -441,8 +452,13 @@ impl<'a> Supervisor<'a> {
                 self.graceful_restart();
                 return;
             }
-            // A terminal's hangup ends the session, restarts included.
-            libc::SIGTERM | libc::SIGINT | libc::SIGHUP => {
+            // SIGTERM and SIGINT stop CMD for good, and so does a terminal's hangup; a SIGHUP
+            // sent with kill (to reload, say) only reaches CMD.
+            libc::SIGTERM | libc::SIGINT => {
+                self.stopping = true;
+                self.restart_at = None;
+            }
+            libc::SIGHUP if from_terminal => {
                 self.stopping = true;
                 self.restart_at = None;
             }
