@@ -77,6 +77,32 @@ pub struct RunArgs {
     #[arg(short, long)]
     pub quiet: bool,
 
+    /// When CMD exits, for whatever reason, start it again on the same sockets (after a backoff
+    /// of 100 ms doubling up to 5 s, reset once it ran 10 s); the lease is kept meanwhile.
+    /// SIGTERM or SIGINT to portctl stops CMD for good
+    #[arg(long)]
+    pub restart_on_exit: bool,
+
+    /// Give up after N restarts and exit with CMD's last status [default: no limit]
+    #[arg(long, value_name = "N", requires = "restart_on_exit")]
+    pub max_restarts: Option<u32>,
+
+    /// On SIGHUP to portctl, start a new CMD on the same sockets and, once it is ready, SIGTERM
+    /// the old one: a graceful restart that refuses no connection. CMD gets NOTIFY_SOCKET and
+    /// is ready when it sends READY=1 there (sd_notify), or after --ready-timeout
+    #[arg(long)]
+    pub restart_on_hup: bool,
+
+    /// Seconds to wait for a new CMD's READY=1 before taking it as ready
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 2.0,
+        requires = "restart_on_hup",
+        value_parser = parse_seconds
+    )]
+    pub ready_timeout: f64,
+
     // `help` rather than a doc comment: rustdoc would read the brackets as links.
     #[arg(
         required = true,
@@ -91,6 +117,15 @@ pub struct RunArgs {
     /// The command to run, and its arguments, after `--`
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<OsString>,
+}
+
+fn parse_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(seconds) if seconds.is_finite() && (0.0..=86_400.0).contains(&seconds) => Ok(seconds),
+        _ => Err(format!(
+            "{text:?} is not a number of seconds from 0 to 86400"
+        )),
+    }
 }
 
 /// The examples of `run --help`. CMD must take its socket at fd 3 rather than bind a port of its
@@ -141,6 +176,46 @@ mod tests {
         assert!(args.quiet);
         assert_eq!(args.specs, ["tcp:80", "x=udp:0"]);
         assert_eq!(args.command, ["prog", "--flag", "-x"]);
+    }
+
+    #[test]
+    fn run_takes_restart_flags() {
+        let cli = parse(&[
+            "run",
+            "--restart-on-exit",
+            "--max-restarts",
+            "3",
+            "--restart-on-hup",
+            "--ready-timeout",
+            "0.5",
+            "tcp:80",
+            "--",
+            "prog",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert!(args.restart_on_exit && args.restart_on_hup);
+        assert_eq!(args.max_restarts, Some(3));
+        assert_eq!(args.ready_timeout, 0.5);
+        let Command::Run(args) = parse(&["run", "tcp:80", "--", "prog"]).unwrap().command else {
+            panic!("not run")
+        };
+        assert!(!args.restart_on_exit && !args.restart_on_hup);
+        assert_eq!(args.ready_timeout, 2.0);
+        assert!(parse(&["run", "--max-restarts", "3", "tcp:80", "--", "prog"]).is_err());
+        assert!(parse(&["run", "--ready-timeout", "1", "tcp:80", "--", "prog"]).is_err());
+        assert!(parse(&[
+            "run",
+            "--restart-on-hup",
+            "--ready-timeout",
+            "-1",
+            "tcp:80",
+            "--",
+            "p"
+        ])
+        .is_err());
     }
 
     #[test]

@@ -6,9 +6,10 @@
 
 use std::io;
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::ptr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use libc::{c_int, siginfo_t};
@@ -31,10 +32,21 @@ const RELAYED: [c_int; 6] = [
 
 /// One signal as a handler saw it: number, `si_code`, and the sending pid (0 if none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Record {
-    signal: c_int,
-    code: c_int,
-    sender: libc::pid_t,
+pub struct Record {
+    pub signal: c_int,
+    pub code: c_int,
+    pub sender: libc::pid_t,
+}
+
+/// What [`SignalRelay::wait`] woke up for.
+#[derive(Debug)]
+pub enum Wakeup {
+    /// A signal arrived (SIGCHLD included).
+    Signal(Record),
+    /// The other fd is readable.
+    Readable,
+    /// The timeout passed.
+    Timeout,
 }
 
 const RECORD_LEN: usize = 12;
@@ -120,6 +132,45 @@ impl SignalRelay {
         }
     }
 
+    /// Waits for a signal, for `other` to become readable, or for `timeout` (none: forever).
+    pub fn wait(&self, other: Option<BorrowedFd<'_>>, timeout: Option<Duration>) -> Result<Wakeup> {
+        let mut fds = [
+            libc::pollfd {
+                fd: self.records.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: other.map_or(-1, |fd| fd.as_raw_fd()),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // Rounded up, so that a timeout never fires early and spins.
+        let millis = timeout.map_or(-1, |timeout| {
+            c_int::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(c_int::MAX)
+        });
+        // SAFETY: poll reads and writes exactly the two pollfd structs of a live local array; a
+        // negative fd is ignored.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), 2, millis) };
+        if ready < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                // A signal's handler wrote its record: the next call sees it.
+                return Ok(Wakeup::Timeout);
+            }
+            return Err(anyhow::Error::new(err).context("cannot wait for signals"));
+        }
+        if fds[0].revents != 0 {
+            let record = self.next_record().context("cannot read the signal pipe")?;
+            return Ok(Wakeup::Signal(record));
+        }
+        if fds[1].revents != 0 {
+            return Ok(Wakeup::Readable);
+        }
+        Ok(Wakeup::Timeout)
+    }
+
     fn next_record(&self) -> nix::Result<Record> {
         let mut bytes = [0u8; RECORD_LEN];
         let mut filled = 0;
@@ -154,7 +205,7 @@ fn sender_of(info: &siginfo_t) -> libc::pid_t {
 /// Whether CMD still needs the signal. The terminal sends SIGINT, SIGQUIT and SIGHUP to its
 /// whole foreground process group (si_code SI_KERNEL), CMD included as long as it stayed in
 /// ours; relaying such a signal would deliver it twice. A signal CMD sent us is not echoed back.
-fn should_forward(record: Record, child: Pid, our_group: Pid) -> bool {
+pub fn should_forward(record: Record, child: Pid, our_group: Pid) -> bool {
     if record.sender != 0 && record.sender == child.as_raw() {
         return false;
     }
@@ -177,7 +228,7 @@ fn is_ignored(signal: c_int) -> io::Result<bool> {
 }
 
 /// The child's exit status if it has ended; `None` while it runs.
-fn reap(child: Pid) -> nix::Result<Option<u8>> {
+pub fn reap(child: Pid) -> nix::Result<Option<u8>> {
     loop {
         return match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(_, code)) => Ok(Some(code as u8)),

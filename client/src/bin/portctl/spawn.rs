@@ -90,6 +90,17 @@ fn find_executable(name: &OsStr) -> Result<PathBuf, Errno> {
 /// Starts `program` with `sockets` at fds 3, 4, ... and the `LISTEN_*` variables set, and
 /// returns its pid once it has exec'd. The caller's copies of the sockets are closed.
 pub fn spawn(program: &Program, sockets: Vec<OwnedFd>, names: &[String]) -> Result<Pid> {
+    spawn_with(program, &sockets, names, &[])
+}
+
+/// [`spawn`], but the caller keeps its copies of the sockets (to start the next CMD on them),
+/// and `extra_env` (`KEY=value` entries) replaces any inherited variable of the same name.
+pub fn spawn_with(
+    program: &Program,
+    sockets: &[OwnedFd],
+    names: &[String],
+    extra_env: &[String],
+) -> Result<Pid> {
     let count = sockets.len();
     let first_free = FIRST_LISTEN_FD + RawFd::try_from(count).context("too many sockets")?;
     // Every fd the child still reads from after its first dup2 must lie above the range the
@@ -99,7 +110,6 @@ pub fn spawn(program: &Program, sockets: Vec<OwnedFd>, names: &[String]) -> Resu
         .map(|fd| dup_at_or_above(fd, first_free))
         .collect::<nix::Result<Vec<_>>>()
         .context("cannot duplicate the leased sockets")?;
-    drop(sockets);
     let (report_read, low_report_write) =
         pipe2(OFlag::O_CLOEXEC).context("cannot create a pipe")?;
     let report_write =
@@ -107,7 +117,7 @@ pub fn spawn(program: &Program, sockets: Vec<OwnedFd>, names: &[String]) -> Resu
     // Every write end must be closed in the parent, or reading the report never sees EOF.
     drop(low_report_write);
 
-    let env = child_environment(count, names)?;
+    let env = child_environment(count, names, extra_env)?;
     let argv: Vec<*const c_char> = program
         .argv
         .iter()
@@ -156,15 +166,20 @@ fn dup_at_or_above(fd: &OwnedFd, lowest: RawFd) -> nix::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
-/// Our environment without inherited `LISTEN_*` variables, plus `LISTEN_FDS` and
-/// `LISTEN_FDNAMES` (`LISTEN_PID` is added by the child).
-fn child_environment(count: usize, names: &[String]) -> Result<Vec<CString>> {
+/// Our environment without inherited `LISTEN_*` variables and those `extra` sets, plus
+/// `LISTEN_FDS`, `LISTEN_FDNAMES` and `extra` (`LISTEN_PID` is added by the child).
+fn child_environment(count: usize, names: &[String], extra: &[String]) -> Result<Vec<CString>> {
+    let replaced = |key: &[u8]| {
+        extra
+            .iter()
+            .any(|entry| entry.split_once('=').map(|(k, _)| k.as_bytes()) == Some(key))
+    };
     let mut env: Vec<CString> = env::vars_os()
         .filter(|(key, _)| {
             !matches!(
                 key.as_bytes(),
                 b"LISTEN_FDS" | b"LISTEN_PID" | b"LISTEN_FDNAMES"
-            )
+            ) && !replaced(key.as_bytes())
         })
         .filter_map(|(key, value)| {
             let mut entry = key.into_vec();
@@ -178,6 +193,9 @@ fn child_environment(count: usize, names: &[String]) -> Result<Vec<CString>> {
         CString::new(format!("LISTEN_FDNAMES={}", names.join(":")))
             .map_err(|_| UsageError("a socket name contains a NUL byte".into()))?,
     );
+    for entry in extra {
+        env.push(CString::new(entry.as_str())?);
+    }
     Ok(env)
 }
 
