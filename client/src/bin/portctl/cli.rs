@@ -21,7 +21,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Lease sockets and run CMD with them as fds 3, 4, ... (systemd's LISTEN_FDS convention);
-    /// the lease lasts as long as CMD
+    /// the lease lasts as long as CMD (as long as portctl with --restart-on-exit or
+    /// --restart-on-hup)
     Run(RunArgs),
     /// List the live leases, one row per socket
     ///
