@@ -3,6 +3,8 @@
 
 mod cli;
 mod exit;
+#[allow(unsafe_code)]
+mod localtime;
 mod output;
 #[allow(unsafe_code)]
 mod relay;
@@ -67,7 +69,7 @@ fn run(cli: Cli) -> Result<u8> {
             connect(cli.socket)?.release(LeaseId(id))?;
             Ok(0)
         }
-        Command::Renew { id, seconds } => {
+        Command::Renew { id, seconds, json } => {
             if !(seconds.is_finite() && (0.0..=4_000_000.0).contains(&seconds)) {
                 return Err(anyhow::Error::new(UsageError(format!(
                     "renew: {seconds} is not a number of seconds from 0 to 4000000"
@@ -75,16 +77,11 @@ fn run(cli: Cli) -> Result<u8> {
             }
             let expires =
                 connect(cli.socket)?.renew(LeaseId(id), Duration::from_secs_f64(seconds))?;
-            let text = match expires {
-                Some(at) => format!(
-                    "lease {id} expires at {:.3}\n",
-                    at.duration_since(std::time::UNIX_EPOCH)
-                        .unwrap_or_default()
-                        .as_secs_f64()
-                ),
-                None => format!("lease {id} has no time limit\n"),
-            };
-            output::print_stdout(&text)?;
+            output::print_stdout(&if json {
+                output::renewed_json(id, expires)?
+            } else {
+                output::renewed_text(id, expires, std::time::SystemTime::now())
+            })?;
             Ok(0)
         }
         Command::Revoke { id } => {
