@@ -1,6 +1,7 @@
 //! `portctl`: lease ports from `portbrokerd`, run programs with them, inspect the broker.
 #![deny(unsafe_code)]
 
+mod assets;
 mod cli;
 mod exit;
 #[allow(unsafe_code)]
@@ -25,6 +26,9 @@ use crate::exit::UsageError;
 use crate::talk::{connect, warn};
 
 fn main() -> ExitCode {
+    if let Some(dir) = assets::requested() {
+        return assets::generate_or_report(<Cli as clap::CommandFactory>::command(), &dir);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {
