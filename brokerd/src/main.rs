@@ -1,6 +1,7 @@
 //! portbrokerd: owns the authoritative table of port leases and hands out bound sockets.
 #![forbid(unsafe_code)]
 
+mod assets;
 mod bind;
 mod budget;
 mod conn;
@@ -243,6 +244,9 @@ fn run(args: Args) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    if let Some(dir) = assets::requested() {
+        return assets::generate_or_report(<Args as clap::CommandFactory>::command(), &dir);
+    }
     let args = Args::parse();
     let default_level = if args.verbose { "debug" } else { "info" };
     let filter =

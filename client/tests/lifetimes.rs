@@ -574,3 +574,49 @@ fn a_handover_under_load_refuses_no_connection() {
         "handover under load: A served {served_by_a}, B served {served_by_b}, refused {refused}"
     );
 }
+
+#[test]
+fn portctl_renew_prints_a_readable_deadline_and_json_the_number() {
+    let daemon = Daemon::start();
+    let broker = daemon.broker();
+    let lease = broker.lease([loopback_any()]).unwrap();
+    let id = lease.id().0.to_string();
+    let out = daemon
+        .portctl()
+        .args(["renew", &id, "300"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    // `lease 7 expires at 2026-11-30 03:40:31 CET (in 5m00s)`: local time, no epoch number. The
+    // time left is rounded up, so it is 5m00s unless portctl took a second to print it.
+    let prefix = format!("lease {id} expires at ");
+    let left = [" (in 5m00s)\n", " (in 4m59s)\n"]
+        .into_iter()
+        .find(|left| text.ends_with(left));
+    assert!(text.starts_with(&prefix) && left.is_some(), "{text:?}");
+    let local = &text[prefix.len()..text.len() - left.unwrap().len()];
+    let (date, time) = (&local[..10], &local[11..19]);
+    assert!(
+        date.as_bytes()[4] == b'-' && date.as_bytes()[7] == b'-' && time.as_bytes()[2] == b':',
+        "{local:?}"
+    );
+
+    let out = daemon
+        .portctl()
+        .args(["renew", "--json", &id, "60"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listed = broker.list().unwrap();
+    let info = listed.iter().find(|l| l.id == lease.id()).unwrap();
+    assert_eq!(json["id"], lease.id().0);
+    assert_eq!(json["expires_unix_ms"], info.expires_unix_ms.unwrap());
+
+    let out = daemon.portctl().args(["renew", &id, "0"]).output().unwrap();
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        format!("lease {id} has no time limit\n")
+    );
+}

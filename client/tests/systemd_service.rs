@@ -63,8 +63,9 @@ fn run_checked(cmd: &mut Command, what: &str) -> Output {
     out
 }
 
-/// The package, built once per test run with the README's command, in a directory of its own
-/// (bound read-only into the containers at /mnt/pkg). A no-op rebuild when `.ci/run` built it.
+/// The package, built once per test run with the README's command (debian/build-deb), in a
+/// directory of its own (bound read-only into the containers at /mnt/pkg). A no-op rebuild when
+/// `.ci/run` built it.
 fn package_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
@@ -80,32 +81,15 @@ fn package_dir() -> &'static Path {
             has_deb,
             "cargo deb is not installed: run `cargo install cargo-deb --locked` (.ci/run does)"
         );
-        run_checked(
-            Command::new(&cargo).current_dir(&root).args([
-                "build",
-                "--release",
-                "-p",
-                "portbrokerd",
-                "-p",
-                "portbroker",
-                "--bins",
-            ]),
-            "building the release binaries",
-        );
         let dir = root.join("target/systemd-test-pkg");
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         run_checked(
-            Command::new(&cargo).current_dir(&root).args([
-                "deb",
-                "-p",
-                "portbrokerd",
-                "--no-build",
-                "--fast",
-                "-o",
-                dir.join("portbroker.deb").to_str().unwrap(),
-            ]),
-            "building the package (cargo deb)",
+            Command::new(root.join("debian/build-deb"))
+                .current_dir(&root)
+                .env("CARGO", &cargo)
+                .args(["--fast", "-o", dir.join("portbroker.deb").to_str().unwrap()]),
+            "building the package (debian/build-deb)",
         );
         dir
     })

@@ -49,12 +49,15 @@ pub enum Command {
     /// Give a lease a time limit from now, or extend it (its holder's user or an administrator)
     ///
     /// Unless renewed again, the broker ends the lease when the time is up. Prints the new
-    /// deadline in seconds since the Unix epoch.
+    /// deadline in local time and the time left.
     Renew {
         /// The lease id, as `portctl list` shows it
         id: u64,
         /// Seconds from now (fractions allowed); 0 removes the limit
         seconds: f64,
+        /// Print a JSON object with the deadline in milliseconds since the Unix epoch
+        #[arg(long)]
+        json: bool,
     },
     /// Take a lease away from its holder (root or the policy's admin groups only)
     ///
@@ -239,7 +242,7 @@ mod tests {
     fn renew_takes_a_lease_id_and_seconds() {
         assert!(matches!(
             parse(&["renew", "7", "1.5"]).unwrap().command,
-            Command::Renew { id: 7, seconds } if seconds == 1.5
+            Command::Renew { id: 7, seconds, json: false } if seconds == 1.5
         ));
         assert!(parse(&["renew", "7"]).is_err());
     }

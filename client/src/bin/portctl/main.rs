@@ -1,8 +1,11 @@
 //! `portctl`: lease ports from `portbrokerd`, run programs with them, inspect the broker.
 #![deny(unsafe_code)]
 
+mod assets;
 mod cli;
 mod exit;
+#[allow(unsafe_code)]
+mod localtime;
 mod output;
 #[allow(unsafe_code)]
 mod relay;
@@ -23,6 +26,9 @@ use crate::exit::UsageError;
 use crate::talk::{connect, warn};
 
 fn main() -> ExitCode {
+    if let Some(dir) = assets::requested() {
+        return assets::generate_or_report(<Cli as clap::CommandFactory>::command(), &dir);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {
@@ -67,7 +73,7 @@ fn run(cli: Cli) -> Result<u8> {
             connect(cli.socket)?.release(LeaseId(id))?;
             Ok(0)
         }
-        Command::Renew { id, seconds } => {
+        Command::Renew { id, seconds, json } => {
             if !(seconds.is_finite() && (0.0..=4_000_000.0).contains(&seconds)) {
                 return Err(anyhow::Error::new(UsageError(format!(
                     "renew: {seconds} is not a number of seconds from 0 to 4000000"
@@ -75,16 +81,11 @@ fn run(cli: Cli) -> Result<u8> {
             }
             let expires =
                 connect(cli.socket)?.renew(LeaseId(id), Duration::from_secs_f64(seconds))?;
-            let text = match expires {
-                Some(at) => format!(
-                    "lease {id} expires at {:.3}\n",
-                    at.duration_since(std::time::UNIX_EPOCH)
-                        .unwrap_or_default()
-                        .as_secs_f64()
-                ),
-                None => format!("lease {id} has no time limit\n"),
-            };
-            output::print_stdout(&text)?;
+            output::print_stdout(&if json {
+                output::renewed_json(id, expires)?
+            } else {
+                output::renewed_text(id, expires, std::time::SystemTime::now())
+            })?;
             Ok(0)
         }
         Command::Revoke { id } => {

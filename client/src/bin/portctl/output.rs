@@ -1,14 +1,16 @@
-//! What `list`, `status` and `reload` print, as tables for people and JSON for programs.
+//! What `list`, `status`, `renew` and `reload` print, as tables for people and JSON for programs.
 
 use std::fmt::Write as _;
 use std::io::{self, Write as _};
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use portbroker::proto::escaped;
 use portbroker::{LeaseInfo, LeaseState, StatusInfo};
 use serde::Serialize;
+
+use crate::localtime::LocalTime;
 
 /// Writes `text` to stdout. A reader that went away (`portctl list | head -1`) is not an error.
 pub fn print_stdout(text: &str) -> Result<()> {
@@ -159,6 +161,43 @@ pub fn leases_json(leases: &[LeaseInfo]) -> Result<String> {
         })
         .collect();
     Ok(serde_json::to_string_pretty(&rows)? + "\n")
+}
+
+/// What `renew` prints: the deadline on the local clock and the time left, rounded to the
+/// second: `lease 7 expires at 2026-11-30 03:40:31 CET (in 5m00s)`.
+pub fn renewed_text(id: u64, expires: Option<SystemTime>, now: SystemTime) -> String {
+    let Some(at) = expires else {
+        return format!("lease {id} has no time limit\n");
+    };
+    let left_ms = at.duration_since(now).map_or(0, |d| d.as_millis());
+    let left = format_age(u64::try_from(left_ms.div_ceil(1000)).unwrap_or(u64::MAX));
+    // Rounded up like the time left, so that the two agree.
+    let shown = at
+        .duration_since(UNIX_EPOCH)
+        .map(|d| UNIX_EPOCH + Duration::from_secs(d.as_secs() + u64::from(d.subsec_nanos() > 0)));
+    match shown.ok().and_then(LocalTime::of) {
+        Some(local) => format!("lease {id} expires at {local} (in {left})\n"),
+        None => format!("lease {id} expires in {left}\n"),
+    }
+}
+
+#[derive(Serialize)]
+struct Renewed {
+    id: u64,
+    /// Milliseconds since the Unix epoch; null for no time limit.
+    expires_unix_ms: Option<u64>,
+}
+
+/// `renew --json`: `{"id": 7, "expires_unix_ms": 1764470431000}`, as in `list --json`.
+pub fn renewed_json(id: u64, expires: Option<SystemTime>) -> Result<String> {
+    let expires_unix_ms = expires.map(|at| {
+        at.duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    });
+    Ok(serde_json::to_string(&Renewed {
+        id,
+        expires_unix_ms,
+    })? + "\n")
 }
 
 pub fn status_text(status: &StatusInfo, socket: &Path) -> String {
@@ -369,6 +408,36 @@ mod tests {
             assert_eq!(json[0]["state"], name);
             assert_eq!(json[0]["lingering"], lingering, "{name}");
         }
+    }
+
+    #[test]
+    fn renew_prints_the_local_deadline_and_the_time_left() {
+        let now = UNIX_EPOCH + Duration::from_millis(1_764_470_131_250);
+        // The broker's deadline for `renew 7 300`, a little after portctl's "now".
+        let at = now + Duration::from_millis(300_004);
+        let text = renewed_text(7, Some(at), now);
+        let local = LocalTime::of(UNIX_EPOCH + Duration::from_secs(1_764_470_432)).unwrap();
+        assert_eq!(text, format!("lease 7 expires at {local} (in 5m01s)\n"));
+        let at = now + Duration::from_secs(300);
+        assert!(renewed_text(7, Some(at), now).ends_with(" (in 5m00s)\n"));
+        assert!(!text.contains("1764470"), "no epoch number: {text}");
+        // A deadline already passed (a slow reply) is shown as now.
+        assert!(renewed_text(7, Some(now), now + Duration::from_secs(1)).ends_with("(in 0s)\n"));
+        assert_eq!(renewed_text(7, None, now), "lease 7 has no time limit\n");
+    }
+
+    #[test]
+    fn renew_json_keeps_the_deadline_as_a_number() {
+        let at = UNIX_EPOCH + Duration::from_millis(1_764_470_431_250);
+        let value: serde_json::Value =
+            serde_json::from_str(&renewed_json(7, Some(at)).unwrap()).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({"id": 7, "expires_unix_ms": 1_764_470_431_250u64})
+        );
+        let value: serde_json::Value =
+            serde_json::from_str(&renewed_json(7, None).unwrap()).unwrap();
+        assert_eq!(value, serde_json::json!({"id": 7, "expires_unix_ms": null}));
     }
 
     #[test]
