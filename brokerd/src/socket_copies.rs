@@ -10,11 +10,13 @@
 //! path.
 
 use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
 
 use nix::sys::socket::{shutdown, Shutdown};
-use portbroker_proto::GrantedSocket;
-use tracing::warn;
+use portbroker_proto::{GrantedSocket, Holder, Transport};
+use tracing::{debug, warn};
 
 use crate::{bind, pidfd, procfs};
 
@@ -128,4 +130,48 @@ pub fn a_holder_of(leased: Leased<'_>) -> Option<i32> {
         true
     });
     found
+}
+
+/// How long the search for who holds a port outside the broker may take on the event loop,
+/// and how many processes it may read, before it gives up and the refusal names nobody.
+const OUTSIDE_SCAN_TIME: Duration = Duration::from_millis(10);
+const OUTSIDE_SCAN_PROCESSES: usize = 4096;
+
+/// The process outside the broker whose socket keeps `addr` from being bound, if it can be
+/// found cheaply: one read of the kernel's socket tables for the inodes in the way, then a scan
+/// of `/proc/*/fd` bounded by [`OUTSIDE_SCAN_TIME`] and [`OUTSIDE_SCAN_PROCESSES`]. Its uid and
+/// gid come from `/proc/PID/status`, its name from `/proc/PID/comm`; never its command line.
+/// Nothing is fetched from the process: the fd links name the socket.
+pub fn outside_holder(transport: Transport, addr: SocketAddr) -> Option<Holder> {
+    let started = Instant::now();
+    let inodes = procfs::inodes_in_the_way(transport, addr);
+    let limit = procfs::ScanLimit {
+        deadline: started + OUTSIDE_SCAN_TIME,
+        processes: OUTSIDE_SCAN_PROCESSES,
+    };
+    let mut found = None;
+    let complete = procfs::visit_socket_fds_within(&inodes, Some(limit), |pid, _, _| {
+        found = Some(pid);
+        true
+    });
+    if found.is_none() {
+        debug!(
+            "no process found holding {transport}:{addr} ({} inodes in the way, {}, {:?})",
+            inodes.len(),
+            if complete {
+                "every process read"
+            } else {
+                "scan cut short"
+            },
+            started.elapsed()
+        );
+    }
+    let pid = found?;
+    let (uid, gid) = procfs::process_ids(pid)?;
+    Some(Holder {
+        pid,
+        uid,
+        gid,
+        name: procfs::process_name(pid).unwrap_or_default(),
+    })
 }
