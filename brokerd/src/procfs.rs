@@ -7,6 +7,7 @@
 //! holds a port outside the broker ([`inodes_in_the_way`], [`visit_socket_fds_within`]) runs
 //! after a refused fixed-port bind, and is bounded in time and processes.
 
+use std::io::{BufRead as _, BufReader};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Instant;
 
@@ -128,8 +129,7 @@ pub fn addresses_overlap(a: IpAddr, b: IpAddr) -> bool {
         || (b == IpAddr::V6(Ipv6Addr::UNSPECIFIED) && a.is_ipv4())
 }
 
-/// The inodes of the sockets that keep `addr` from being bound: bound (TCP: listening or bound
-/// only) on its port at an overlapping address ([`addresses_overlap`]), from one read of each
+/// The inodes of the sockets that keep `addr` from being bound: bound (TCP: listening) on its port at an overlapping address ([`addresses_overlap`]), from one read of each
 /// kernel table that can hold one (`/proc/net/{tcp,udp}{,6}`).
 pub fn inodes_in_the_way(transport: Transport, addr: SocketAddr) -> Vec<u64> {
     let ip = addr.ip().to_canonical();
@@ -141,21 +141,32 @@ pub fn inodes_in_the_way(transport: Transport, addr: SocketAddr) -> Vec<u64> {
     };
     let mut inodes = Vec::new();
     for &v6 in tables {
-        let Ok(text) = std::fs::read_to_string(proc_net_table(transport, v6)) else {
+        let Ok(file) = std::fs::File::open(proc_net_table(transport, v6)) else {
             continue;
         };
-        inodes.extend(text.lines().skip(1).filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let local = parse_proc_addr(fields.get(1)?)?;
-            let state = *fields.get(3)?;
-            let inode: u64 = fields.get(9)?.parse().ok()?;
-            let bound_state = transport == Transport::Udp || LEASED_TCP_STATES.contains(&state);
-            (local.port() == addr.port()
-                && bound_state
-                && inode != 0
-                && addresses_overlap(local.ip(), ip))
-            .then_some(inode)
-        }));
+        // The kernel lists listening TCP sockets first, then connections (a busy host has
+        // thousands in TIME_WAIT, and generating those lines takes tens of ms): the read stops
+        // at the first socket that does not listen. TCP sockets that are bound only are not
+        // listed at all; UDP tables are read whole.
+        let lines = BufReader::with_capacity(64 * 1024, file).lines().skip(1);
+        for line in lines {
+            let Ok(line) = line else { break };
+            let mut fields = line.split_whitespace();
+            let (Some(local), Some(state)) = (fields.nth(1), fields.nth(1)) else {
+                continue;
+            };
+            if transport == Transport::Tcp && state != "0A" {
+                break;
+            }
+            let (Some(local), Some(Ok(inode))) =
+                (parse_proc_addr(local), fields.nth(5).map(str::parse::<u64>))
+            else {
+                continue;
+            };
+            if local.port() == addr.port() && inode != 0 && addresses_overlap(local.ip(), ip) {
+                inodes.push(inode);
+            }
+        }
     }
     inodes
 }

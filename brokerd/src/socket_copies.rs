@@ -145,8 +145,10 @@ const OUTSIDE_SCAN_PROCESSES: usize = 4096;
 pub fn outside_holder(transport: Transport, addr: SocketAddr) -> Option<Holder> {
     let started = Instant::now();
     let inodes = procfs::inodes_in_the_way(transport, addr);
+    // The tables take one read each, however many sockets they hold; the scan is what grows
+    // with the host, and what the limit bounds.
     let limit = procfs::ScanLimit {
-        deadline: started + OUTSIDE_SCAN_TIME,
+        deadline: Instant::now() + OUTSIDE_SCAN_TIME,
         processes: OUTSIDE_SCAN_PROCESSES,
     };
     let mut found = None;
@@ -167,6 +169,10 @@ pub fn outside_holder(transport: Transport, addr: SocketAddr) -> Option<Holder> 
         );
     }
     let pid = found?;
+    debug!(
+        "pid {pid} holds {transport}:{addr} (found in {:?})",
+        started.elapsed()
+    );
     let (uid, gid) = procfs::process_ids(pid)?;
     Some(Holder {
         pid,
