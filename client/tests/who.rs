@@ -152,7 +152,6 @@ fn a_refusal_names_the_process_outside_the_broker() {
         daemon.log()
     );
     assert!(!marker.exists());
-    eprintln!("TIMING {}", daemon.log());
     stop(python);
 }
 
