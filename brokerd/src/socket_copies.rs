@@ -142,8 +142,28 @@ const OUTSIDE_SCAN_PROCESSES: usize = 4096;
 /// of `/proc/*/fd` bounded by [`OUTSIDE_SCAN_TIME`] and [`OUTSIDE_SCAN_PROCESSES`]. Its uid and
 /// gid come from `/proc/PID/status`, its name from `/proc/PID/comm`; never its command line.
 /// Nothing is fetched from the process: the fd links name the socket.
+///
+/// Refusals are cheap to provoke, so these searches may take at most a tenth of the event
+/// loop's time: after one that took `t`, none starts for `9 t` (the refusal names nobody).
 pub fn outside_holder(transport: Transport, addr: SocketAddr) -> Option<Holder> {
+    thread_local! {
+        static NEXT_SEARCH: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+    }
     let started = Instant::now();
+    if NEXT_SEARCH.get().is_some_and(|next| started < next) {
+        debug!("not looking for who holds {transport}:{addr}: searched a moment ago");
+        return None;
+    }
+    let found = search_outside_holder(transport, addr, started);
+    NEXT_SEARCH.set(Some(Instant::now() + started.elapsed() * 9));
+    found
+}
+
+fn search_outside_holder(
+    transport: Transport,
+    addr: SocketAddr,
+    started: Instant,
+) -> Option<Holder> {
     let inodes = procfs::inodes_in_the_way(transport, addr);
     // The tables take one read each, however many sockets they hold; the scan is what grows
     // with the host, and what the limit bounds.

@@ -303,7 +303,12 @@ pub fn text(target: &Target, found: &[Found]) -> String {
                 f.proto,
                 f.addr,
                 user_text(f),
-                f.state.unwrap_or("live")
+                // As `list` says it.
+                match f.state {
+                    Some("process") => "tied",
+                    Some("connection") | None => "live",
+                    Some(other) => other,
+                }
             ),
             None => writeln!(
                 out,
@@ -466,9 +471,8 @@ mod tests {
         let text = text(&target, &found);
         let lines: Vec<&str> = text.lines().collect();
         assert!(
-            lines[0].starts_with(
-                "tcp:127.0.0.1:8080: lease 7, held by pid 123 (ev\\x1bil), user root (uid 0)"
-            ),
+            lines[0]
+                == "tcp:127.0.0.1:8080: lease 7, held by pid 123 (ev\\x1bil), user root (uid 0) (tied)",
             "{text}"
         );
         assert!(
