@@ -127,14 +127,14 @@ fn unbound_socket(transport: Transport, addr: SocketAddr) -> Result<OwnedFd, Err
     Ok(fd)
 }
 
-/// The refusal for a failed bind: in use by a process outside the broker, or the kernel's
-/// error as it is.
+/// The refusal for a failed bind: in use by a process outside the broker (named when a
+/// bounded search finds it: `socket_copies::outside_holder`), or the kernel's error as it is.
 pub fn bind_refusal(transport: Transport, requested: SocketAddr, errno: Errno) -> Refusal {
     match errno {
         Errno::EADDRINUSE => Refusal::InUseOutside {
             transport,
             requested,
-            holder: None,
+            holder: crate::socket_copies::outside_holder(transport, requested),
         },
         errno => Refusal::BindFailed {
             transport,

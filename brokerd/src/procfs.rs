@@ -3,9 +3,13 @@
 //! Each of these is a blocking read on the event loop. The per-connection ones
 //! ([`process_name`], [`start_time`], [`groups`]) run once when a client connects; the scans
 //! ([`socket_inodes`], [`visit_socket_fds`]) read every socket or fd of the host and run only for
-//! rare requests (revoke, claim) and for leases whose holder is gone.
+//! rare requests (revoke, claim) and for leases whose holder is gone; the one that names who
+//! holds a port outside the broker ([`inodes_in_the_way`], [`visit_socket_fds_within`]) runs
+//! after a refused fixed-port bind, and is bounded in time and processes.
 
+use std::io::{BufRead as _, BufReader};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Instant;
 
 use portbroker_proto::{GrantedSocket, Transport};
 
@@ -25,6 +29,21 @@ pub fn process_uid(pid: i32) -> Option<u32> {
         .next()?
         .parse()
         .ok()
+}
+
+/// The real uid and gid of a process (`/proc/PID/status`); `None` if it is gone.
+pub fn process_ids(pid: i32) -> Option<(u32, u32)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let first = |key: &str| -> Option<u32> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    Some((first("Uid:")?, first("Gid:")?))
 }
 
 /// The start time of a process in clock ticks since boot (`/proc/PID/stat` field 22), or
@@ -88,6 +107,70 @@ pub fn socket_inodes(sockets: &[GrantedSocket]) -> Vec<u64> {
     inodes
 }
 
+/// The kernel's socket table of a transport and family.
+fn proc_net_table(transport: Transport, v6: bool) -> &'static str {
+    match (transport, v6) {
+        (Transport::Tcp, false) => "/proc/net/tcp",
+        (Transport::Tcp, true) => "/proc/net/tcp6",
+        (Transport::Udp, false) => "/proc/net/udp",
+        (Transport::Udp, true) => "/proc/net/udp6",
+    }
+}
+
+/// Whether sockets bound to `a` and `b` on one port would be in each other's way, as the
+/// kernel's binds see it: the same address; a wildcard and an address of its family; `[::]`
+/// (dual-stack, as far as the tables tell) and any IPv4 address. IPv4-mapped IPv6 addresses
+/// count as IPv4.
+pub fn addresses_overlap(a: IpAddr, b: IpAddr) -> bool {
+    let (a, b) = (a.to_canonical(), b.to_canonical());
+    a == b
+        || (a.is_ipv4() == b.is_ipv4() && (a.is_unspecified() || b.is_unspecified()))
+        || (a == IpAddr::V6(Ipv6Addr::UNSPECIFIED) && b.is_ipv4())
+        || (b == IpAddr::V6(Ipv6Addr::UNSPECIFIED) && a.is_ipv4())
+}
+
+/// The inodes of the sockets that keep `addr` from being bound: bound (TCP: listening) on its port at an overlapping address ([`addresses_overlap`]), from one read of each
+/// kernel table that can hold one (`/proc/net/{tcp,udp}{,6}`).
+pub fn inodes_in_the_way(transport: Transport, addr: SocketAddr) -> Vec<u64> {
+    let ip = addr.ip().to_canonical();
+    // IPv6 tables hold dual-stack and IPv4-mapped sockets; IPv4 ones matter to [::] only.
+    let tables: &[bool] = match ip {
+        IpAddr::V4(_) => &[false, true],
+        IpAddr::V6(v6) if v6.is_unspecified() => &[false, true],
+        IpAddr::V6(_) => &[true],
+    };
+    let mut inodes = Vec::new();
+    for &v6 in tables {
+        let Ok(file) = std::fs::File::open(proc_net_table(transport, v6)) else {
+            continue;
+        };
+        // The kernel lists listening TCP sockets first, then connections (a busy host has
+        // thousands in TIME_WAIT, and generating those lines takes tens of ms): the read stops
+        // at the first socket that does not listen. TCP sockets that are bound only are not
+        // listed at all; UDP tables are read whole.
+        let lines = BufReader::with_capacity(64 * 1024, file).lines().skip(1);
+        for line in lines {
+            let Ok(line) = line else { break };
+            let mut fields = line.split_whitespace();
+            let (Some(local), Some(state)) = (fields.nth(1), fields.nth(1)) else {
+                continue;
+            };
+            if transport == Transport::Tcp && state != "0A" {
+                break;
+            }
+            let (Some(local), Some(Ok(inode))) =
+                (parse_proc_addr(local), fields.nth(5).map(str::parse::<u64>))
+            else {
+                continue;
+            };
+            if local.port() == addr.port() && inode != 0 && addresses_overlap(local.ip(), ip) {
+                inodes.push(inode);
+            }
+        }
+    }
+    inodes
+}
+
 /// `0100007F:1F90` (IPv4) or 32 hex digits and a port (IPv6): each 32-bit word is printed as
 /// the machine's own integer, so its native bytes are the address bytes.
 fn parse_proc_addr(text: &str) -> Option<SocketAddr> {
@@ -116,14 +199,33 @@ fn parse_proc_addr(text: &str) -> Option<SocketAddr> {
 
 /// Calls `visit(pid, fd, inode)` for every fd of every other process (`/proc/*/fd`) that is
 /// one of the sockets `inodes`, until it returns true.
-pub fn visit_socket_fds(inodes: &[u64], mut visit: impl FnMut(i32, i32, u64) -> bool) {
+pub fn visit_socket_fds(inodes: &[u64], visit: impl FnMut(i32, i32, u64) -> bool) {
+    visit_socket_fds_within(inodes, None, visit);
+}
+
+/// How much of the host a bounded scan may read: it stops at the deadline or after this many
+/// processes, whichever comes first.
+#[derive(Clone, Copy, Debug)]
+pub struct ScanLimit {
+    pub deadline: Instant,
+    pub processes: usize,
+}
+
+/// [`visit_socket_fds`] that gives up at `limit`; returns false if it gave up before it had
+/// seen every process (and `visit` had not returned true).
+pub fn visit_socket_fds_within(
+    inodes: &[u64],
+    limit: Option<ScanLimit>,
+    mut visit: impl FnMut(i32, i32, u64) -> bool,
+) -> bool {
     if inodes.is_empty() {
-        return;
+        return true;
     }
     let own = std::process::id();
     let Ok(procs) = std::fs::read_dir("/proc") else {
-        return;
+        return true;
     };
+    let mut scanned = 0usize;
     for entry in procs.flatten() {
         let Some(pid) = entry
             .file_name()
@@ -135,6 +237,12 @@ pub fn visit_socket_fds(inodes: &[u64], mut visit: impl FnMut(i32, i32, u64) -> 
         if pid as u32 == own {
             continue;
         }
+        if let Some(limit) = limit {
+            if scanned >= limit.processes || Instant::now() >= limit.deadline {
+                return false;
+            }
+        }
+        scanned += 1;
         let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
             continue;
         };
@@ -150,10 +258,11 @@ pub fn visit_socket_fds(inodes: &[u64], mut visit: impl FnMut(i32, i32, u64) -> 
                 continue;
             };
             if visit(pid, number, inode) {
-                return;
+                return true;
             }
         }
     }
+    true
 }
 
 /// The socket fds of process `pid` (`/proc/PID/fd`): each fd's number and its socket's inode.
@@ -215,6 +324,41 @@ mod tests {
     }
 
     #[test]
+    fn overlapping_addresses_are_those_the_kernel_refuses() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(addresses_overlap(ip("127.0.0.1"), ip("127.0.0.1")));
+        assert!(addresses_overlap(ip("0.0.0.0"), ip("127.0.0.1")));
+        assert!(addresses_overlap(ip("127.0.0.1"), ip("::")));
+        assert!(addresses_overlap(ip("::ffff:127.0.0.1"), ip("127.0.0.1")));
+        assert!(addresses_overlap(ip("::"), ip("::1")));
+        assert!(!addresses_overlap(ip("127.0.0.1"), ip("127.0.0.2")));
+        assert!(!addresses_overlap(ip("0.0.0.0"), ip("::1")));
+        assert!(!addresses_overlap(ip("::1"), ip("127.0.0.1")));
+    }
+
+    #[test]
+    fn the_socket_in_the_way_of_a_bind_is_found_and_its_process_named() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let inode = nix::sys::stat::fstat(&listener).unwrap().st_ino;
+        let wildcard: SocketAddr = format!("0.0.0.0:{}", addr.port()).parse().unwrap();
+        for asked in [addr, wildcard] {
+            assert_eq!(inodes_in_the_way(Transport::Tcp, asked), vec![inode]);
+        }
+        assert!(inodes_in_the_way(Transport::Udp, addr).is_empty());
+        // This process is never visited; an exhausted limit stops before any other.
+        let limit = ScanLimit {
+            deadline: Instant::now(),
+            processes: 0,
+        };
+        assert!(!visit_socket_fds_within(
+            &[inode],
+            Some(limit),
+            |_, _, _| { panic!("visited past the limit") }
+        ));
+    }
+
+    #[test]
     fn socket_links_name_their_inode() {
         assert_eq!(socket_inode("socket:[123456]"), Some(123_456));
         assert_eq!(socket_inode("pipe:[12]"), None);
@@ -230,5 +374,12 @@ mod tests {
         let gid = nix::unistd::getgid().as_raw();
         assert!(groups(pid, gid).contains(&gid));
         assert_eq!(process_uid(-1), None);
+        assert_eq!(
+            process_ids(pid),
+            Some((
+                nix::unistd::getuid().as_raw(),
+                nix::unistd::getgid().as_raw()
+            ))
+        );
     }
 }

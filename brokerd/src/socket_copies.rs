@@ -10,11 +10,13 @@
 //! path.
 
 use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
 
 use nix::sys::socket::{shutdown, Shutdown};
-use portbroker_proto::GrantedSocket;
-use tracing::warn;
+use portbroker_proto::{GrantedSocket, Holder, Transport};
+use tracing::{debug, warn};
 
 use crate::{bind, pidfd, procfs};
 
@@ -128,4 +130,74 @@ pub fn a_holder_of(leased: Leased<'_>) -> Option<i32> {
         true
     });
     found
+}
+
+/// How long the search for who holds a port outside the broker may take on the event loop,
+/// and how many processes it may read, before it gives up and the refusal names nobody.
+const OUTSIDE_SCAN_TIME: Duration = Duration::from_millis(10);
+const OUTSIDE_SCAN_PROCESSES: usize = 4096;
+
+/// The process outside the broker whose socket keeps `addr` from being bound, if it can be
+/// found cheaply: one read of the kernel's socket tables for the inodes in the way, then a scan
+/// of `/proc/*/fd` bounded by [`OUTSIDE_SCAN_TIME`] and [`OUTSIDE_SCAN_PROCESSES`]. Its uid and
+/// gid come from `/proc/PID/status`, its name from `/proc/PID/comm`; never its command line.
+/// Nothing is fetched from the process: the fd links name the socket.
+///
+/// Refusals are cheap to provoke, so these searches may take at most a tenth of the event
+/// loop's time: after one that took `t`, none starts for `9 t` (the refusal names nobody).
+pub fn outside_holder(transport: Transport, addr: SocketAddr) -> Option<Holder> {
+    thread_local! {
+        static NEXT_SEARCH: std::cell::Cell<Option<Instant>> = const { std::cell::Cell::new(None) };
+    }
+    let started = Instant::now();
+    if NEXT_SEARCH.get().is_some_and(|next| started < next) {
+        debug!("not looking for who holds {transport}:{addr}: searched a moment ago");
+        return None;
+    }
+    let found = search_outside_holder(transport, addr, started);
+    NEXT_SEARCH.set(Some(Instant::now() + started.elapsed() * 9));
+    found
+}
+
+fn search_outside_holder(
+    transport: Transport,
+    addr: SocketAddr,
+    started: Instant,
+) -> Option<Holder> {
+    let inodes = procfs::inodes_in_the_way(transport, addr);
+    // The tables take one read each, however many sockets they hold; the scan is what grows
+    // with the host, and what the limit bounds.
+    let limit = procfs::ScanLimit {
+        deadline: Instant::now() + OUTSIDE_SCAN_TIME,
+        processes: OUTSIDE_SCAN_PROCESSES,
+    };
+    let mut found = None;
+    let complete = procfs::visit_socket_fds_within(&inodes, Some(limit), |pid, _, _| {
+        found = Some(pid);
+        true
+    });
+    if found.is_none() {
+        debug!(
+            "no process found holding {transport}:{addr} ({} inodes in the way, {}, {:?})",
+            inodes.len(),
+            if complete {
+                "every process read"
+            } else {
+                "scan cut short"
+            },
+            started.elapsed()
+        );
+    }
+    let pid = found?;
+    debug!(
+        "pid {pid} holds {transport}:{addr} (found in {:?})",
+        started.elapsed()
+    );
+    let (uid, gid) = procfs::process_ids(pid)?;
+    Some(Holder {
+        pid,
+        uid,
+        gid,
+        name: procfs::process_name(pid).unwrap_or_default(),
+    })
 }

@@ -34,6 +34,30 @@ pub enum Command {
         /// Print a JSON array with one object per socket
         #[arg(long)]
         json: bool,
+        /// Only sockets on this port
+        #[arg(long, value_name = "N")]
+        port: Option<u16>,
+        /// Only leases of this user (a name or a uid)
+        #[arg(long, value_name = "NAME|UID")]
+        user: Option<String>,
+        /// Only sockets of this transport
+        #[arg(long, value_name = "PROTO", value_parser = ["tcp", "udp"])]
+        proto: Option<String>,
+    },
+    /// Say who holds a port: a lease, a process outside the broker, or nobody (exit status 1)
+    ///
+    /// What no lease holds is looked up in the kernel's socket tables and /proc/*/fd, with
+    /// your own rights: an ordinary user sees every user's sockets but only its own processes.
+    Who {
+        /// PORT (on any address), or ADDR:PORT (IPv6 addresses in brackets)
+        #[arg(value_name = "[ADDR:]PORT")]
+        target: String,
+        /// The transport
+        #[arg(long, value_name = "PROTO", value_parser = ["tcp", "udp"], default_value = "tcp")]
+        proto: String,
+        /// Print a JSON object
+        #[arg(long)]
+        json: bool,
     },
     /// Show the broker's state
     Status {
@@ -272,7 +296,34 @@ mod tests {
     fn socket_may_follow_the_subcommand() {
         let cli = parse(&["list", "--json", "--socket", "/s"]).unwrap();
         assert_eq!(cli.socket, Some(PathBuf::from("/s")));
-        assert!(matches!(cli.command, Command::List { json: true }));
+        assert!(matches!(cli.command, Command::List { json: true, .. }));
+    }
+
+    #[test]
+    fn list_takes_filters_and_who_a_port() {
+        let cli = parse(&["list", "--port", "80", "--user", "alice", "--proto", "udp"]).unwrap();
+        let Command::List {
+            json,
+            port,
+            user,
+            proto,
+        } = cli.command
+        else {
+            panic!("not list")
+        };
+        assert!(!json);
+        assert_eq!(port, Some(80));
+        assert_eq!(user.as_deref(), Some("alice"));
+        assert_eq!(proto.as_deref(), Some("udp"));
+        assert!(parse(&["list", "--proto", "sctp"]).is_err());
+        assert!(parse(&["list", "--port", "http"]).is_err());
+        let cli = parse(&["who", "127.0.0.1:80", "--json"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Who { ref target, ref proto, json: true } if target == "127.0.0.1:80" && proto == "tcp"
+        ));
+        assert!(parse(&["who", "53", "--proto", "udp"]).is_ok());
+        assert!(parse(&["who"]).is_err());
     }
 
     #[test]

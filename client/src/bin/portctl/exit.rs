@@ -48,6 +48,8 @@ pub const NOT_PERMITTED: u8 = 77;
 pub const CONFIG: u8 = 78;
 /// A lease id that no live lease has.
 pub const UNKNOWN_LEASE: u8 = 1;
+/// `who`: nobody holds the port.
+pub const NOBODY: u8 = 1;
 /// CMD was found but could not be executed (no permission, not an executable, ...).
 pub const CANNOT_EXECUTE: u8 = 126;
 /// CMD was not found.

@@ -13,6 +13,8 @@ mod run;
 #[allow(unsafe_code)]
 mod spawn;
 mod talk;
+mod users;
+mod who;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -50,14 +52,57 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<u8> {
     match cli.command {
         Command::Run(args) => run::run(cli.socket, args),
-        Command::List { json } => {
-            let leases = connect(cli.socket)?.list()?;
+        Command::List {
+            json,
+            port,
+            user,
+            proto,
+        } => {
+            let mut users = users::Users::default();
+            let filter = output::ListFilter::new(port, user.as_deref(), proto.as_deref())?;
+            let leases = filter.apply(connect(cli.socket)?.list()?);
             output::print_stdout(&if json {
-                output::leases_json(&leases)?
+                output::leases_json(&leases, &mut users)?
             } else {
-                output::leases_table(&leases, output::unix_now())
+                output::leases_table(
+                    &leases,
+                    output::unix_now(),
+                    &mut users,
+                    output::colour_wanted(),
+                )
             })?;
             Ok(0)
+        }
+        Command::Who {
+            target,
+            proto,
+            json,
+        } => {
+            let transport = if proto == "udp" {
+                portbroker::Transport::Udp
+            } else {
+                portbroker::Transport::Tcp
+            };
+            let target = who::Target::parse(&target, transport)?;
+            let leases = connect(cli.socket)?.list()?;
+            let kernel = who::kernel_sockets(&target);
+            let inodes: Vec<u64> = kernel.iter().map(|s| s.inode).collect();
+            let processes = who::processes_holding(&inodes);
+            let mut users = users::Users::default();
+            let found = who::find(
+                &target,
+                &leases,
+                &kernel,
+                &processes,
+                who::process_name,
+                &mut users,
+            );
+            output::print_stdout(&if json {
+                who::json(&target, &found)?
+            } else {
+                who::text(&target, &found)
+            })?;
+            Ok(if found.is_empty() { exit::NOBODY } else { 0 })
         }
         Command::Status { json } => {
             let broker = connect(cli.socket)?;

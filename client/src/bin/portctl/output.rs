@@ -7,10 +7,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use portbroker::proto::escaped;
-use portbroker::{LeaseInfo, LeaseState, StatusInfo};
+use portbroker::{LeaseInfo, LeaseState, StatusInfo, Transport};
 use serde::Serialize;
 
+use crate::exit::UsageError;
 use crate::localtime::LocalTime;
+use crate::users::Users;
 
 /// Writes `text` to stdout. A reader that went away (`portctl list | head -1`) is not an error.
 pub fn print_stdout(text: &str) -> Result<()> {
@@ -74,16 +76,95 @@ fn table(rows: &[Vec<String>]) -> String {
     out
 }
 
+/// What `list --port/--user/--proto` keep: sockets on the port, of the transport, in leases of
+/// the user.
+#[derive(Debug, Default)]
+pub struct ListFilter {
+    port: Option<u16>,
+    uid: Option<u32>,
+    transport: Option<Transport>,
+}
+
+impl ListFilter {
+    /// `user` is a name or a uid; a name that no user has is bad usage.
+    pub fn new(
+        port: Option<u16>,
+        user: Option<&str>,
+        proto: Option<&str>,
+    ) -> Result<ListFilter, UsageError> {
+        let uid = match user {
+            Some(user) => Some(Users::parse_user(user).ok_or_else(|| {
+                UsageError(format!(
+                    "list: no user named {:?}",
+                    escaped(user).to_string()
+                ))
+            })?),
+            None => None,
+        };
+        let transport = match proto {
+            None => None,
+            Some("tcp") => Some(Transport::Tcp),
+            Some("udp") => Some(Transport::Udp),
+            Some(other) => return Err(UsageError(format!("list: {other:?} is not tcp or udp"))),
+        };
+        Ok(ListFilter {
+            port,
+            uid,
+            transport,
+        })
+    }
+
+    /// The leases with only the sockets the filter keeps; leases left without one go.
+    pub fn apply(&self, leases: Vec<LeaseInfo>) -> Vec<LeaseInfo> {
+        leases
+            .into_iter()
+            .filter(|lease| self.uid.is_none_or(|uid| lease.holder.uid == uid))
+            .filter_map(|mut lease| {
+                lease.sockets.retain(|socket| {
+                    self.port.is_none_or(|port| socket.addr.port() == port)
+                        && self.transport.is_none_or(|t| socket.transport == t)
+                });
+                (!lease.sockets.is_empty()).then_some(lease)
+            })
+            .collect()
+    }
+}
+
+/// Whether `list` may colour its STATE column: only on a terminal, and never when `NO_COLOR`
+/// is set (to anything) or `TERM` is `dumb`.
+pub fn colour_wanted() -> bool {
+    use std::io::IsTerminal as _;
+    io::stdout().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none()
+        && std::env::var_os("TERM").is_none_or(|term| term != "dumb")
+}
+
+/// The STATE text in colour: green while a holder keeps the lease, yellow while it lingers,
+/// blue while a sticky service's ports are kept.
+fn coloured_state(state: LeaseState, text: String) -> String {
+    let code = match state {
+        LeaseState::Connection | LeaseState::Process => "32",
+        LeaseState::Lingering => "33",
+        LeaseState::Kept => "34",
+    };
+    format!("\x1b[{code}m{text}\x1b[0m")
+}
+
 /// One row per socket of each lease, under a header that is there even with no lease. `now` is
-/// in seconds since the Unix epoch. Process names are [`escaped`]: one row stays one line, and
-/// no holder writes escape sequences to the reader's terminal.
-pub fn leases_table(leases: &[LeaseInfo], now: u64) -> String {
+/// in seconds since the Unix epoch. Process and user names are [`escaped`]: one row stays one
+/// line, and no holder writes escape sequences to the reader's terminal. With `colour`, the
+/// STATE column (the last, so alignment holds) is coloured.
+pub fn leases_table(leases: &[LeaseInfo], now: u64, users: &mut Users, colour: bool) -> String {
     let header = [
-        "ID", "PROTO", "ADDRESS", "PID", "UID", "NAME", "SINCE", "STATE",
+        "ID", "PROTO", "ADDRESS", "PID", "UID", "USER", "NAME", "SINCE", "STATE",
     ];
     let mut rows = vec![header.map(String::from).to_vec()];
     for lease in leases {
-        let state = state_text(lease, now);
+        let mut state = state_text(lease, now);
+        if colour {
+            state = coloured_state(lease.state, state);
+        }
+        let user = escaped(&users.name_or_number(lease.holder.uid)).to_string();
         for socket in &lease.sockets {
             rows.push(vec![
                 lease.id.to_string(),
@@ -91,9 +172,10 @@ pub fn leases_table(leases: &[LeaseInfo], now: u64) -> String {
                 socket.addr.to_string(),
                 lease.holder.pid.to_string(),
                 lease.holder.uid.to_string(),
+                user.clone(),
                 // The holder names itself: it must not write to the reader's terminal.
                 escaped(&lease.holder.name).to_string(),
-                format_age(now.saturating_sub(lease.since)),
+                format!("{} ago", format_age(now.saturating_sub(lease.since))),
                 state.clone(),
             ]);
         }
@@ -127,6 +209,8 @@ struct SocketRow<'a> {
     addr: String,
     pid: i32,
     uid: u32,
+    /// The holder's user name; null when its uid has none.
+    user: Option<String>,
     gid: u32,
     name: &'a str,
     since: u64,
@@ -140,16 +224,18 @@ struct SocketRow<'a> {
     state: &'static str,
 }
 
-pub fn leases_json(leases: &[LeaseInfo]) -> Result<String> {
+pub fn leases_json(leases: &[LeaseInfo], users: &mut Users) -> Result<String> {
     let rows: Vec<SocketRow> = leases
         .iter()
         .flat_map(|lease| {
+            let user = users.name(lease.holder.uid);
             lease.sockets.iter().map(move |socket| SocketRow {
                 id: lease.id.0,
                 proto: socket.transport.as_str(),
                 addr: socket.addr.to_string(),
                 pid: lease.holder.pid,
                 uid: lease.holder.uid,
+                user: user.clone(),
                 gid: lease.holder.gid,
                 name: &lease.holder.name,
                 since: lease.since,
@@ -297,10 +383,10 @@ mod tests {
     #[test]
     fn the_table_has_a_header_and_a_row_per_socket() {
         assert_eq!(
-            leases_table(&[], 0),
-            "ID  PROTO  ADDRESS  PID  UID  NAME  SINCE  STATE\n"
+            leases_table(&[], 0, &mut Users::default(), false),
+            "ID  PROTO  ADDRESS  PID  UID  USER  NAME  SINCE  STATE\n"
         );
-        let text = leases_table(&[lease()], 1_764_130_192);
+        let text = leases_table(&[lease()], 1_764_130_192, &mut Users::default(), false);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3);
         assert_eq!(
@@ -311,8 +397,10 @@ mod tests {
                 "127.0.0.1:40123",
                 "123",
                 "0",
+                "root",
                 "python3",
                 "3m12s",
+                "ago",
                 "live"
             ]
         );
@@ -325,7 +413,12 @@ mod tests {
     fn names_are_escaped_in_the_table_and_exact_in_json() {
         let mut hostile = lease();
         hostile.holder.name = "ev\x1b[31m\nil".into();
-        let text = leases_table(&[hostile.clone()], 1_764_130_192);
+        let text = leases_table(
+            &[hostile.clone()],
+            1_764_130_192,
+            &mut Users::default(),
+            false,
+        );
         assert!(!text.contains('\x1b'), "{text:?}");
         assert_eq!(text.lines().count(), 3, "{text:?}");
         assert!(
@@ -333,22 +426,63 @@ mod tests {
             "{text:?}"
         );
         let json: serde_json::Value =
-            serde_json::from_str(&leases_json(&[hostile]).unwrap()).unwrap();
+            serde_json::from_str(&leases_json(&[hostile], &mut Users::default()).unwrap()).unwrap();
         assert_eq!(json[0]["name"], "ev\x1b[31m\nil");
     }
 
     #[test]
     fn json_rows_carry_every_field() {
         let json: serde_json::Value =
-            serde_json::from_str(&leases_json(&[lease()]).unwrap()).unwrap();
+            serde_json::from_str(&leases_json(&[lease()], &mut Users::default()).unwrap()).unwrap();
         assert_eq!(
             json[0],
             serde_json::json!({"id": 7, "proto": "tcp", "addr": "127.0.0.1:40123", "pid": 123,
-                "uid": 0, "gid": 0, "name": "python3", "since": 1_764_130_000u64, "listening": true,
-                "expires_unix_ms": null, "lingering": false, "state": "connection"})
+                "uid": 0, "user": "root", "gid": 0, "name": "python3", "since": 1_764_130_000u64,
+                "listening": true, "expires_unix_ms": null, "lingering": false,
+                "state": "connection"})
         );
         assert_eq!(json[1]["addr"], "[::]:8080");
-        assert_eq!(leases_json(&[]).unwrap().trim(), "[]");
+        assert_eq!(
+            leases_json(&[], &mut Users::default()).unwrap().trim(),
+            "[]"
+        );
+        // A uid without a name: null.
+        let mut nameless = lease();
+        nameless.holder.uid = 4_000_000_123;
+        let json: serde_json::Value =
+            serde_json::from_str(&leases_json(&[nameless], &mut Users::default()).unwrap())
+                .unwrap();
+        assert_eq!(json[0]["user"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn filters_keep_matching_sockets_and_drop_emptied_leases() {
+        let keep = |port, user: Option<&str>, proto: Option<&str>| {
+            ListFilter::new(port, user, proto)
+                .unwrap()
+                .apply(vec![lease()])
+                .iter()
+                .map(|l| l.sockets.iter().map(|s| s.addr.port()).collect::<Vec<_>>())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(keep(None, None, None), [vec![40123, 8080]]);
+        assert_eq!(keep(Some(8080), None, None), [vec![8080]]);
+        assert_eq!(keep(None, None, Some("tcp")), [vec![40123]]);
+        assert_eq!(keep(Some(8080), None, Some("tcp")), Vec::<Vec<u16>>::new());
+        assert_eq!(keep(None, Some("root"), None), [vec![40123, 8080]]);
+        assert_eq!(keep(None, Some("0"), None), [vec![40123, 8080]]);
+        assert_eq!(keep(None, Some("1000"), None), Vec::<Vec<u16>>::new());
+        assert!(ListFilter::new(None, Some("no-such-user-here"), None).is_err());
+    }
+
+    #[test]
+    fn only_the_state_is_coloured_and_only_when_asked() {
+        let plain = leases_table(&[lease()], 1_764_130_192, &mut Users::default(), false);
+        assert!(!plain.contains('\x1b'));
+        let coloured = leases_table(&[lease()], 1_764_130_192, &mut Users::default(), true);
+        let row = coloured.lines().nth(1).unwrap();
+        assert!(row.ends_with("\x1b[32mlive\x1b[0m"), "{coloured:?}");
+        assert_eq!(row.matches('\x1b').count(), 2, "{coloured:?}");
     }
 
     #[test]
@@ -387,7 +521,7 @@ mod tests {
             expires_unix_ms: in_4m12s,
             ..lease()
         };
-        let text = leases_table(&[kept, lease()], now);
+        let text = leases_table(&[kept, lease()], now, &mut Users::default(), false);
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[1].ends_with("  kept for 4m12s"), "{text}");
         assert!(lines[3].ends_with("  live"), "{text}");
@@ -404,7 +538,8 @@ mod tests {
         ] {
             let leases = [LeaseInfo { state, ..lease() }];
             let json: serde_json::Value =
-                serde_json::from_str(&leases_json(&leases).unwrap()).unwrap();
+                serde_json::from_str(&leases_json(&leases, &mut Users::default()).unwrap())
+                    .unwrap();
             assert_eq!(json[0]["state"], name);
             assert_eq!(json[0]["lingering"], lingering, "{name}");
         }
