@@ -9,8 +9,9 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "portctl", version)]
 pub struct Cli {
-    /// The broker's socket [default: $PORTBROKER_SOCKET, else /run/portbroker/portbroker.sock
-    /// for root, else $XDG_RUNTIME_DIR/portbroker/portbroker.sock]
+    /// The broker's socket [default: $PORTBROKER_SOCKET; else, for a user other than root,
+    /// $XDG_RUNTIME_DIR/portbroker/portbroker.sock if a broker answers there; else
+    /// /run/portbroker/portbroker.sock]
     #[arg(long, global = true, value_name = "PATH")]
     pub socket: Option<PathBuf>,
 
