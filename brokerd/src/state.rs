@@ -12,6 +12,7 @@ use tracing::{debug, info, warn};
 
 use crate::bind;
 use crate::lease::{ConnId, Deadline, Keeper, Lease, SocketList};
+use crate::metrics::Counters;
 use crate::policy::{Identity, Policy};
 use crate::procfs;
 use crate::socket_copies;
@@ -44,6 +45,10 @@ pub struct State {
     /// systemd's notification socket (a no-op without one). Every held reservation is also in
     /// systemd's fd store, so that a restart finds its port still bound.
     pub notify: Notifier,
+    /// What happened since the start, for `Status` and the metrics endpoint.
+    pub counters: Counters,
+    /// Where the metrics endpoint listens, once it does.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl State {
@@ -57,6 +62,8 @@ impl State {
             next_linger_check: None,
             started: Instant::now(),
             notify: Notifier::default(),
+            counters: Counters::default(),
+            metrics_listen: None,
         })
     }
 
@@ -166,6 +173,10 @@ impl State {
     pub fn expire_due(&mut self, now: Instant) -> Vec<Notice> {
         let mut notices = Vec::new();
         for lease in self.table.take_expired(now) {
+            if lease.keeper != Keeper::Kept {
+                // A kept service's ports going back is no time limit reached.
+                self.counters.expiries += 1;
+            }
             info!(
                 lease = lease.id.0,
                 "expired: {} of {}",

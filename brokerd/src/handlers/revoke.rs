@@ -21,6 +21,7 @@ pub fn revoke(state: &mut State, peer: &Peer, id: LeaseId) -> Reply {
     let Some(lease) = state.table.end(id) else {
         return Reply::failed(Failure::UnknownLease { id });
     };
+    state.counters.revokes += 1;
     let found = socket_copies::shut_down_everywhere(lease.leased());
     warn!(
         lease = id.0,
