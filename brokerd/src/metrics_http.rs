@@ -106,6 +106,7 @@ impl Endpoint {
             .context("cannot watch the metrics listener")?;
         let lease = own_lease(state, addr, cookie);
         state.metrics_listen = Some(addr);
+        state.metrics_lease = Some(lease);
         info!(lease = lease.0, "serving metrics on http://{addr}/metrics");
         Ok(Endpoint {
             listener: Some(listener),
@@ -113,6 +114,17 @@ impl Endpoint {
             scrapes: HashMap::new(),
             next_token: SCRAPE_BIT,
         })
+    }
+
+    /// Closes the listener and every scrape.
+    pub fn stop(mut self, epoll: &Epoll) {
+        if let Some(listener) = self.listener.take() {
+            let _ = epoll.delete(listener.as_fd());
+        }
+        let tokens: Vec<u64> = self.scrapes.keys().copied().collect();
+        for token in tokens {
+            self.close(epoll, token);
+        }
     }
 
     /// The earliest scrape deadline.
@@ -175,6 +187,7 @@ impl Endpoint {
                         state.table.end(self.lease);
                     }
                     state.metrics_listen = None;
+                    state.metrics_lease = None;
                     return;
                 }
             }

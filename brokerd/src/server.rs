@@ -238,6 +238,7 @@ impl Server {
                 }
             }
             self.conns.serve_ready(&mut self.state);
+            self.stop_metrics_if_revoked();
             self.state.prune_watches();
             // Group commit: the turn's grants reach the journal before any answer leaves, and
             // a grant the journal could not record is answered with a failure instead.
@@ -389,6 +390,18 @@ impl Server {
                  any holder keeps them, and every grant binds (probes) its port first.",
                 unread.saturating_sub(1)
             );
+        }
+    }
+
+    /// Closes the metrics endpoint once its lease was revoked (or its listener failed).
+    fn stop_metrics_if_revoked(&mut self) {
+        if self.state.metrics_lease.is_some() {
+            return;
+        }
+        if let Some(endpoint) = self.metrics.take() {
+            endpoint.stop(&self.epoll);
+            self.state.metrics_listen = None;
+            warn!("the metrics endpoint is closed: its lease was revoked; it opens again at the next start");
         }
     }
 

@@ -49,6 +49,9 @@ pub struct State {
     pub counters: Counters,
     /// Where the metrics endpoint listens, once it does.
     pub metrics_listen: Option<SocketAddr>,
+    /// The lease of the metrics endpoint's port, held by the daemon itself: nobody acts on it
+    /// but an administrator's revoke (which stops the endpoint).
+    pub metrics_lease: Option<LeaseId>,
 }
 
 impl State {
@@ -64,6 +67,7 @@ impl State {
             notify: Notifier::default(),
             counters: Counters::default(),
             metrics_listen: None,
+            metrics_lease: None,
         })
     }
 
@@ -74,6 +78,13 @@ impl State {
             .table
             .get(lease_id)
             .ok_or(Failure::UnknownLease { id: lease_id })?;
+        if self.metrics_lease == Some(lease_id) {
+            return Err(Failure::NotPermitted {
+                reason: format!(
+                    "lease {lease_id} is the daemon's own: the port of its metrics endpoint"
+                ),
+            });
+        }
         if lease.holder.uid == asker.uid || self.policy.is_admin(asker) {
             Ok(lease)
         } else {
@@ -340,9 +351,10 @@ impl State {
         let old = &self.policy;
         if (&new.socket_path, new.socket_mode, new.socket_gid, new.pool)
             != (&old.socket_path, old.socket_mode, old.socket_gid, old.pool)
+            || new.metrics_listen != old.metrics_listen
         {
             warn!(
-                "{}: changes to [socket] and [pool] take effect at the next start",
+                "{}: changes to [socket], [pool] and [metrics] take effect at the next start",
                 path.display()
             );
         }

@@ -290,3 +290,63 @@ fn a_non_loopback_address_is_refused_at_start() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_endpoint_lease_is_the_daemon_s_own_until_an_administrator_revokes_it() {
+    let port = free_port();
+    let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let policy = format!("[metrics]\nlisten = \"{listen}\"\n");
+    let daemon = Daemon::start_for_all_users(Some(&policy), &[]);
+    let broker = daemon.broker();
+    let own = broker
+        .list()
+        .unwrap()
+        .into_iter()
+        .find(|l| l.sockets.iter().any(|s| s.addr == listen))
+        .expect("the endpoint's lease is listed");
+    // Not even root releases or renews it: it is no client's.
+    match broker.release(own.id) {
+        Err(Error::Failed(portbroker::Failure::NotPermitted { reason })) => {
+            assert!(reason.contains("metrics endpoint"), "{reason}")
+        }
+        other => panic!("expected NotPermitted, got {other:?}"),
+    }
+    assert!(broker.renew(own.id, Duration::from_secs(1)).is_err());
+    let (status, _) = http_get(listen, "/metrics");
+    assert_eq!(status, "HTTP/1.0 200 OK");
+    // An administrator's revoke shuts the listener down: the endpoint stops, the port is free.
+    broker.revoke(own.id).unwrap();
+    assert!(TcpStream::connect(listen).is_err(), "the endpoint stopped");
+    assert!(broker.list().unwrap().iter().all(|l| l.id != own.id));
+    let status = broker.status().unwrap();
+    assert_eq!(status.metrics.revokes, 1);
+    assert_eq!(status.metrics.releases, 0);
+}
+
+#[test]
+fn a_restarted_daemon_serves_its_endpoint_again() {
+    let port = free_port();
+    let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let policy = format!("[metrics]\nlisten = \"{listen}\"\n");
+    let mut daemon = Daemon::start_for_all_users(Some(&policy), &[]);
+    let kept = daemon.broker().lease([loopback_any()]).unwrap();
+    // The journal remembers the endpoint's lease as any other; killed, the daemon holds nothing.
+    daemon.kill9();
+    let config = daemon.policy_file();
+    let restarted = Daemon::start_with(&[
+        "--socket",
+        daemon.socket.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    let (status, body) = http_get(listen, "/metrics");
+    assert_eq!(status, "HTTP/1.0 200 OK", "{body}");
+    let leases = restarted.broker().list().unwrap();
+    let own: Vec<_> = leases
+        .iter()
+        .filter(|l| l.sockets.iter().any(|s| s.addr == listen))
+        .collect();
+    assert_eq!(own.len(), 1, "{leases:?}");
+    assert_eq!(own[0].holder.pid, restarted.pid() as i32);
+    drop(kept);
+}

@@ -22,6 +22,11 @@ pub fn revoke(state: &mut State, peer: &Peer, id: LeaseId) -> Reply {
         return Reply::failed(Failure::UnknownLease { id });
     };
     state.counters.revokes += 1;
+    if state.metrics_lease == Some(id) {
+        // The daemon's own socket, which the search below never looks at: the loop closes the
+        // endpoint before this answer leaves.
+        state.metrics_lease = None;
+    }
     let found = socket_copies::shut_down_everywhere(lease.leased());
     warn!(
         lease = id.0,
