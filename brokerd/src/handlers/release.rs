@@ -53,6 +53,7 @@ mod tests {
         assert_eq!(reply.response, Response::Released { id });
         assert!(state.table.get(id).is_none());
         assert!(state.table.kept_by_connection(1).is_empty());
+        assert_eq!(state.counters.releases, 1, "counted for the metrics");
         let again = release(&mut state, &peer, id);
         assert_eq!(
             again.response,

@@ -79,6 +79,7 @@ mod tests {
         assert_eq!(reply.notices.len(), 1);
         assert_eq!(reply.notices[0].conn, 5);
         assert_eq!(reply.notices[0].response, Response::Revoked { id });
+        assert_eq!(state.counters.revokes, 1, "counted for the metrics");
         let again = revoke(&mut state, &me(6), id);
         assert_eq!(
             again.response,
