@@ -141,6 +141,7 @@ pub fn serve(path: &Path, pool: (u16, u16)) -> Result<()> {
                             hi: pool.1,
                         },
                         default_addr: std::net::Ipv4Addr::LOCALHOST.into(),
+                        metrics: Default::default(),
                     }),
                     Err(e) => return Err(e).context("minimal server decode"),
                 };

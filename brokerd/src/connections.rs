@@ -62,6 +62,9 @@ struct Answer {
     fds: Vec<OwnedFd>,
     /// The lease this answer grants, if it grants a new one.
     new_lease: Option<portbroker_proto::LeaseId>,
+    /// For the answer to a `Lease`, when its frame was read: the lease latency ends when the
+    /// answer is queued.
+    lease_read_at: Option<Instant>,
 }
 
 pub struct Connections {
@@ -426,6 +429,8 @@ impl Connections {
         let Some(conn) = self.conns.get_mut(&id) else {
             return 1;
         };
+        let read_at = Instant::now();
+        let mut is_lease = false;
         let reply = match decode_request(payload) {
             Err(err) => Reply::closing(match peek_hello_protocol(payload) {
                 Some(client) if !conn.greeted && client != PROTOCOL_VERSION => {
@@ -454,6 +459,7 @@ impl Connections {
                             greeted: conn.greeted,
                             connections,
                         };
+                        is_lease = matches!(request, Request::Lease { .. });
                         let reply = dispatch(state, &context, request);
                         // The binds beyond the first are paid for after the fact, from the
                         // same budget: it may go below zero, refusing what comes next.
@@ -468,7 +474,7 @@ impl Connections {
             conn.greeted = true;
         }
         let work = reply.work.max(1) as usize;
-        self.deliver(id, reply);
+        self.deliver_timed(id, reply, is_lease.then_some(read_at));
         work
     }
 
@@ -476,6 +482,11 @@ impl Connections {
     /// for connection `id`, in order. Nothing leaves before `release_answers`, after the
     /// turn's journal commit. Every answer the broker gives goes through here.
     fn deliver(&mut self, id: ConnId, reply: Reply) {
+        self.deliver_timed(id, reply, None);
+    }
+
+    /// `deliver`, for the answer to a `Lease` whose frame was read at `lease_read_at`.
+    fn deliver_timed(&mut self, id: ConnId, reply: Reply, lease_read_at: Option<Instant>) {
         self.deliver_notices(reply.notices);
         if reply.then_close {
             if let (Some(conn), Response::Failed(failure)) =
@@ -493,6 +504,7 @@ impl Connections {
             response: reply.response,
             fds: reply.fds,
             new_lease: reply.new_lease,
+            lease_read_at,
         });
     }
 
@@ -504,6 +516,7 @@ impl Connections {
                 response: notice.response,
                 fds: Vec::new(),
                 new_lease: None,
+                lease_read_at: None,
             });
             self.unsettled.push(notice.conn);
         }
@@ -539,7 +552,21 @@ impl Connections {
                     error: error.to_owned(),
                 });
             }
+            match &answer.response {
+                Response::Granted { .. } if answer.new_lease.is_some() => {
+                    state.counters.grants += 1;
+                }
+                Response::Refused(refusal) => state.counters.refused(refusal),
+                _ => {}
+            }
             self.send(answer.conn, &answer.response, answer.fds);
+            if let Some(read_at) = answer.lease_read_at {
+                let micros = read_at.elapsed().as_micros();
+                state
+                    .counters
+                    .lease_latency
+                    .observe(u64::try_from(micros).unwrap_or(u64::MAX));
+            }
         }
     }
 

@@ -11,6 +11,8 @@ mod handlers;
 mod journal;
 mod lease;
 mod log_buffer;
+mod metrics;
+mod metrics_http;
 mod peer;
 mod pidfd;
 mod policy;

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use nix::unistd::{Group, User};
@@ -24,6 +24,12 @@ struct FileSocket {
     path: Option<PathBuf>,
     mode: Option<String>,
     group: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileMetrics {
+    listen: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -97,6 +103,8 @@ struct File {
     pool: FilePool,
     #[serde(default)]
     limits: Limits,
+    #[serde(default)]
+    metrics: FileMetrics,
     #[serde(default)]
     admin: FileAdmin,
     #[serde(default, rename = "rule")]
@@ -184,6 +192,8 @@ pub struct Policy {
     /// picker never lands on a pool port (matters where the pool overlaps the ephemeral range).
     pub reserve_pool_in_kernel: bool,
     pub limits: Limits,
+    /// Where the Prometheus endpoint listens (`[metrics] listen`, loopback only); `None`: off.
+    pub metrics_listen: Option<SocketAddr>,
     admin_gids: Vec<u32>,
     rules: Vec<Rule>,
     pub services: BTreeMap<String, Service>,
@@ -256,6 +266,25 @@ fn parse_ports(text: &str) -> Result<Ports, String> {
     Ok(Ports::Range(lo, hi))
 }
 
+/// The address of the metrics endpoint: a loopback address and a port other than 0, as the
+/// endpoint is unauthenticated.
+pub fn parse_metrics_listen(text: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = text
+        .parse()
+        .map_err(|_| "expected an address and port such as \"127.0.0.1:9464\"".to_owned())?;
+    if !addr.ip().is_loopback() {
+        return Err(format!(
+            "{} is not a loopback address: the metrics endpoint is unauthenticated, so it \
+             listens on 127.0.0.1 or ::1 only",
+            addr.ip()
+        ));
+    }
+    if addr.port() == 0 {
+        return Err("port 0: give the port to listen on".to_owned());
+    }
+    Ok(addr)
+}
+
 pub fn parse_range(text: &str) -> Result<PortRange, String> {
     let (lo, hi) = text
         .split_once('-')
@@ -299,6 +328,7 @@ impl Policy {
             pool: None,
             reserve_pool_in_kernel: false,
             limits: Limits::default(),
+            metrics_listen: None,
             admin_gids: Vec::new(),
             rules: vec![everyone],
             services: BTreeMap::new(),
@@ -354,6 +384,13 @@ impl Policy {
             Some(text) => {
                 Some(parse_range(text).map_err(|e| invalid(format!("[pool] range: {e}")))?)
             }
+            None => None,
+        };
+        let metrics_listen = match &file.metrics.listen {
+            Some(text) => Some(
+                parse_metrics_listen(text)
+                    .map_err(|e| invalid(format!("[metrics] listen = {text:?}: {e}")))?,
+            ),
             None => None,
         };
         let admin_gids = file
@@ -450,6 +487,7 @@ impl Policy {
             pool,
             reserve_pool_in_kernel: file.pool.reserve_in_kernel,
             limits: file.limits,
+            metrics_listen,
             admin_gids,
             rules,
             services,
@@ -653,5 +691,31 @@ mod tests {
             Limits::default().sockets_per_uid,
             "the example shows the default"
         );
+    }
+
+    #[test]
+    fn the_metrics_endpoint_listens_on_loopback_only() {
+        let path = Path::new("test.toml");
+        let policy = Policy::parse(path, "[metrics]\nlisten = \"127.0.0.1:9464\"\n").unwrap();
+        assert_eq!(
+            policy.metrics_listen,
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
+        assert_eq!(Policy::parse(path, "").unwrap().metrics_listen, None);
+        for bad in [
+            "0.0.0.0:9464",
+            "192.0.2.1:9464",
+            "[::]:9464",
+            "127.0.0.1:0",
+            "localhost",
+        ] {
+            let text = format!("[metrics]\nlisten = {bad:?}\n");
+            let err = Policy::parse(path, &text).unwrap_err().to_string();
+            assert!(err.contains("[metrics] listen"), "{bad}: {err}");
+        }
+        let err = Policy::parse(path, "[metrics]\nport = 9464\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("port"), "{err}");
     }
 }

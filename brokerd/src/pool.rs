@@ -15,6 +15,8 @@ struct PoolMap {
 pub struct Pool {
     range: PortRange,
     maps: [PoolMap; 2],
+    /// Ports marked used, per transport.
+    in_use: [usize; 2],
 }
 
 fn transport_index(transport: Transport) -> usize {
@@ -34,11 +36,17 @@ impl Pool {
         Pool {
             range,
             maps: [map(), map()],
+            in_use: [0; 2],
         }
     }
 
     pub fn range(&self) -> PortRange {
         self.range
+    }
+
+    /// How many ports of `transport` are marked used.
+    pub fn in_use(&self, transport: Transport) -> usize {
+        self.in_use[transport_index(transport)]
     }
 
     /// The next port, from the transport's cursor on and wrapping around, that is not marked
@@ -90,6 +98,13 @@ impl Pool {
         let index = usize::from(port - self.range.lo);
         let map = &mut self.maps[transport_index(transport)];
         let word = &mut map.used[index / 64];
+        let was_used = *word & (1 << (index % 64)) != 0;
+        let in_use = &mut self.in_use[transport_index(transport)];
+        match (was_used, used) {
+            (false, true) => *in_use += 1,
+            (true, false) => *in_use -= 1,
+            _ => {}
+        }
         if used {
             *word |= 1 << (index % 64);
             map.cursor = (index + 1) % self.range.len();
@@ -128,7 +143,14 @@ mod tests {
             Some(61070)
         );
         assert_eq!(pool.find_free(Transport::Tcp, 1, |p| p == 61003), None);
+        assert_eq!(pool.in_use(Transport::Tcp), 198);
+        // Marking twice counts once.
+        pool.mark(Transport::Tcp, 61070, true);
+        pool.mark(Transport::Tcp, 61070, true);
+        assert_eq!(pool.in_use(Transport::Tcp), 199);
+        assert_eq!(pool.in_use(Transport::Udp), 0);
         // Ports outside the pool are ignored.
         pool.mark(Transport::Tcp, 80, true);
+        assert_eq!(pool.in_use(Transport::Tcp), 199);
     }
 }

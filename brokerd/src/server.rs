@@ -23,9 +23,12 @@ use signal_hook::iterator::exfiltrator::SignalOnly;
 use tracing::{debug, info, warn};
 
 use crate::connections::{Connections, LISTENER_TOKEN};
+use crate::handlers;
 use crate::journal::{Entry, Journal, Recovered};
 use crate::lease::{Keeper, Lease};
 use crate::log_buffer;
+use crate::metrics;
+use crate::metrics_http::{self, Endpoint};
 use crate::policy::Policy;
 use crate::socket_copies;
 use crate::socket_file::SocketFile;
@@ -103,6 +106,8 @@ pub struct Server {
     /// When the next `WATCHDOG=1` is due: a timer of this loop, so a stuck loop stops pinging
     /// and systemd restarts the daemon.
     watchdog_due: Option<Instant>,
+    /// The Prometheus endpoint, when the policy has `[metrics] listen`.
+    metrics: Option<Endpoint>,
 }
 
 impl Server {
@@ -156,6 +161,7 @@ impl Server {
             status_sent: None,
             status_due: None,
             watchdog_due: None,
+            metrics: None,
         };
         match journal {
             Some((journal, recovered)) => {
@@ -165,6 +171,13 @@ impl Server {
             // Nothing remembers the last life's ids: start from the clock, in microseconds,
             // so that a stale handle of a client never names a new lease.
             None => server.state.table.skip_ids_below(unix_micros()),
+        }
+        // After recovery: the endpoint's port is leased to the daemon in the table, which
+        // must know the recovered leases first (and one of the last life's own ended).
+        if let Some(addr) = server.state.policy.metrics_listen {
+            let endpoint = Endpoint::open(&server.epoll, &mut server.state, addr)
+                .with_context(|| format!("cannot serve metrics on {addr} ([metrics] listen)"))?;
+            server.metrics = Some(endpoint);
         }
         Ok(server)
     }
@@ -208,10 +221,24 @@ impl Server {
                             self.state.process_exited(pid);
                         }
                     }
+                    metrics_http::LISTENER_TOKEN => {
+                        if let Some(endpoint) = &mut self.metrics {
+                            endpoint.accept_all(&self.epoll, &mut self.state);
+                        }
+                    }
+                    id if metrics_http::is_scrape(id) => {
+                        if let Some(endpoint) = &mut self.metrics {
+                            let (state, conns) = (&self.state, &self.conns);
+                            endpoint.serve(&self.epoll, id, event.events(), || {
+                                metrics::render(&handlers::status_info(state, conns.len()))
+                            });
+                        }
+                    }
                     id => self.conns.serve(&mut self.state, id, event.events()),
                 }
             }
             self.conns.serve_ready(&mut self.state);
+            self.stop_metrics_if_revoked();
             self.state.prune_watches();
             // Group commit: the turn's grants reach the journal before any answer leaves, and
             // a grant the journal could not record is answered with a failure instead.
@@ -234,6 +261,9 @@ impl Server {
                 self.state.check_lingering();
             }
             self.conns.run_timers(&self.epoll, &mut self.state);
+            if let Some(endpoint) = &mut self.metrics {
+                endpoint.expire(&self.epoll, Instant::now());
+            }
         }
         self.state.notify.stopping();
         let (leases, conns) = (self.state.table.lease_count(), self.conns.len());
@@ -363,6 +393,18 @@ impl Server {
         }
     }
 
+    /// Closes the metrics endpoint once its lease was revoked (or its listener failed).
+    fn stop_metrics_if_revoked(&mut self) {
+        if self.state.metrics_lease.is_some() {
+            return;
+        }
+        if let Some(endpoint) = self.metrics.take() {
+            endpoint.stop(&self.epoll);
+            self.state.metrics_listen = None;
+            warn!("the metrics endpoint is closed: its lease was revoked; it opens again at the next start");
+        }
+    }
+
     /// Logged lines wait up to `LOG_DELAY`, so that one `write` carries many of them.
     fn flush_log_when_due(&mut self) {
         if !log_buffer::pending() {
@@ -421,6 +463,7 @@ impl Server {
             self.log_flush_due,
             self.status_due,
             self.watchdog_due,
+            self.metrics.as_ref().and_then(Endpoint::next_deadline),
         ];
         let Some(deadline) = deadlines.into_iter().flatten().min() else {
             return EpollTimeout::NONE;

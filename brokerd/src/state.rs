@@ -12,6 +12,7 @@ use tracing::{debug, info, warn};
 
 use crate::bind;
 use crate::lease::{ConnId, Deadline, Keeper, Lease, SocketList};
+use crate::metrics::Counters;
 use crate::policy::{Identity, Policy};
 use crate::procfs;
 use crate::socket_copies;
@@ -44,6 +45,13 @@ pub struct State {
     /// systemd's notification socket (a no-op without one). Every held reservation is also in
     /// systemd's fd store, so that a restart finds its port still bound.
     pub notify: Notifier,
+    /// What happened since the start, for `Status` and the metrics endpoint.
+    pub counters: Counters,
+    /// Where the metrics endpoint listens, once it does.
+    pub metrics_listen: Option<SocketAddr>,
+    /// The lease of the metrics endpoint's port, held by the daemon itself: nobody acts on it
+    /// but an administrator's revoke (which stops the endpoint).
+    pub metrics_lease: Option<LeaseId>,
 }
 
 impl State {
@@ -57,6 +65,9 @@ impl State {
             next_linger_check: None,
             started: Instant::now(),
             notify: Notifier::default(),
+            counters: Counters::default(),
+            metrics_listen: None,
+            metrics_lease: None,
         })
     }
 
@@ -67,6 +78,13 @@ impl State {
             .table
             .get(lease_id)
             .ok_or(Failure::UnknownLease { id: lease_id })?;
+        if self.metrics_lease == Some(lease_id) {
+            return Err(Failure::NotPermitted {
+                reason: format!(
+                    "lease {lease_id} is the daemon's own: the port of its metrics endpoint"
+                ),
+            });
+        }
         if lease.holder.uid == asker.uid || self.policy.is_admin(asker) {
             Ok(lease)
         } else {
@@ -166,6 +184,10 @@ impl State {
     pub fn expire_due(&mut self, now: Instant) -> Vec<Notice> {
         let mut notices = Vec::new();
         for lease in self.table.take_expired(now) {
+            if lease.keeper != Keeper::Kept {
+                // A kept service's ports going back is no time limit reached.
+                self.counters.expiries += 1;
+            }
             info!(
                 lease = lease.id.0,
                 "expired: {} of {}",
@@ -329,9 +351,10 @@ impl State {
         let old = &self.policy;
         if (&new.socket_path, new.socket_mode, new.socket_gid, new.pool)
             != (&old.socket_path, old.socket_mode, old.socket_gid, old.pool)
+            || new.metrics_listen != old.metrics_listen
         {
             warn!(
-                "{}: changes to [socket] and [pool] take effect at the next start",
+                "{}: changes to [socket], [pool] and [metrics] take effect at the next start",
                 path.display()
             );
         }

@@ -157,6 +157,16 @@ impl Table {
         self.by_process.get(&pid).map_or(&[], Vec::as_slice)
     }
 
+    /// How many leases linger.
+    pub fn lingering_count(&self) -> usize {
+        self.lingering.len()
+    }
+
+    /// How many ports of the pool leases hold, of `transport`.
+    pub fn pool_in_use(&self, transport: Transport) -> usize {
+        self.pool.in_use(transport)
+    }
+
     /// The leases that linger, in id order.
     pub fn lingering(&self) -> impl Iterator<Item = LeaseId> + '_ {
         self.lingering.iter().copied()

@@ -566,6 +566,7 @@ fn status() -> Response {
         connections: 1,
         pool: PortRange { lo: 1, hi: 2 },
         default_addr: Ipv4Addr::UNSPECIFIED.into(),
+        metrics: Default::default(),
     })
 }
 

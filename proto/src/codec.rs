@@ -201,6 +201,7 @@ mod tests {
                     hi: 65535,
                 },
                 default_addr: Ipv6Addr::UNSPECIFIED.into(),
+                metrics: Default::default(),
             }),
             Response::Failed(Failure::UnknownLease { id: LeaseId(3) }),
         ]

@@ -396,6 +396,60 @@ pub struct StatusInfo {
     pub pool: PortRange,
     /// The address used when a spec gives none.
     pub default_addr: IpAddr,
+    /// Counters and gauges, the same figures as the metrics endpoint.
+    pub metrics: MetricsInfo,
+}
+
+/// The broker's counters since it started, and the gauges `StatusInfo` does not carry: the
+/// figures of its Prometheus endpoint.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct MetricsInfo {
+    /// Leases granted.
+    pub grants: u64,
+    /// Leases refused, per [`Refusal::name`], in the order of [`Refusal::NAMES`].
+    pub refusals: Vec<(String, u64)>,
+    /// Leases ended by a `Release`.
+    pub releases: u64,
+    /// Leases ended by their time limit.
+    pub expiries: u64,
+    /// Leases revoked by an administrator.
+    pub revokes: u64,
+    /// Leases that linger (counted in `StatusInfo::leases` too).
+    pub lingering: u64,
+    /// Pool ports leased, TCP.
+    pub pool_in_use_tcp: u64,
+    /// Pool ports leased, UDP.
+    pub pool_in_use_udp: u64,
+    /// Time from a `Lease` request's frame being read to its answer being queued.
+    pub lease_latency: Histogram,
+    /// Where the metrics endpoint listens, if it is on.
+    pub listen: Option<SocketAddr>,
+}
+
+/// A histogram: `counts[i]` observations were at most `bounds[i]` and above the bound before;
+/// the last count, one longer than `bounds`, is those above every bound.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct Histogram {
+    /// Upper bounds, ascending, in microseconds.
+    pub bounds: Vec<u64>,
+    /// Observations per bucket (not cumulative); one more than `bounds`.
+    pub counts: Vec<u64>,
+    /// The sum of the observations, in microseconds.
+    pub sum: u64,
+}
+
+impl Histogram {
+    /// How many observations there are.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+}
+
+impl MetricsInfo {
+    /// Refusals of all reasons.
+    pub fn refused(&self) -> u64 {
+        self.refusals.iter().map(|(_, n)| n).sum()
+    }
 }
 
 /// A request from a client.
@@ -561,6 +615,39 @@ pub enum Refusal {
         /// The name asked for.
         name: String,
     },
+}
+
+impl Refusal {
+    /// Every [`Refusal::name`], in variant order.
+    pub const NAMES: [&'static str; 8] = [
+        "in_use",
+        "in_use_outside",
+        "not_permitted",
+        "invalid_spec",
+        "pool_exhausted",
+        "bind_failed",
+        "quota_exceeded",
+        "unknown_service",
+    ];
+
+    /// The variant's name in snake_case (`in_use`, `quota_exceeded`, ...).
+    pub fn name(&self) -> &'static str {
+        Self::NAMES[self.index()]
+    }
+
+    /// The variant's index in [`Refusal::NAMES`].
+    pub fn index(&self) -> usize {
+        match self {
+            Refusal::InUse { .. } => 0,
+            Refusal::InUseOutside { .. } => 1,
+            Refusal::NotPermitted { .. } => 2,
+            Refusal::InvalidSpec { .. } => 3,
+            Refusal::PoolExhausted { .. } => 4,
+            Refusal::BindFailed { .. } => 5,
+            Refusal::QuotaExceeded { .. } => 6,
+            Refusal::UnknownService { .. } => 7,
+        }
+    }
 }
 
 impl fmt::Display for Refusal {

@@ -133,6 +133,7 @@ fn status_info() -> impl Strategy<Value = StatusInfo> {
         (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()),
         port_range(),
         ip(),
+        metrics_info(),
     )
         .prop_map(
             |(
@@ -141,6 +142,7 @@ fn status_info() -> impl Strategy<Value = StatusInfo> {
                 (uptime_secs, leases, sockets, connections),
                 pool,
                 default_addr,
+                metrics,
             )| {
                 StatusInfo {
                     daemon_version,
@@ -151,7 +153,46 @@ fn status_info() -> impl Strategy<Value = StatusInfo> {
                     connections,
                     pool,
                     default_addr,
+                    metrics,
                 }
+            },
+        )
+}
+
+fn metrics_info() -> impl Strategy<Value = MetricsInfo> {
+    (
+        (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()),
+        proptest::collection::vec(("[a-z_]{0,16}", any::<u64>()), 0..9),
+        (any::<u64>(), any::<u64>(), any::<u64>()),
+        (
+            proptest::collection::vec(any::<u64>(), 0..11),
+            proptest::collection::vec(any::<u64>(), 0..12),
+            any::<u64>(),
+        ),
+        proptest::option::of(socket_addr()),
+    )
+        .prop_map(
+            |(
+                (grants, releases, expiries, revokes),
+                refusals,
+                (lingering, pool_in_use_tcp, pool_in_use_udp),
+                (bounds, counts, sum),
+                listen,
+            )| MetricsInfo {
+                grants,
+                refusals,
+                releases,
+                expiries,
+                revokes,
+                lingering,
+                pool_in_use_tcp,
+                pool_in_use_udp,
+                lease_latency: Histogram {
+                    bounds,
+                    counts,
+                    sum,
+                },
+                listen,
             },
         )
 }

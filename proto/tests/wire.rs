@@ -225,10 +225,24 @@ goldens! { response_golden(Response), check_response:
             connections: 1,
             pool: PortRange { lo: 61000, hi: 65535 },
             default_addr: Ipv6Addr::UNSPECIFIED.into(),
+            metrics: MetricsInfo {
+                grants: 5,
+                refusals: vec![("in_use".into(), 2)],
+                releases: 1,
+                expiries: 0,
+                revokes: 0,
+                lingering: 0,
+                pool_in_use_tcp: 1,
+                pool_in_use_udp: 0,
+                lease_latency: Histogram { bounds: vec![10, 25], counts: vec![1, 2, 3], sum: 300 },
+                listen: Some("127.0.0.1:9464".parse().unwrap()),
+            },
         }),
         [
-            37, 0, 0, 0, 5, 5, 48, 46, 49, 46, 48, 3, 251, 16, 14, 2, 3, 1, 251, 72, 238, 251, 255,
-            255, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            72, 0, 0, 0, 5, 5, 48, 46, 49, 46, 48, 3, 251, 16, 14, 2, 3, 1, 251, 72, 238, 251, 255,
+            255, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5, 1, 6, 105, 110, 95, 117,
+            115, 101, 2, 1, 0, 0, 0, 1, 0, 2, 10, 25, 3, 1, 2, 3, 251, 44, 1, 1, 0, 127, 0, 0, 1,
+            251, 248, 36,
         ];
     response_failed: Response::Failed(_) =>
         Response::Failed(Failure::UnknownLease { id: LeaseId(3) }),

@@ -24,7 +24,9 @@ use std::os::fd::OwnedFd;
 use portbroker_proto::{Failure, LeaseId, Request, Response};
 
 use crate::peer::Peer;
+
 use crate::state::{Notice, State};
+pub use status::info as status_info;
 
 /// What a request gets: its answer, the sockets that travel with it, and notices for other
 /// connections.

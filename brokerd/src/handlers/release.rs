@@ -21,6 +21,7 @@ pub fn release(state: &mut State, peer: &Peer, id: LeaseId) -> Reply {
         Ok(Keeper::Lingering) => {
             // Its holder is done with it already; the port returns when the last copy
             // closes, not before.
+            state.counters.releases += 1;
             info!(
                 lease = id.0,
                 "release by {asker}: lingers until its last copy closes"
@@ -29,6 +30,7 @@ pub fn release(state: &mut State, peer: &Peer, id: LeaseId) -> Reply {
         }
         Ok(_) => {
             state.table.end(id);
+            state.counters.releases += 1;
             info!(lease = id.0, "released by {asker}");
             Reply::answer(Response::Released { id })
         }
@@ -51,6 +53,7 @@ mod tests {
         assert_eq!(reply.response, Response::Released { id });
         assert!(state.table.get(id).is_none());
         assert!(state.table.kept_by_connection(1).is_empty());
+        assert_eq!(state.counters.releases, 1, "counted for the metrics");
         let again = release(&mut state, &peer, id);
         assert_eq!(
             again.response,

@@ -70,6 +70,7 @@ mod tests {
         assert_eq!(notices[0].conn, 4);
         assert_eq!(notices[0].response, Response::Expired { id });
         assert!(state.table.get(id).is_none());
+        assert_eq!(state.counters.expiries, 1, "counted for the metrics");
     }
 
     #[test]

@@ -21,6 +21,12 @@ pub fn revoke(state: &mut State, peer: &Peer, id: LeaseId) -> Reply {
     let Some(lease) = state.table.end(id) else {
         return Reply::failed(Failure::UnknownLease { id });
     };
+    state.counters.revokes += 1;
+    if state.metrics_lease == Some(id) {
+        // The daemon's own socket, which the search below never looks at: the loop closes the
+        // endpoint before this answer leaves.
+        state.metrics_lease = None;
+    }
     let found = socket_copies::shut_down_everywhere(lease.leased());
     warn!(
         lease = id.0,
@@ -73,6 +79,7 @@ mod tests {
         assert_eq!(reply.notices.len(), 1);
         assert_eq!(reply.notices[0].conn, 5);
         assert_eq!(reply.notices[0].response, Response::Revoked { id });
+        assert_eq!(state.counters.revokes, 1, "counted for the metrics");
         let again = revoke(&mut state, &me(6), id);
         assert_eq!(
             again.response,

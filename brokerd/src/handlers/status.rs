@@ -5,17 +5,29 @@ use portbroker_proto::{Response, StatusInfo, PROTOCOL_VERSION};
 use super::Reply;
 use crate::state::State;
 
-pub fn status(state: &State, connections: usize) -> Reply {
-    Reply::answer(Response::Status(StatusInfo {
+/// The figures, counting `connections` open connections: the answer to `Status`, and what the
+/// metrics endpoint renders. Counts kept as things happen; nothing here walks the table.
+pub fn info(state: &State, connections: usize) -> StatusInfo {
+    let table = &state.table;
+    StatusInfo {
         daemon_version: env!("CARGO_PKG_VERSION").to_owned(),
         protocol: PROTOCOL_VERSION,
         uptime_secs: state.started.elapsed().as_secs(),
-        leases: state.table.lease_count() as u64,
-        sockets: state.table.socket_count() as u64,
+        leases: table.lease_count() as u64,
+        sockets: table.socket_count() as u64,
         connections: connections as u64,
-        pool: state.table.pool(),
+        pool: table.pool(),
         default_addr: state.default_addr,
-    }))
+        metrics: state.counters.info(
+            table.lingering_count(),
+            |transport| table.pool_in_use(transport),
+            state.metrics_listen,
+        ),
+    }
+}
+
+pub fn status(state: &State, connections: usize) -> Reply {
+    Reply::answer(Response::Status(info(state, connections)))
 }
 
 #[cfg(test)]
@@ -33,5 +45,7 @@ mod tests {
         assert_eq!((info.leases, info.sockets, info.connections), (1, 1, 3));
         assert_eq!(info.protocol, PROTOCOL_VERSION);
         assert_eq!(info.pool, state.table.pool());
+        assert_eq!(info.metrics.refusals.len(), 8);
+        assert_eq!(info.metrics.lingering, 0);
     }
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use portbroker::proto::escaped;
+use portbroker::proto::Histogram;
 use portbroker::{LeaseInfo, LeaseState, StatusInfo, Transport};
 use serde::Serialize;
 
@@ -301,11 +302,111 @@ pub fn status_text(status: &StatusInfo, socket: &Path) -> String {
         ("pool", status.pool.to_string()),
         ("default address", status.default_addr.to_string()),
     ];
+    let m = &status.metrics;
+    let refusals: Vec<String> = m
+        .refusals
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(reason, n)| format!("{} {n}", escaped(reason)))
+        .collect();
+    let refused = match refusals.is_empty() {
+        true => m.refused().to_string(),
+        false => format!("{} ({})", m.refused(), refusals.join(", ")),
+    };
+    let metrics = [
+        ("grants", m.grants.to_string()),
+        ("refusals", refused),
+        ("releases", m.releases.to_string()),
+        ("expiries", m.expiries.to_string()),
+        ("revokes", m.revokes.to_string()),
+        ("lingering leases", m.lingering.to_string()),
+        (
+            "pool ports in use",
+            format!(
+                "tcp {}, udp {} (of {} each)",
+                m.pool_in_use_tcp,
+                m.pool_in_use_udp,
+                status.pool.len()
+            ),
+        ),
+        ("lease latency", latency_text(&m.lease_latency)),
+        (
+            "metrics endpoint",
+            m.listen
+                .map_or("off".to_owned(), |addr| format!("http://{addr}/metrics")),
+        ),
+    ];
     let rows: Vec<Vec<String>> = rows
         .into_iter()
+        .chain(metrics)
         .map(|(key, value)| vec![format!("{key}:"), value])
         .collect();
     table(&rows)
+}
+
+/// A latency histogram in one line: the count, the mean and the buckets that hold any.
+fn latency_text(histogram: &Histogram) -> String {
+    let count = histogram.count();
+    if count == 0 {
+        return "no leases yet".to_owned();
+    }
+    let buckets: Vec<String> = histogram
+        .counts
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n > 0)
+        .map(|(i, n)| match histogram.bounds.get(i) {
+            Some(bound) => format!("≤{bound}µs: {n}"),
+            None => format!("more: {n}"),
+        })
+        .collect();
+    format!(
+        "{count} leases, mean {}µs ({})",
+        histogram.sum / count,
+        buckets.join(", ")
+    )
+}
+
+/// The metrics of `status --json`: counters, gauges and the cumulative histogram, as the
+/// metrics endpoint has them.
+fn metrics_json(status: &StatusInfo) -> serde_json::Value {
+    let m = &status.metrics;
+    let refusals: serde_json::Map<String, serde_json::Value> = m
+        .refusals
+        .iter()
+        .map(|(reason, n)| (reason.clone(), (*n).into()))
+        .collect();
+    let mut cumulative = 0;
+    let buckets: Vec<serde_json::Value> = m
+        .lease_latency
+        .counts
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            cumulative += n;
+            let le = match m.lease_latency.bounds.get(i) {
+                Some(bound) => serde_json::Value::from(*bound),
+                None => "+Inf".into(),
+            };
+            serde_json::json!({"le": le, "count": cumulative})
+        })
+        .collect();
+    serde_json::json!({
+        "grants": m.grants,
+        "refusals": refusals,
+        "releases": m.releases,
+        "expiries": m.expiries,
+        "revokes": m.revokes,
+        "lingering": m.lingering,
+        "pool_in_use": {"tcp": m.pool_in_use_tcp, "udp": m.pool_in_use_udp},
+        "pool_size": status.pool.len(),
+        "lease_latency_us": {
+            "buckets": buckets,
+            "sum": m.lease_latency.sum,
+            "count": m.lease_latency.count(),
+        },
+        "listen": m.listen.map(|addr| addr.to_string()),
+    })
 }
 
 /// What a successful `reload` prints.
@@ -323,6 +424,7 @@ struct StatusJson<'a> {
     connections: u64,
     pool: String,
     default_addr: String,
+    metrics: serde_json::Value,
 }
 
 pub fn status_json(status: &StatusInfo) -> Result<String> {
@@ -335,6 +437,7 @@ pub fn status_json(status: &StatusInfo) -> Result<String> {
         connections: status.connections,
         pool: status.pool.to_string(),
         default_addr: status.default_addr.to_string(),
+        metrics: metrics_json(status),
     };
     Ok(serde_json::to_string_pretty(&json)? + "\n")
 }
@@ -594,13 +697,36 @@ mod tests {
                 hi: 65535,
             },
             default_addr: "::".parse().unwrap(),
+            metrics: portbroker::proto::MetricsInfo {
+                grants: 7,
+                refusals: vec![("in_use".into(), 2), ("quota_exceeded".into(), 0)],
+                releases: 3,
+                expiries: 1,
+                revokes: 0,
+                lingering: 1,
+                pool_in_use_tcp: 1,
+                pool_in_use_udp: 0,
+                lease_latency: Histogram {
+                    bounds: vec![10, 25],
+                    counts: vec![1, 4, 2],
+                    sum: 210,
+                },
+                listen: Some("127.0.0.1:9464".parse().unwrap()),
+            },
         };
         let json: serde_json::Value = serde_json::from_str(&status_json(&status).unwrap()).unwrap();
         assert_eq!(
             json,
             serde_json::json!({"daemon_version": "0.1.0", "protocol": 1, "uptime_secs": 5,
                 "leases": 2, "sockets": 3, "connections": 4, "pool": "61000-65535",
-                "default_addr": "::"})
+                "default_addr": "::", "metrics": {
+                    "grants": 7, "refusals": {"in_use": 2, "quota_exceeded": 0},
+                    "releases": 3, "expiries": 1, "revokes": 0, "lingering": 1,
+                    "pool_in_use": {"tcp": 1, "udp": 0}, "pool_size": 4536,
+                    "lease_latency_us": {"buckets": [{"le": 10, "count": 1},
+                        {"le": 25, "count": 5}, {"le": "+Inf", "count": 7}],
+                        "sum": 210, "count": 7},
+                    "listen": "127.0.0.1:9464"}})
         );
         let text = status_text(&status, Path::new("/run/p.sock"));
         assert!(
@@ -608,5 +734,15 @@ mod tests {
                 .any(|line| line.starts_with("pool: ") && line.ends_with(" 61000-65535")),
             "{text}"
         );
+        assert!(
+            text.lines()
+                .any(|line| line.starts_with("refusals: ") && line.ends_with(" 2 (in_use 2)")),
+            "{text}"
+        );
+        assert!(
+            text.contains("7 leases, mean 30µs (≤10µs: 1, ≤25µs: 4, more: 2)"),
+            "{text}"
+        );
+        assert!(text.contains("http://127.0.0.1:9464/metrics"), "{text}");
     }
 }
