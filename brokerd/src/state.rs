@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
-use portbroker_proto::{Failure, LeaseId, PortRange, Response, Transport};
+use portbroker_proto::{Event, Failure, Holder, LeaseId, PortRange, Response, Transport};
 use tracing::{debug, info, warn};
 
 use crate::bind;
@@ -17,6 +17,7 @@ use crate::procfs;
 use crate::socket_copies;
 use crate::systemd::{self, Notifier};
 use crate::table::Table;
+use crate::watchers::Watchers;
 use crate::watches::ProcessWatches;
 
 /// How often lingering leases and missing reservations are probed again.
@@ -44,6 +45,8 @@ pub struct State {
     /// systemd's notification socket (a no-op without one). Every held reservation is also in
     /// systemd's fd store, so that a restart finds its port still bound.
     pub notify: Notifier,
+    /// The connections that watch events (`Watch`), with their queues.
+    pub watchers: Watchers,
 }
 
 impl State {
@@ -57,6 +60,7 @@ impl State {
             next_linger_check: None,
             started: Instant::now(),
             notify: Notifier::default(),
+            watchers: Watchers::default(),
         })
     }
 
@@ -104,6 +108,7 @@ impl State {
             if grace.is_zero() {
                 self.table.end(lease_id);
                 info!(lease = lease_id.0, "released: {why}");
+                self.watchers.emit(|| Event::Released { id: lease_id });
             } else {
                 self.keep_for_owner(lease_id, grace, why);
             }
@@ -123,6 +128,11 @@ impl State {
                 lease.holder,
                 SocketList(&lease.sockets)
             );
+            let holder = &lease.holder;
+            self.watchers.emit(|| Event::Lingering {
+                id: lease_id,
+                holder: Holder::clone(holder),
+            });
         }
         self.probe_soon();
     }
@@ -172,6 +182,7 @@ impl State {
                 SocketList(&lease.sockets),
                 lease.holder
             );
+            self.watchers.emit(|| Event::Expired { id: lease.id });
             if let Keeper::Connection(conn) = lease.keeper {
                 notices.push(Notice {
                     conn,
@@ -200,6 +211,7 @@ impl State {
                     lease = id.0,
                     "released: the last copy of its sockets closed"
                 );
+                self.watchers.emit(|| Event::Released { id });
             }
         }
         self.next_linger_check = None;
@@ -230,6 +242,8 @@ impl State {
                     self.notify
                         .store(&systemd::store_name(transport, port), &fd);
                     self.reservations.insert((transport, port), fd);
+                    self.watchers
+                        .emit(|| Event::ReservationTakenBack { transport, port });
                 }
                 Err(errno) => {
                     missing += 1;

@@ -1,6 +1,6 @@
 //! `Release`: ends a lease at its holder's (or an administrator's) request.
 
-use portbroker_proto::{LeaseId, Response};
+use portbroker_proto::{Event, LeaseId, Response};
 use tracing::{info, warn};
 
 use super::Reply;
@@ -30,6 +30,7 @@ pub fn release(state: &mut State, peer: &Peer, id: LeaseId) -> Reply {
         Ok(_) => {
             state.table.end(id);
             info!(lease = id.0, "released by {asker}");
+            state.watchers.emit(|| Event::Released { id });
             Reply::answer(Response::Released { id })
         }
     }
