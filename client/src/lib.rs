@@ -109,8 +109,8 @@ use std::time::{Duration, SystemTime};
 /// The wire protocol crate, for the types that appear in errors (such as its codec error).
 pub use portbroker_proto as proto;
 pub use portbroker_proto::{
-    Event, Failure, GrantedSocket, Holder, LeaseId, LeaseInfo, LeaseState, Listen, PathError, PortRange,
-    Refusal, SocketSpec, SpecError, StatusInfo, Transport, PROTOCOL_VERSION,
+    Event, Failure, GrantedSocket, Holder, LeaseId, LeaseInfo, LeaseState, Listen, PathError,
+    PortRange, Refusal, SocketSpec, SpecError, StatusInfo, Transport, PROTOCOL_VERSION,
 };
 
 pub use bound::{bind_udp, listen, listen_or_bind, Bound, BoundUdp, Fallback, Listener};

@@ -314,7 +314,10 @@ pub(crate) fn expect_answer<T>(
 
 /// A new connection to the broker at `path`, checked to be a broker this process trusts,
 /// with the timeout given, greeted; with the broker's version.
-pub(crate) fn open_connection(path: &Path, timeout: Option<Duration>) -> Result<(Connection, String), Error> {
+pub(crate) fn open_connection(
+    path: &Path,
+    timeout: Option<Duration>,
+) -> Result<(Connection, String), Error> {
     let stream = UnixStream::connect(path).map_err(|source| Error::Unreachable {
         path: path.to_owned(),
         source,
