@@ -377,7 +377,9 @@ impl State {
 #[cfg(test)]
 mod tests {
     use crate::handlers::fixture;
-    use portbroker_proto::LeaseState;
+    use crate::lease::Deadline;
+    use portbroker_proto::{Event, LeaseState, Response};
+    use std::time::{Duration, Instant};
 
     #[test]
     fn a_lease_whose_sockets_are_closed_ends_at_once() {
@@ -393,6 +395,7 @@ mod tests {
     fn a_surviving_copy_keeps_the_lease_lingering_until_it_closes() {
         let mut state = fixture::state();
         let (id, fd) = fixture::leased(&mut state, &fixture::me(1));
+        state.watchers.add(99);
         // A child inherits a copy of the socket, as a forked server's children do.
         let mut child = std::process::Command::new("sleep")
             .arg("30")
@@ -414,5 +417,35 @@ mod tests {
         state.check_lingering();
         assert!(state.table.get(id).is_none(), "the last copy closed");
         assert!(state.next_linger_check.is_none());
+        // A watcher saw it linger, then end.
+        let Some(Response::Event {
+            event: Event::Lingering { id: lingered, .. },
+            ..
+        }) = state.watchers.next_for(99)
+        else {
+            panic!("no lingering event");
+        };
+        assert_eq!(lingered, id);
+        assert!(matches!(
+            state.watchers.next_for(99),
+            Some(Response::Event { event: Event::Released { id: ended }, .. }) if ended == id
+        ));
+        assert_eq!(state.watchers.next_for(99), None);
+    }
+
+    #[test]
+    fn a_watcher_is_told_of_an_expiry_and_the_holder_too() {
+        let mut state = fixture::state();
+        let (id, _fd) = fixture::leased(&mut state, &fixture::me(1));
+        state.watchers.add(99);
+        state
+            .table
+            .set_time_limit(id, Some(Deadline::after(Duration::ZERO)));
+        let notices = state.expire_due(Instant::now() + Duration::from_millis(1));
+        assert_eq!(notices.len(), 1);
+        assert!(matches!(
+            state.watchers.next_for(99),
+            Some(Response::Event { event: Event::Expired { id: expired }, .. }) if expired == id
+        ));
     }
 }
