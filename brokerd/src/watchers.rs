@@ -2,7 +2,8 @@
 //!
 //! A slow watcher never slows the broker: each has a bounded queue of frames not yet handed to
 //! its connection. When the queue is full, further events are only counted, and the watcher
-//! gets one `Missed { count }` before the next event that fits. With no watcher, emitting an
+//! gets one `Missed { count }` before the next event that fits, or once it has read everything
+//! queued, whichever comes first. With no watcher, emitting an
 //! event costs one check of an empty map: the event is not even built.
 
 use std::collections::{HashMap, VecDeque};
@@ -85,17 +86,23 @@ impl Watchers {
         }
     }
 
-    /// The watchers with frames waiting.
+    /// The watchers with frames waiting, or missed events to tell of.
     pub fn pending(&self) -> impl Iterator<Item = ConnId> + '_ {
         self.queues
             .iter()
-            .filter(|(_, q)| !q.frames.is_empty())
+            .filter(|(_, q)| !q.frames.is_empty() || q.missed > 0)
             .map(|(id, _)| *id)
     }
 
-    /// The next frame waiting for watcher `conn`, if any.
+    /// The next frame waiting for watcher `conn`, if any: once the queue is empty, the count of
+    /// the events it missed since, so that a watcher is told even if no event follows.
     pub fn next_for(&mut self, conn: ConnId) -> Option<Response> {
-        self.queues.get_mut(&conn)?.frames.pop_front()
+        let queue = self.queues.get_mut(&conn)?;
+        queue.frames.pop_front().or_else(|| {
+            (queue.missed > 0).then(|| Response::Missed {
+                count: std::mem::take(&mut queue.missed),
+            })
+        })
     }
 
     /// Frames waiting for watcher `conn`.

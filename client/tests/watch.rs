@@ -161,3 +161,52 @@ fn the_library_reads_events_on_a_connection_of_its_own() {
     assert!(matches!(&seen[0], portbroker::Event::Granted { lease } if lease.id == id));
     assert_eq!(seen[1], portbroker::Event::Released { id });
 }
+
+/// A watcher that does not read never slows the broker: its events wait in a bounded queue,
+/// the rest are counted, and once it reads again it is told how many it missed, then gets
+/// every event after, in order.
+#[test]
+fn a_watcher_that_does_not_read_misses_events_and_is_told_how_many() {
+    const REFUSALS: u64 = 10_000;
+    let policy = "[limits]\nrequests_per_sec_per_uid = 100000\n\n[[rule]]\nwho = \"everyone\"\nports = [\"pool\"]\naddresses = [\"127.0.0.1\"]\n";
+    let daemon = Daemon::start_for_all_users(Some(policy), &[]);
+    let broker = daemon.broker();
+    let mut watch = broker.watch().unwrap();
+    watch.set_timeout(Some(DEADLINE)).unwrap();
+    let lease = broker.lease([loopback_any()]).unwrap();
+    let taken = SocketSpec::tcp(Some(lease.local_addr().ip()), lease.local_addr().port());
+    for _ in 0..REFUSALS {
+        // Each answered promptly (within the library's timeout), however full the watcher.
+        assert!(matches!(broker.lease([taken]), Err(Error::Refused(_))));
+    }
+    let id = lease.id();
+    lease.release().unwrap();
+    let (mut events, mut missed, mut misses) = (0u64, 0u64, 0);
+    let mut last_seq = None;
+    let mut released = false;
+    // Every event is received or counted as missed; the last ones may be told as a count.
+    while events + missed < REFUSALS + 2 {
+        match watch.next_event().unwrap() {
+            portbroker::Watched::Missed { count } => {
+                assert!(count > 0);
+                missed += count;
+                misses += 1;
+            }
+            portbroker::Watched::Event { seq, event } => {
+                events += 1;
+                if let Some(last) = last_seq {
+                    assert!(seq > last, "{seq} after {last}");
+                }
+                last_seq = Some(seq);
+                released |= event == (portbroker::Event::Released { id });
+            }
+        }
+    }
+    assert!(misses >= 1, "a watcher that never read missed nothing");
+    assert_eq!(events + missed, REFUSALS + 2, "every event got or counted");
+    assert!(events >= 1024, "the queue held {events}");
+    assert!(released || missed > 0);
+    // Nothing more was owed.
+    watch.set_timeout(Some(Duration::from_millis(200))).unwrap();
+    assert!(watch.next_event().is_err());
+}

@@ -774,9 +774,9 @@ pub enum Response {
         /// What happened.
         event: Event,
     },
-    /// Not an answer: sent to a watcher that read too slowly, before the next event it gets:
-    /// the broker queues a bounded number of events per watcher and counts, instead of
-    /// queueing, those that did not fit.
+    /// Not an answer: sent to a watcher that read too slowly, before the next event it gets
+    /// (or once it has read all that was queued): the broker queues a bounded number of
+    /// events per watcher and counts, instead of queueing, those that did not fit.
     Missed {
         /// Events this watcher did not get.
         count: u64,

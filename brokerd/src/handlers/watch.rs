@@ -101,12 +101,23 @@ mod tests {
             })
         );
         assert_eq!(watchers.next_for(7), None);
+        // Missed events are told of once the queue is read empty, even if no event follows.
+        for id in 20..30 {
+            watchers.emit(|| released(id));
+        }
+        for _ in 0..4 {
+            assert!(matches!(watchers.next_for(7), Some(Response::Event { .. })));
+        }
+        assert_eq!(watchers.pending().collect::<Vec<_>>(), [7]);
+        assert_eq!(watchers.next_for(7), Some(Response::Missed { count: 6 }));
+        assert_eq!(watchers.next_for(7), None);
+        assert_eq!(watchers.pending().count(), 0);
         // Caught up: no more `Missed`.
         watchers.emit(|| released(13));
         assert_eq!(
             watchers.next_for(7),
             Some(Response::Event {
-                seq: 14,
+                seq: 24,
                 event: released(13)
             })
         );
