@@ -124,7 +124,8 @@ pub fn serve(path: &Path, pool: (u16, u16)) -> Result<()> {
                         | Request::TieToProcess { .. }
                         | Request::Handover { .. }
                         | Request::Claim { .. }
-                        | Request::Reattach { .. },
+                        | Request::Reattach { .. }
+                        | Request::Watch,
                     ) => Response::Failed(portbroker_proto::Failure::NotPermitted {
                         reason: "the minimal server has no policy".into(),
                     }),

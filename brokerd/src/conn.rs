@@ -76,6 +76,11 @@ impl Conn {
         }
     }
 
+    /// Bytes queued and not yet sent.
+    pub fn unsent(&self) -> usize {
+        self.out_bytes
+    }
+
     pub fn has_output(&self) -> bool {
         !self.out.is_empty()
     }

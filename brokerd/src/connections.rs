@@ -40,6 +40,9 @@ const FRAMES_PER_WAKEUP: usize = 64;
 const ACCEPTS_PER_WAKEUP: usize = 256;
 /// How often connections are checked against the idle timeout.
 const IDLE_SWEEP: Duration = Duration::from_secs(1);
+/// A watcher's events move from its bounded queue (see `watchers`) to its connection's output
+/// only while less than this is unsent there.
+const WATCH_OUTPUT: usize = 64 * 1024;
 /// How long the listener rests after accept() ran out of fds.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
@@ -275,6 +278,35 @@ impl Connections {
             self.read_requests(state, id);
         }
         self.unsettled.push(id);
+    }
+
+    /// Moves the events waiting for watchers to their connections' output, as far as each
+    /// connection has room ([`WATCH_OUTPUT`]); the rest waits in the watcher's bounded queue
+    /// until the connection drains. Call only after the turn's answers are released (after the
+    /// journal commit), then `settle_served`.
+    pub fn pump_watchers(&mut self, state: &mut State) {
+        let pending: Vec<ConnId> = state.watchers.pending().collect();
+        for id in pending {
+            let Some(conn) = self.conns.get_mut(&id) else {
+                state.watchers.remove(id);
+                continue;
+            };
+            if conn.broken || conn.closing {
+                continue;
+            }
+            let mut sent = false;
+            while self.conns[&id].unsent() < WATCH_OUTPUT {
+                let Some(frame) = state.watchers.next_for(id) else {
+                    break;
+                };
+                self.send(id, &frame, Vec::new());
+                sent = true;
+            }
+            // A connection that has no room is flushed when epoll says it can take more.
+            if sent {
+                self.unsettled.push(id);
+            }
+        }
     }
 
     /// Serves the connections whose requests were left over from their share of the turn.
@@ -543,6 +575,9 @@ impl Connections {
             }
             if let (Some(error), Some(lease)) = (journal_error, answer.new_lease) {
                 state.table.end(lease);
+                state
+                    .watchers
+                    .emit(|| portbroker_proto::Event::Released { id: lease });
                 warn!(
                     lease = lease.0,
                     "not granted after all: the journal could not record it ({error})"
@@ -612,6 +647,7 @@ impl Connections {
         if let Err(err) = epoll.delete(conn.stream.as_fd()) {
             debug!(conn = id, "epoll delete: {err}");
         }
+        state.watchers.remove(id);
         let why = format!("{} closed its connection", conn.peer.holder);
         for lease in state.table.kept_by_connection(id).to_vec() {
             state.end_truthfully(lease, &why);
@@ -643,6 +679,7 @@ impl Connections {
             .iter()
             .filter(|(id, c)| {
                 c.greeted
+                    && !state.watchers.is_watching(**id)
                     && state.table.kept_by_connection(**id).is_empty()
                     && now - c.last_request >= idle
             })

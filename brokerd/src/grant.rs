@@ -6,7 +6,9 @@ use std::os::fd::OwnedFd;
 use std::rc::Rc;
 
 use nix::errno::Errno;
-use portbroker_proto::{GrantedSocket, Holder, LeaseId, Listen, Refusal, SocketSpec, Transport};
+use portbroker_proto::{
+    Event, GrantedSocket, Holder, LeaseId, Listen, Refusal, SocketSpec, Transport,
+};
 use tracing::{debug, info};
 
 use crate::bind::{bind_refusal, bind_socket, cookie, take_reservation};
@@ -43,6 +45,10 @@ pub fn grant(
         Ok(bound) => bound,
         Err(refusal) => {
             info!("refused {}: {refusal}", peer.holder);
+            state.watchers.emit(|| Event::Refused {
+                asker: Holder::clone(&peer.holder),
+                refusal: refusal.clone(),
+            });
             return Err(refusal);
         }
     };
@@ -61,6 +67,10 @@ pub fn grant(
         SocketList(&sockets),
         peer.holder
     );
+    let table = &state.table;
+    state.watchers.emit(|| Event::Granted {
+        lease: table.get(id).expect("just granted").info(),
+    });
     Ok(Granted { id, sockets, fds })
 }
 

@@ -26,6 +26,7 @@ mod state_dir;
 mod systemd;
 mod table;
 mod throttle;
+mod watchers;
 mod watches;
 
 use std::io::IsTerminal;

@@ -204,6 +204,9 @@ impl Server {
         while !self.shutting_down {
             // What timers and closes ended since the last turn.
             let _ = self.journal_turn();
+            // Events of what timers and closes ended, now that their records are written.
+            self.conns.pump_watchers(&mut self.state);
+            self.conns.settle_served(&self.epoll, &mut self.state);
             self.flush_log_when_due();
             self.notify_turn();
             let timeout = self.next_timeout();
@@ -245,6 +248,7 @@ impl Server {
             let journal = self.journal_turn();
             self.conns
                 .release_answers(&mut self.state, journal.as_ref().err().map(String::as_str));
+            self.conns.pump_watchers(&mut self.state);
             self.conns.settle_served(&self.epoll, &mut self.state);
             self.conns.expire_hellos(&self.epoll, &mut self.state);
             let expired = self.state.expire_due(Instant::now());

@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
-use portbroker_proto::{Failure, LeaseId, PortRange, Response, Transport};
+use portbroker_proto::{Event, Failure, Holder, LeaseId, PortRange, Response, Transport};
 use tracing::{debug, info, warn};
 
 use crate::bind;
@@ -18,6 +18,7 @@ use crate::procfs;
 use crate::socket_copies;
 use crate::systemd::{self, Notifier};
 use crate::table::Table;
+use crate::watchers::Watchers;
 use crate::watches::ProcessWatches;
 
 /// How often lingering leases and missing reservations are probed again.
@@ -52,6 +53,8 @@ pub struct State {
     /// The lease of the metrics endpoint's port, held by the daemon itself: nobody acts on it
     /// but an administrator's revoke (which stops the endpoint).
     pub metrics_lease: Option<LeaseId>,
+    /// The connections that watch events (`Watch`), with their queues.
+    pub watchers: Watchers,
 }
 
 impl State {
@@ -68,6 +71,7 @@ impl State {
             counters: Counters::default(),
             metrics_listen: None,
             metrics_lease: None,
+            watchers: Watchers::default(),
         })
     }
 
@@ -122,6 +126,7 @@ impl State {
             if grace.is_zero() {
                 self.table.end(lease_id);
                 info!(lease = lease_id.0, "released: {why}");
+                self.watchers.emit(|| Event::Released { id: lease_id });
             } else {
                 self.keep_for_owner(lease_id, grace, why);
             }
@@ -141,6 +146,11 @@ impl State {
                 lease.holder,
                 SocketList(&lease.sockets)
             );
+            let holder = &lease.holder;
+            self.watchers.emit(|| Event::Lingering {
+                id: lease_id,
+                holder: Holder::clone(holder),
+            });
         }
         self.probe_soon();
     }
@@ -194,6 +204,7 @@ impl State {
                 SocketList(&lease.sockets),
                 lease.holder
             );
+            self.watchers.emit(|| Event::Expired { id: lease.id });
             if let Keeper::Connection(conn) = lease.keeper {
                 notices.push(Notice {
                     conn,
@@ -222,6 +233,7 @@ impl State {
                     lease = id.0,
                     "released: the last copy of its sockets closed"
                 );
+                self.watchers.emit(|| Event::Released { id });
             }
         }
         self.next_linger_check = None;
@@ -252,6 +264,8 @@ impl State {
                     self.notify
                         .store(&systemd::store_name(transport, port), &fd);
                     self.reservations.insert((transport, port), fd);
+                    self.watchers
+                        .emit(|| Event::ReservationTakenBack { transport, port });
                 }
                 Err(errno) => {
                     missing += 1;
@@ -386,7 +400,9 @@ impl State {
 #[cfg(test)]
 mod tests {
     use crate::handlers::fixture;
-    use portbroker_proto::LeaseState;
+    use crate::lease::Deadline;
+    use portbroker_proto::{Event, LeaseState, Response};
+    use std::time::{Duration, Instant};
 
     #[test]
     fn a_lease_whose_sockets_are_closed_ends_at_once() {
@@ -402,6 +418,7 @@ mod tests {
     fn a_surviving_copy_keeps_the_lease_lingering_until_it_closes() {
         let mut state = fixture::state();
         let (id, fd) = fixture::leased(&mut state, &fixture::me(1));
+        state.watchers.add(99);
         // A child inherits a copy of the socket, as a forked server's children do.
         let mut child = std::process::Command::new("sleep")
             .arg("30")
@@ -423,5 +440,35 @@ mod tests {
         state.check_lingering();
         assert!(state.table.get(id).is_none(), "the last copy closed");
         assert!(state.next_linger_check.is_none());
+        // A watcher saw it linger, then end.
+        let Some(Response::Event {
+            event: Event::Lingering { id: lingered, .. },
+            ..
+        }) = state.watchers.next_for(99)
+        else {
+            panic!("no lingering event");
+        };
+        assert_eq!(lingered, id);
+        assert!(matches!(
+            state.watchers.next_for(99),
+            Some(Response::Event { event: Event::Released { id: ended }, .. }) if ended == id
+        ));
+        assert_eq!(state.watchers.next_for(99), None);
+    }
+
+    #[test]
+    fn a_watcher_is_told_of_an_expiry_and_the_holder_too() {
+        let mut state = fixture::state();
+        let (id, _fd) = fixture::leased(&mut state, &fixture::me(1));
+        state.watchers.add(99);
+        state
+            .table
+            .set_time_limit(id, Some(Deadline::after(Duration::ZERO)));
+        let notices = state.expire_due(Instant::now() + Duration::from_millis(1));
+        assert_eq!(notices.len(), 1);
+        assert!(matches!(
+            state.watchers.next_for(99),
+            Some(Response::Event { event: Event::Expired { id: expired }, .. }) if expired == id
+        ));
     }
 }

@@ -177,7 +177,7 @@ impl Connection {
         Ok(())
     }
 
-    fn lost(&self, source: io::Error) -> Error {
+    pub(crate) fn lost(&self, source: io::Error) -> Error {
         Error::ConnectionLost {
             path: self.path.clone(),
             source,

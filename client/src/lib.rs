@@ -94,6 +94,7 @@ mod received_fds;
 mod session;
 mod socket;
 mod trust;
+mod watch;
 
 /// The README's examples, compiled as doctests so that they cannot rot.
 #[doc = include_str!("../../README.md")]
@@ -108,8 +109,8 @@ use std::time::{Duration, SystemTime};
 /// The wire protocol crate, for the types that appear in errors (such as its codec error).
 pub use portbroker_proto as proto;
 pub use portbroker_proto::{
-    Failure, GrantedSocket, Holder, LeaseId, LeaseInfo, LeaseState, Listen, PathError, PortRange,
-    Refusal, SocketSpec, SpecError, StatusInfo, Transport, PROTOCOL_VERSION,
+    Event, Failure, GrantedSocket, Holder, LeaseId, LeaseInfo, LeaseState, Listen, PathError,
+    PortRange, Refusal, SocketSpec, SpecError, StatusInfo, Transport, PROTOCOL_VERSION,
 };
 
 pub use bound::{bind_udp, listen, listen_or_bind, Bound, BoundUdp, Fallback, Listener};
@@ -117,6 +118,7 @@ pub use error::{Error, ErrorKind};
 pub use lease::Lease;
 pub use socket::LeasedSocket;
 pub use trust::TRUST_UID_ENV;
+pub use watch::{Watch, Watched};
 
 use lease::Asked;
 use portbroker_proto::{Request, Response};
@@ -373,6 +375,27 @@ impl Broker {
                 Response::Released { id: released } if released == id => Some(()),
                 _ => None,
             })
+    }
+
+    /// Subscribes to the broker's events on a connection of its own: every event from now on
+    /// (grants, refusals, releases, expiries, revokes, lingering leases, reservations taken
+    /// back), in order, for every user's leases, as `List` shows them. Reading waits for the
+    /// next event without a time limit unless [`Watch::set_timeout`] sets one.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), portbroker::Error> {
+    /// let broker = portbroker::Broker::connect()?;
+    /// for watched in broker.watch()? {
+    ///     match watched? {
+    ///         portbroker::Watched::Event { seq, event } => println!("{seq}: {event}"),
+    ///         portbroker::Watched::Missed { count } => println!("missed {count} events"),
+    ///     }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn watch(&self) -> Result<Watch, Error> {
+        Watch::open(self.shared.path(), self.shared.timeout())
     }
 }
 

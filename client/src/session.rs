@@ -90,6 +90,11 @@ impl Shared {
         Ok(())
     }
 
+    /// The timeout of the session's connections.
+    pub(crate) fn timeout(&self) -> Option<Duration> {
+        self.lock().timeout
+    }
+
     /// Sends `request` and waits for its answer; see [`Shared::exchange`].
     pub(crate) fn round_trip(&self, request: &Request) -> Result<Reply, Error> {
         self.exchange(request, None)
@@ -309,7 +314,10 @@ pub(crate) fn expect_answer<T>(
 
 /// A new connection to the broker at `path`, checked to be a broker this process trusts,
 /// with the timeout given, greeted; with the broker's version.
-fn open_connection(path: &Path, timeout: Option<Duration>) -> Result<(Connection, String), Error> {
+pub(crate) fn open_connection(
+    path: &Path,
+    timeout: Option<Duration>,
+) -> Result<(Connection, String), Error> {
     let stream = UnixStream::connect(path).map_err(|source| Error::Unreachable {
         path: path.to_owned(),
         source,

@@ -3,7 +3,8 @@
 //! A client connects to the broker's Unix stream socket, says [`Request::Hello`], and then sends
 //! requests; every request gets exactly one response, in order (a client may send several before
 //! reading their answers). Between answers the broker may also send a notice that answers
-//! nothing: [`Response::Revoked`] or [`Response::Expired`].
+//! nothing: [`Response::Revoked`] or [`Response::Expired`], and, on a connection that said
+//! [`Request::Watch`], [`Response::Event`] and [`Response::Missed`].
 //!
 //! # Frames
 //!
@@ -87,7 +88,7 @@ pub use paths::{client_socket_paths, default_socket_path, PathError, SOCKET_ENV,
 pub use spec::SpecError;
 
 /// The protocol version this crate speaks. Independent of the crate version.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The identifier of a lease, unique for the life of a broker.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -542,6 +543,11 @@ pub enum Request {
         /// Milliseconds from now.
         ttl_ms: u32,
     },
+    /// Subscribe this connection to the broker's events; answered with `Watching`, after which
+    /// [`Response::Event`] notices (and [`Response::Missed`] when the subscriber fell behind)
+    /// come unasked until the connection closes. Allowed to every user: an event tells no more
+    /// than `List` shows. Asking again changes nothing.
+    Watch,
 }
 
 /// Why a lease was refused. A refusal leaves no trace: nothing of the request stays bound.
@@ -845,6 +851,114 @@ pub enum Response {
         /// Named services in the new policy.
         services: u32,
     },
+    /// The answer to `Watch`: events follow, unasked, from now on.
+    Watching,
+    /// Not an answer: sent to a connection that said `Watch`, one per event, in order.
+    Event {
+        /// The event's number: one more than the last event of the broker's life, watched or
+        /// not, so a gap means events this watcher did not get (see `Missed`).
+        seq: u64,
+        /// What happened.
+        event: Event,
+    },
+    /// Not an answer: sent to a watcher that read too slowly, before the next event it gets
+    /// (or once it has read all that was queued): the broker queues a bounded number of
+    /// events per watcher and counts, instead of queueing, those that did not fit.
+    Missed {
+        /// Events this watcher did not get.
+        count: u64,
+    },
+}
+
+/// Something that happened to a lease or a reserved port, as a watcher sees it
+/// ([`Request::Watch`], [`Response::Event`]). Every fact here is one `List` shows anyway.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A lease was granted (`Lease`, `LeaseNamed`).
+    Granted {
+        /// The lease as `List` would show it.
+        lease: LeaseInfo,
+    },
+    /// A lease (`Lease`, `LeaseNamed`) was refused.
+    Refused {
+        /// Who asked.
+        asker: Holder,
+        /// Why it was refused.
+        refusal: Refusal,
+    },
+    /// A lease ended: released by its holder, its holder gone with no copy of its sockets
+    /// left, its last copy closed, or handed back to its user's restarted service. A
+    /// granted lease that the journal could not record ends this way too.
+    Released {
+        /// The lease.
+        id: LeaseId,
+    },
+    /// A lease reached its time limit and ended.
+    Expired {
+        /// The lease.
+        id: LeaseId,
+    },
+    /// An administrator revoked a lease.
+    Revoked {
+        /// The lease.
+        id: LeaseId,
+    },
+    /// A lease's holder is gone but a copy of one of its sockets survives: the lease lingers
+    /// until the last copy closes (then `Released`).
+    Lingering {
+        /// The lease.
+        id: LeaseId,
+        /// The process found holding a copy, or the last holder if none was found.
+        holder: Holder,
+    },
+    /// The broker bound a port the policy reserves (again): it holds it until a lease asks.
+    ReservationTakenBack {
+        /// Its transport.
+        transport: Transport,
+        /// The port.
+        port: u16,
+    },
+}
+
+impl Event {
+    /// The variant's name in `snake_case` (`"granted"`, `"reservation_taken_back"`, ...): the
+    /// `event` field of `portctl watch --json`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::Granted { .. } => "granted",
+            Event::Refused { .. } => "refused",
+            Event::Released { .. } => "released",
+            Event::Expired { .. } => "expired",
+            Event::Revoked { .. } => "revoked",
+            Event::Lingering { .. } => "lingering",
+            Event::ReservationTakenBack { .. } => "reservation_taken_back",
+        }
+    }
+}
+
+/// One line for a person; names escaped (see [`escaped`]).
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Event::Granted { lease } => {
+                write!(f, "granted lease {}:", lease.id)?;
+                for socket in &lease.sockets {
+                    write!(f, " {socket}")?;
+                }
+                write!(f, " to {}", lease.holder)
+            }
+            Event::Refused { asker, refusal } => write!(f, "refused {asker}: {refusal}"),
+            Event::Released { id } => write!(f, "released lease {id}"),
+            Event::Expired { id } => write!(f, "expired lease {id}"),
+            Event::Revoked { id } => write!(f, "revoked lease {id}"),
+            Event::Lingering { id, holder } => {
+                write!(f, "lease {id} lingers: {holder} holds a copy")
+            }
+            Event::ReservationTakenBack { transport, port } => {
+                write!(f, "reserved {transport}:{port} taken back")
+            }
+        }
+    }
 }
 
 impl Request {
@@ -864,6 +978,7 @@ impl Request {
             Request::Claim { .. } => "Claim",
             Request::Reattach { .. } => "Reattach",
             Request::Renew { .. } => "Renew",
+            Request::Watch => "Watch",
         }
     }
 }
@@ -886,6 +1001,9 @@ impl Response {
             Response::Tied { .. } => "Tied",
             Response::Renewed { .. } => "Renewed",
             Response::Reloaded { .. } => "Reloaded",
+            Response::Watching => "Watching",
+            Response::Event { .. } => "Event",
+            Response::Missed { .. } => "Missed",
         }
     }
 }

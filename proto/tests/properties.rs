@@ -66,6 +66,7 @@ fn request() -> impl Strategy<Value = Request> {
         any::<u64>().prop_map(|token| Request::Claim { token }),
         proptest::collection::vec(lease_id(), 0..70).prop_map(|ids| Request::Reattach { ids }),
         (lease_id(), any::<u32>()).prop_map(|(id, ttl_ms)| Request::Renew { id, ttl_ms }),
+        Just(Request::Watch),
     ]
 }
 
@@ -287,6 +288,22 @@ fn response() -> impl Strategy<Value = Response> {
         }),
         (any::<u32>(), any::<u32>())
             .prop_map(|(rules, services)| Response::Reloaded { rules, services }),
+        Just(Response::Watching),
+        (any::<u64>(), event()).prop_map(|(seq, event)| Response::Event { seq, event }),
+        any::<u64>().prop_map(|count| Response::Missed { count }),
+    ]
+}
+
+fn event() -> impl Strategy<Value = Event> {
+    prop_oneof![
+        lease_info().prop_map(|lease| Event::Granted { lease }),
+        (holder(), refusal()).prop_map(|(asker, refusal)| Event::Refused { asker, refusal }),
+        lease_id().prop_map(|id| Event::Released { id }),
+        lease_id().prop_map(|id| Event::Expired { id }),
+        lease_id().prop_map(|id| Event::Revoked { id }),
+        (lease_id(), holder()).prop_map(|(id, holder)| Event::Lingering { id, holder }),
+        (transport(), any::<u16>())
+            .prop_map(|(transport, port)| Event::ReservationTakenBack { transport, port }),
     ]
 }
 
@@ -335,7 +352,7 @@ fn split(stream: &[u8], cuts: &[prop::sample::Index], max: u32) -> (Vec<Vec<u8>>
 // does not compile until it is counted here, and `every_variant_is_generated` then fails until
 // the strategies above generate it.
 
-const REQUEST_VARIANTS: usize = 13;
+const REQUEST_VARIANTS: usize = 14;
 
 fn request_variant(request: &Request) -> usize {
     match request {
@@ -352,10 +369,11 @@ fn request_variant(request: &Request) -> usize {
         Request::Claim { .. } => 10,
         Request::Reattach { .. } => 11,
         Request::Renew { .. } => 12,
+        Request::Watch => 13,
     }
 }
 
-const RESPONSE_VARIANTS: usize = 14;
+const RESPONSE_VARIANTS: usize = 17;
 
 fn response_variant(response: &Response) -> usize {
     match response {
@@ -373,6 +391,23 @@ fn response_variant(response: &Response) -> usize {
         Response::Tied { .. } => 11,
         Response::Renewed { .. } => 12,
         Response::Reloaded { .. } => 13,
+        Response::Watching => 14,
+        Response::Event { .. } => 15,
+        Response::Missed { .. } => 16,
+    }
+}
+
+const EVENT_VARIANTS: usize = 7;
+
+fn event_variant(event: &Event) -> usize {
+    match event {
+        Event::Granted { .. } => 0,
+        Event::Refused { .. } => 1,
+        Event::Released { .. } => 2,
+        Event::Expired { .. } => 3,
+        Event::Revoked { .. } => 4,
+        Event::Lingering { .. } => 5,
+        Event::ReservationTakenBack { .. } => 6,
     }
 }
 
@@ -426,6 +461,7 @@ fn every_variant_is_generated() {
     let mut refusals = BTreeSet::new();
     let mut failures = BTreeSet::new();
     let mut states = BTreeSet::new();
+    let mut events = BTreeSet::new();
     let (request, response) = (request(), response());
     for _ in 0..5000 {
         requests.insert(request_variant(
@@ -443,6 +479,9 @@ fn every_variant_is_generated() {
             Response::Leases(leases) => {
                 states.extend(leases.iter().map(|lease| lease_state_variant(lease.state)))
             }
+            Response::Event { event, .. } => {
+                events.insert(event_variant(event));
+            }
             _ => {}
         }
     }
@@ -451,6 +490,7 @@ fn every_variant_is_generated() {
     assert_eq!(refusals, (0..REFUSAL_VARIANTS).collect());
     assert_eq!(failures, (0..FAILURE_VARIANTS).collect());
     assert_eq!(states, (0..LEASE_STATE_VARIANTS).collect());
+    assert_eq!(events, (0..EVENT_VARIANTS).collect());
 }
 
 proptest! {

@@ -72,6 +72,16 @@ fn check_failure(failure: &Failure, frame: &[u8]) {
     check_response(&Response::Failed(failure.clone()), frame);
 }
 
+fn check_event(event: &Event, frame: &[u8]) {
+    check_response(
+        &Response::Event {
+            seq: 1,
+            event: event.clone(),
+        },
+        frame,
+    );
+}
+
 fn check_lease_state(state: &LeaseState, frame: &[u8]) {
     check_response(&Response::Leases(vec![lease_info(*state)]), frame);
 }
@@ -175,6 +185,7 @@ goldens! { request_golden(Request), check_request:
     request_renew: Request::Renew { .. } =>
         Request::Renew { id: LeaseId(7), ttl_ms: 30_000 },
         [5, 0, 0, 0, 12, 7, 251, 48, 117];
+    request_watch: Request::Watch => Request::Watch, [1, 0, 0, 0, 13];
 }
 
 goldens! { response_golden(Response), check_response:
@@ -268,6 +279,40 @@ goldens! { response_golden(Response), check_response:
     response_reloaded: Response::Reloaded { .. } =>
         Response::Reloaded { rules: 4, services: 2 },
         [3, 0, 0, 0, 13, 4, 2];
+    response_watching: Response::Watching => Response::Watching, [1, 0, 0, 0, 14];
+    response_event: Response::Event { .. } =>
+        Response::Event { seq: 300, event: Event::Released { id: LeaseId(7) } },
+        [6, 0, 0, 0, 15, 251, 44, 1, 2, 7];
+    response_missed: Response::Missed { .. } =>
+        Response::Missed { count: 1024 },
+        [4, 0, 0, 0, 16, 251, 0, 4];
+}
+
+goldens! { event_golden(Event), check_event:
+    event_granted: Event::Granted { .. } =>
+        Event::Granted { lease: lease_info(LeaseState::Connection) },
+        [
+            35, 0, 0, 0, 15, 1, 0, 5, 251, 36, 33, 251, 232, 3, 100, 5, 110, 103, 105, 110, 120,
+            252, 0, 129, 36, 105, 1, 0, 0, 127, 0, 0, 1, 251, 144, 31, 1, 0, 0,
+        ];
+    event_refused: Event::Refused { .. } =>
+        Event::Refused {
+            asker: holder(),
+            refusal: Refusal::UnknownService { name: "db".into() },
+        },
+        [
+            20, 0, 0, 0, 15, 1, 1, 251, 36, 33, 251, 232, 3, 100, 5, 110, 103, 105, 110, 120, 7,
+            2, 100, 98,
+        ];
+    event_released: Event::Released { .. } => Event::Released { id: LeaseId(7) }, [4, 0, 0, 0, 15, 1, 2, 7];
+    event_expired: Event::Expired { .. } => Event::Expired { id: LeaseId(7) }, [4, 0, 0, 0, 15, 1, 3, 7];
+    event_revoked: Event::Revoked { .. } => Event::Revoked { id: LeaseId(7) }, [4, 0, 0, 0, 15, 1, 4, 7];
+    event_lingering: Event::Lingering { .. } =>
+        Event::Lingering { id: LeaseId(7), holder: holder() },
+        [17, 0, 0, 0, 15, 1, 5, 7, 251, 36, 33, 251, 232, 3, 100, 5, 110, 103, 105, 110, 120];
+    event_reservation_taken_back: Event::ReservationTakenBack { .. } =>
+        Event::ReservationTakenBack { transport: Transport::Udp, port: 53 },
+        [5, 0, 0, 0, 15, 1, 6, 1, 53];
 }
 
 goldens! { refusal_golden(Refusal), check_refusal:

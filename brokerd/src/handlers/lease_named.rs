@@ -1,7 +1,7 @@
 //! `LeaseNamed`: leases a named service of the policy, giving back the ports kept for the
 //! same user since its server ended.
 
-use portbroker_proto::{LeaseId, Refusal, Response};
+use portbroker_proto::{Event, Holder, LeaseId, Refusal, Response};
 use tracing::info;
 
 use super::lease::granted_or_refused;
@@ -26,6 +26,10 @@ pub fn lease_named(state: &mut State, peer: &Peer, name: &str) -> Reply {
         Ok(checked) => checked,
         Err(refusal) => {
             info!("refused {}: {refusal}", peer.holder);
+            state.watchers.emit(|| Event::Refused {
+                asker: Holder::clone(&peer.holder),
+                refusal: refusal.clone(),
+            });
             return Reply::answer(Response::Refused(refusal));
         }
     };
@@ -41,6 +45,7 @@ pub fn lease_named(state: &mut State, peer: &Peer, name: &str) -> Reply {
         .collect();
     for lease in kept {
         state.table.end(lease);
+        state.watchers.emit(|| Event::Released { id: lease });
         info!(
             lease = lease.0,
             "kept ports of service {name:?} go back to uid {uid}"

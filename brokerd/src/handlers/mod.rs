@@ -15,6 +15,7 @@ mod renew;
 mod revoke;
 mod status;
 mod tie;
+mod watch;
 
 #[cfg(test)]
 pub mod fixture;
@@ -99,5 +100,6 @@ pub fn dispatch(state: &mut State, context: &Context<'_>, request: Request) -> R
         Request::Claim { token } => claim::claim(state, peer, token),
         Request::Reattach { ids } => reattach::reattach(state, peer, &ids),
         Request::Renew { id, ttl_ms } => renew::renew(state, peer, id, ttl_ms),
+        Request::Watch => watch::watch(state, peer),
     }
 }

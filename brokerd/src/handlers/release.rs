@@ -1,6 +1,6 @@
 //! `Release`: ends a lease at its holder's (or an administrator's) request.
 
-use portbroker_proto::{LeaseId, Response};
+use portbroker_proto::{Event, LeaseId, Response};
 use tracing::{info, warn};
 
 use super::Reply;
@@ -32,6 +32,7 @@ pub fn release(state: &mut State, peer: &Peer, id: LeaseId) -> Reply {
             state.table.end(id);
             state.counters.releases += 1;
             info!(lease = id.0, "released by {asker}");
+            state.watchers.emit(|| Event::Released { id });
             Reply::answer(Response::Released { id })
         }
     }

@@ -1,7 +1,7 @@
 //! `Revoke`: an administrator takes a lease away. Its sockets stop accepting wherever they
 //! are, the lease ends, and its holder's connection is told.
 
-use portbroker_proto::{Failure, LeaseId, Response};
+use portbroker_proto::{Event, Failure, LeaseId, Response};
 use tracing::warn;
 
 use super::Reply;
@@ -27,6 +27,7 @@ pub fn revoke(state: &mut State, peer: &Peer, id: LeaseId) -> Reply {
         // endpoint before this answer leaves.
         state.metrics_lease = None;
     }
+    state.watchers.emit(|| Event::Revoked { id });
     let found = socket_copies::shut_down_everywhere(lease.leased());
     warn!(
         lease = id.0,

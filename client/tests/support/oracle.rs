@@ -88,6 +88,7 @@ pub fn is_answer(response: &Response) -> bool {
             | Response::Status(_)
             | Response::Failed(_)
             | Response::Reloaded { .. }
+            | Response::Watching
     )
 }
 
@@ -130,6 +131,7 @@ pub fn answers(want: &Want, response: &Response, pool: (u16, u16)) -> bool {
             (Request::List, R::Leases(_)) => true,
             (Request::Status, R::Status(status)) => status.protocol == PROTOCOL_VERSION,
             (Request::Reload, R::Reloaded { .. } | R::Failed(_)) => true,
+            (Request::Watch, R::Watching) => true,
             // Any other answer to a request this test knows is wrong.
             (
                 Request::Lease { .. }
@@ -137,7 +139,8 @@ pub fn answers(want: &Want, response: &Response, pool: (u16, u16)) -> bool {
                 | Request::Release { .. }
                 | Request::List
                 | Request::Status
-                | Request::Reload,
+                | Request::Reload
+                | Request::Watch,
                 _,
             ) => false,
             // Requests this test does not model (Revoke, later additions): any answer will do.

@@ -97,6 +97,16 @@ pub enum Command {
     /// Prints the number of rules and services loaded. A file that does not load leaves the
     /// policy in force as it was; the error names the file's line.
     Reload,
+    /// Print the broker's events as they happen, one line each, until interrupted
+    ///
+    /// Grants, refusals, releases, expiries, revokes, leases starting to linger, and reserved
+    /// ports taken back, of every user, as `list` shows them. A line saying how many events
+    /// were missed stands where portctl read too slowly to get them all.
+    Watch {
+        /// Print one JSON object per line
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]

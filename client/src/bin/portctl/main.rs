@@ -14,6 +14,7 @@ mod run;
 mod spawn;
 mod talk;
 mod users;
+mod watch;
 mod who;
 
 use std::process::ExitCode;
@@ -137,6 +138,7 @@ fn run(cli: Cli) -> Result<u8> {
             connect(cli.socket)?.revoke(LeaseId(id))?;
             Ok(0)
         }
+        Command::Watch { json } => watch::watch(cli.socket, json),
         Command::Reload => {
             let (rules, services) = connect(cli.socket)?.reload()?;
             output::print_stdout(&output::reloaded_text(rules, services))?;
