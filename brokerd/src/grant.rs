@@ -74,6 +74,60 @@ pub fn grant(
     Ok(Granted { id, sockets, fds })
 }
 
+/// Grants one pool port as a number (the portserver protocol): drawn exactly as a `tcp:0`
+/// lease of `identity` would be (rules, quotas, a probe bind on the default address), then the
+/// socket is closed: the broker holds nothing. The lease is tied to `holder`'s process, which
+/// the caller watches.
+pub fn grant_number(
+    state: &mut State,
+    holder: Rc<Holder>,
+    identity: &Identity,
+    start_time: u64,
+) -> Result<(LeaseId, u16), Refusal> {
+    let spec = SocketSpec {
+        transport: Transport::Tcp,
+        addr: None,
+        port: 0,
+        listen: Listen::BindOnly,
+    };
+    let mut binds = 0;
+    let bound = match bind_all(state, identity, &[spec], true, &mut binds) {
+        Ok(bound) => bound,
+        Err(refusal) => {
+            info!("refused a portserver port to {holder}: {refusal}");
+            state.watchers.emit(|| Event::Refused {
+                asker: Holder::clone(&holder),
+                refusal: refusal.clone(),
+            });
+            return Err(refusal);
+        }
+    };
+    // The probe socket closes here: the port is a number from now on.
+    let sockets: Vec<GrantedSocket> = bound.into_iter().map(|(socket, _fd)| socket).collect();
+    let port = sockets[0].addr.port();
+    let pid = holder.pid;
+    let id = state.table.grant(NewLease {
+        keeper: Keeper::Process(pid),
+        holder,
+        start_time,
+        since: unix_now(),
+        sockets,
+        cookies: Vec::new(),
+        service: None,
+    });
+    state.table.mark_number(id);
+    let table = &state.table;
+    let lease = table.get(id).expect("just granted");
+    info!(
+        lease = id.0,
+        "handed out port {port} as a number to {}", lease.holder
+    );
+    state.watchers.emit(|| Event::Granted {
+        lease: lease.info(),
+    });
+    Ok((id, port))
+}
+
 /// The bound sockets with their fds and their cookies (see `bind::cookie`), which is how the
 /// broker knows them again: one `getsockopt` each.
 type Bound = (Vec<GrantedSocket>, Vec<OwnedFd>, Vec<u64>);

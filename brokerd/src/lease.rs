@@ -77,6 +77,9 @@ pub struct Lease {
     pub service: Option<Rc<str>>,
     /// The token of its standing handover offer, if any (see `Table::offer`).
     pub offer: Option<u64>,
+    /// A port handed out as a number (the portserver protocol): the broker never held a
+    /// socket for it and has no cookies; a probe bind tells whether its holder still uses it.
+    pub number: bool,
 }
 
 impl Lease {
@@ -91,6 +94,7 @@ impl Lease {
     pub fn state(&self) -> LeaseState {
         match self.keeper {
             Keeper::Connection(_) => LeaseState::Connection,
+            Keeper::Process(_) if self.number => LeaseState::Number,
             Keeper::Process(_) => LeaseState::Process,
             Keeper::Lingering => LeaseState::Lingering,
             Keeper::Kept => LeaseState::Kept,

@@ -17,6 +17,7 @@ mod peer;
 mod pidfd;
 mod policy;
 mod pool;
+mod portserver;
 mod procfs;
 mod server;
 mod socket_copies;

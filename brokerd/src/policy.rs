@@ -32,6 +32,44 @@ struct FileMetrics {
     listen: Option<String>,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePortserver {
+    #[serde(default = "default_true")]
+    enabled: bool,
+    address: Option<String>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for FilePortserver {
+    fn default() -> Self {
+        FilePortserver {
+            enabled: true,
+            address: None,
+        }
+    }
+}
+
+/// Where the portserver (Google portpicker's protocol) listens unless the policy says
+/// otherwise: an abstract Unix address of the daemon's network namespace.
+pub const DEFAULT_PORTSERVER: &str = "@portserver";
+
+/// A portserver address: `@name` (abstract) or an absolute path.
+pub fn parse_portserver_address(text: &str) -> Result<String, String> {
+    let ok = match text.strip_prefix('@') {
+        Some(name) => !name.is_empty() && name.len() < 100,
+        None => text.starts_with('/') && text.len() < 100,
+    };
+    if ok && !text.contains('\0') {
+        Ok(text.to_owned())
+    } else {
+        Err("expected @name (an abstract Unix address) or an absolute path, under 100 bytes".into())
+    }
+}
+
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct FilePool {
@@ -105,6 +143,8 @@ struct File {
     limits: Limits,
     #[serde(default)]
     metrics: FileMetrics,
+    #[serde(default)]
+    portserver: FilePortserver,
     #[serde(default)]
     admin: FileAdmin,
     #[serde(default, rename = "rule")]
@@ -194,6 +234,9 @@ pub struct Policy {
     pub limits: Limits,
     /// Where the Prometheus endpoint listens (`[metrics] listen`, loopback only); `None`: off.
     pub metrics_listen: Option<SocketAddr>,
+    /// Where the portserver listens (`[portserver] address`, `@name` or a path); `None`: off
+    /// (`[portserver] enabled = false`).
+    pub portserver: Option<String>,
     admin_gids: Vec<u32>,
     rules: Vec<Rule>,
     pub services: BTreeMap<String, Service>,
@@ -329,6 +372,7 @@ impl Policy {
             reserve_pool_in_kernel: false,
             limits: Limits::default(),
             metrics_listen: None,
+            portserver: Some(DEFAULT_PORTSERVER.to_owned()),
             admin_gids: Vec::new(),
             rules: vec![everyone],
             services: BTreeMap::new(),
@@ -392,6 +436,14 @@ impl Policy {
                     .map_err(|e| invalid(format!("[metrics] listen = {text:?}: {e}")))?,
             ),
             None => None,
+        };
+        let portserver = match (&file.portserver.enabled, &file.portserver.address) {
+            (false, _) => None,
+            (true, None) => Some(DEFAULT_PORTSERVER.to_owned()),
+            (true, Some(text)) => Some(
+                parse_portserver_address(text)
+                    .map_err(|e| invalid(format!("[portserver] address = {text:?}: {e}")))?,
+            ),
         };
         let admin_gids = file
             .admin
@@ -488,6 +540,7 @@ impl Policy {
             reserve_pool_in_kernel: file.pool.reserve_in_kernel,
             limits: file.limits,
             metrics_listen,
+            portserver,
             admin_gids,
             rules,
             services,
@@ -691,6 +744,37 @@ mod tests {
             Limits::default().sockets_per_uid,
             "the example shows the default"
         );
+    }
+
+    #[test]
+    fn the_portserver_is_on_by_default_and_moves_or_turns_off() {
+        let path = Path::new("/etc/portbroker.toml");
+        let at = |text: &str| Policy::parse(path, text).map(|p| p.portserver);
+        assert_eq!(at("").unwrap().as_deref(), Some("@portserver"));
+        assert_eq!(
+            Policy::defaults(1024).portserver.as_deref(),
+            Some("@portserver")
+        );
+        assert_eq!(
+            at("[portserver]\naddress = \"@farm\"\n")
+                .unwrap()
+                .as_deref(),
+            Some("@farm")
+        );
+        assert_eq!(
+            at("[portserver]\naddress = \"/run/ps.sock\"\n")
+                .unwrap()
+                .as_deref(),
+            Some("/run/ps.sock")
+        );
+        assert_eq!(at("[portserver]\nenabled = false\n").unwrap(), None);
+        for bad in ["@", "relative", ""] {
+            let err = at(&format!("[portserver]\naddress = {bad:?}\n")).unwrap_err();
+            assert!(
+                err.to_string().contains("[portserver] address"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

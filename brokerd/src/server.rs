@@ -30,6 +30,7 @@ use crate::log_buffer;
 use crate::metrics;
 use crate::metrics_http::{self, Endpoint};
 use crate::policy::Policy;
+use crate::portserver::{self, PortServer};
 use crate::socket_copies;
 use crate::socket_file::SocketFile;
 use crate::state::State;
@@ -108,6 +109,11 @@ pub struct Server {
     watchdog_due: Option<Instant>,
     /// The Prometheus endpoint, when the policy has `[metrics] listen`.
     metrics: Option<Endpoint>,
+    /// The portserver (portpicker's protocol), when the policy has it on and it could listen.
+    portserver: Option<PortServer>,
+    /// The portserver address last tried (the policy's, `None`: off); a reload that changes it
+    /// moves the portserver.
+    portserver_tried: Option<String>,
 }
 
 impl Server {
@@ -162,6 +168,8 @@ impl Server {
             status_due: None,
             watchdog_due: None,
             metrics: None,
+            portserver: None,
+            portserver_tried: None,
         };
         match journal {
             Some((journal, recovered)) => {
@@ -179,6 +187,7 @@ impl Server {
                 .with_context(|| format!("cannot serve metrics on {addr} ([metrics] listen)"))?;
             server.metrics = Some(endpoint);
         }
+        server.open_portserver();
         Ok(server)
     }
 
@@ -229,6 +238,16 @@ impl Server {
                             endpoint.accept_all(&self.epoll, &mut self.state);
                         }
                     }
+                    portserver::LISTENER_TOKEN => {
+                        if let Some(portserver) = &mut self.portserver {
+                            portserver.accept_all(&self.epoll);
+                        }
+                    }
+                    id if portserver::is_client(id) => {
+                        if let Some(portserver) = &mut self.portserver {
+                            portserver.serve(&self.epoll, &mut self.state, id);
+                        }
+                    }
                     id if metrics_http::is_scrape(id) => {
                         if let Some(endpoint) = &mut self.metrics {
                             let (state, conns) = (&self.state, &self.conns);
@@ -248,6 +267,17 @@ impl Server {
             let journal = self.journal_turn();
             self.conns
                 .release_answers(&mut self.state, journal.as_ref().err().map(String::as_str));
+            if let Some(portserver) = &mut self.portserver {
+                portserver.send_answers(&self.epoll, &mut self.state, journal.is_err());
+            }
+            if self.state.policy.portserver != self.portserver_tried {
+                // A reload (SIGHUP or `portctl reload`) moved or turned off the portserver; this
+                // turn's answers are sent.
+                if let Some(portserver) = self.portserver.take() {
+                    portserver.stop(&self.epoll);
+                }
+                self.open_portserver();
+            }
             self.conns.pump_watchers(&mut self.state);
             self.conns.settle_served(&self.epoll, &mut self.state);
             self.conns.expire_hellos(&self.epoll, &mut self.state);
@@ -267,6 +297,9 @@ impl Server {
             self.conns.run_timers(&self.epoll, &mut self.state);
             if let Some(endpoint) = &mut self.metrics {
                 endpoint.expire(&self.epoll, Instant::now());
+            }
+            if let Some(portserver) = &mut self.portserver {
+                portserver.expire(&self.epoll, Instant::now());
             }
         }
         self.state.notify.stopping();
@@ -397,6 +430,24 @@ impl Server {
         }
     }
 
+    /// Serves the portserver where the policy says, if it says so. Not being able to listen
+    /// (another daemon of this network namespace has the address, say) is no reason to stop:
+    /// portpicker clients then reach that one, or pick ports themselves.
+    fn open_portserver(&mut self) {
+        self.portserver_tried = self.state.policy.portserver.clone();
+        let Some(address) = self.state.policy.portserver.clone() else {
+            info!("the portserver is off ([portserver] enabled = false)");
+            return;
+        };
+        match PortServer::open(&self.epoll, &address) {
+            Ok(portserver) => self.portserver = Some(portserver),
+            Err(err) => warn!(
+                "not serving the portserver at {address} ([portserver] address): {err:#}; \
+                 portpicker clients asking there pick their ports themselves"
+            ),
+        }
+    }
+
     /// Closes the metrics endpoint once its lease was revoked (or its listener failed).
     fn stop_metrics_if_revoked(&mut self) {
         if self.state.metrics_lease.is_some() {
@@ -468,6 +519,7 @@ impl Server {
             self.status_due,
             self.watchdog_due,
             self.metrics.as_ref().and_then(Endpoint::next_deadline),
+            self.portserver.as_ref().and_then(PortServer::next_deadline),
         ];
         let Some(deadline) = deadlines.into_iter().flatten().min() else {
             return EpollTimeout::NONE;

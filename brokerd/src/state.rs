@@ -457,6 +457,34 @@ mod tests {
     }
 
     #[test]
+    fn a_number_lease_holds_no_socket_and_ends_when_its_port_is_free() {
+        use crate::bind;
+        use portbroker_proto::{Listen, Transport};
+        let mut state = fixture::state();
+        let peer = fixture::me(1);
+        let (id, port) =
+            crate::grant::grant_number(&mut state, peer.holder.clone(), &peer.identity, 0).unwrap();
+        let lease = state.table.get(id).unwrap();
+        assert_eq!(lease.state(), LeaseState::Number);
+        assert!(lease.cookies.is_empty());
+        let addr = lease.sockets[0].addr;
+        assert_eq!(addr.port(), port);
+        // The broker holds nothing: the port is free to bind, and the table keeps it from
+        // other leases.
+        assert!(bind::is_free(Transport::Tcp, addr));
+        let (_, other) =
+            crate::grant::grant_number(&mut state, peer.holder.clone(), &peer.identity, 0).unwrap();
+        assert_ne!(other, port);
+        // Its process binds the port, then exits: the lease lingers while the socket lives.
+        let socket = bind::bind_socket(Transport::Tcp, addr, Listen::Default).unwrap();
+        state.end_truthfully(id, "its process exited");
+        assert_eq!(state.table.get(id).unwrap().state(), LeaseState::Lingering);
+        drop(socket);
+        state.check_lingering();
+        assert!(state.table.get(id).is_none(), "the port is free again");
+    }
+
+    #[test]
     fn a_watcher_is_told_of_an_expiry_and_the_holder_too() {
         let mut state = fixture::state();
         let (id, _fd) = fixture::leased(&mut state, &fixture::me(1));

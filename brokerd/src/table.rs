@@ -296,6 +296,7 @@ impl Table {
                 expires: None,
                 service: new.service,
                 offer: None,
+                number: false,
             },
         );
     }
@@ -355,6 +356,13 @@ impl Table {
 
     /// Tie: the lease is kept by process `holder.pid` (started at `start_time`) instead of
     /// whoever kept it.
+    /// Marks a lease as a port handed out as a number (see `Lease::number`).
+    pub fn mark_number(&mut self, id: LeaseId) {
+        if let Some(lease) = self.leases.get_mut(&id) {
+            lease.number = true;
+        }
+    }
+
     pub fn tie(&mut self, id: LeaseId, holder: Holder, start_time: u64) -> Option<&Lease> {
         let pid = holder.pid;
         let lease = self.leases.get_mut(&id)?;

@@ -358,16 +358,21 @@ pub enum LeaseState {
     /// The ports of a sticky named service whose server ended, kept for the same user and
     /// service until `expires_unix_ms`.
     Kept,
+    /// A port handed out as a number (the portpicker portserver protocol): the broker holds no
+    /// socket; the lease is tied to the asking process and ends when it exits and the port is
+    /// free.
+    Number,
 }
 
 impl LeaseState {
-    /// `"connection"`, `"process"`, `"lingering"` or `"kept"`: the name in JSON output.
+    /// `"connection"`, `"process"`, `"lingering"`, `"kept"` or `"number"`: the name in JSON output.
     pub fn as_str(self) -> &'static str {
         match self {
             LeaseState::Connection => "connection",
             LeaseState::Process => "process",
             LeaseState::Lingering => "lingering",
             LeaseState::Kept => "kept",
+            LeaseState::Number => "number",
         }
     }
 }

@@ -103,6 +103,7 @@ fn lease_state() -> impl Strategy<Value = LeaseState> {
         Just(LeaseState::Process),
         Just(LeaseState::Lingering),
         Just(LeaseState::Kept),
+        Just(LeaseState::Number),
     ]
 }
 
@@ -442,7 +443,7 @@ fn failure_variant(failure: &Failure) -> usize {
     }
 }
 
-const LEASE_STATE_VARIANTS: usize = 4;
+const LEASE_STATE_VARIANTS: usize = 5;
 
 fn lease_state_variant(state: LeaseState) -> usize {
     match state {
@@ -450,6 +451,7 @@ fn lease_state_variant(state: LeaseState) -> usize {
         LeaseState::Process => 1,
         LeaseState::Lingering => 2,
         LeaseState::Kept => 3,
+        LeaseState::Number => 4,
     }
 }
 

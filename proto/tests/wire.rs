@@ -420,6 +420,12 @@ goldens! { lease_state_golden(LeaseState), check_lease_state:
             34, 0, 0, 0, 4, 1, 5, 251, 36, 33, 251, 232, 3, 100, 5, 110, 103, 105, 110, 120, 252,
             0, 129, 36, 105, 1, 0, 0, 127, 0, 0, 1, 251, 144, 31, 1, 0, 3,
         ];
+    lease_state_number: LeaseState::Number =>
+        LeaseState::Number,
+        [
+            34, 0, 0, 0, 4, 1, 5, 251, 36, 33, 251, 232, 3, 100, 5, 110, 103, 105, 110, 120, 252,
+            0, 129, 36, 105, 1, 0, 0, 127, 0, 0, 1, 251, 144, 31, 1, 0, 4,
+        ];
 }
 
 goldens! { listen_golden(Listen), check_listen:

@@ -134,7 +134,31 @@ impl Daemon {
         Self::launch(dir, &args)
     }
 
+    /// A daemon in a network namespace of its own (`unshare --net`, which execs it: the child's
+    /// pid is the daemon's), so that its abstract addresses and ports are the test's alone. Its
+    /// socket file is reachable as usual; enter its namespace with [`Daemon::in_netns`].
+    pub fn start_in_own_netns(extra_args: &[&str]) -> Daemon {
+        Self::launch_wrapped(
+            tempfile::tempdir().unwrap(),
+            &["unshare", "--net", "--"],
+            extra_args,
+        )
+    }
+
+    /// `program` run in this daemon's network namespace (`nsenter --net=/proc/PID/ns/net`).
+    pub fn in_netns(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/proc/{}/ns/net", self.pid()))
+            .arg("--")
+            .arg(program);
+        cmd
+    }
+
     fn launch(dir: tempfile::TempDir, extra_args: &[&str]) -> Daemon {
+        Self::launch_wrapped(dir, &[], extra_args)
+    }
+
+    fn launch_wrapped(dir: tempfile::TempDir, wrapper: &[&str], extra_args: &[&str]) -> Daemon {
         // Each daemon of a test binary gets its own slice of the pool space, so parallel tests
         // do not skip over each other's ports.
         static NEXT_SLICE: AtomicUsize = AtomicUsize::new(0);
@@ -155,7 +179,15 @@ impl Daemon {
             args.extend(["--pool".into(), format!("{}-{}", pool.0, pool.1)]);
         }
         args.extend(extra_args.iter().map(|s| s.to_string()));
-        let child = Command::new(portbrokerd_bin())
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut command = Command::new(program);
+                command.args(rest).arg(portbrokerd_bin());
+                command
+            }
+            None => Command::new(portbrokerd_bin()),
+        };
+        let child = command
             .args(&args)
             .env_remove("RUST_LOG")
             // Only what a test passes decides the policy, never the environment of the run.

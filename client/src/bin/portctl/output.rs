@@ -144,7 +144,7 @@ pub fn colour_wanted() -> bool {
 /// blue while a sticky service's ports are kept.
 fn coloured_state(state: LeaseState, text: String) -> String {
     let code = match state {
-        LeaseState::Connection | LeaseState::Process => "32",
+        LeaseState::Connection | LeaseState::Process | LeaseState::Number => "32",
         LeaseState::Lingering => "33",
         LeaseState::Kept => "34",
     };
@@ -186,7 +186,8 @@ pub fn leases_table(leases: &[LeaseInfo], now: u64, users: &mut Users, colour: b
 
 /// What keeps the lease, and until when: `live` (its holder's connection), `tied` (its holder
 /// process), `lingering` (a copy of a socket outlived its holder), `kept for 3m12s` (a sticky
-/// service's ports waiting for its server to come back); a live or tied lease with a time limit
+/// service's ports waiting for its server to come back), `number` (a port handed out as a
+/// number to a portpicker client: the broker holds no socket); a live or tied lease with a time limit
 /// adds `expires in 4m12s`.
 fn state_text(lease: &LeaseInfo, now: u64) -> String {
     let left = lease
@@ -200,6 +201,7 @@ fn state_text(lease: &LeaseInfo, now: u64) -> String {
         (LeaseState::Lingering, _) => "lingering".to_owned(),
         (LeaseState::Kept, None) => "kept".to_owned(),
         (LeaseState::Kept, Some(left)) => format!("kept for {left}"),
+        (LeaseState::Number, _) => "number".to_owned(),
     }
 }
 
@@ -638,6 +640,7 @@ mod tests {
             (LeaseState::Process, "process", false),
             (LeaseState::Lingering, "lingering", true),
             (LeaseState::Kept, "kept", false),
+            (LeaseState::Number, "number", false),
         ] {
             let leases = [LeaseInfo { state, ..lease() }];
             let json: serde_json::Value =

@@ -1,0 +1,215 @@
+//! Test farms, unchanged: the real `portpicker` from PyPI, installed in a throwaway venv, asks
+//! the daemon's portserver (`PORTSERVER_ADDRESS=@portserver`, on by default) for ports. The
+//! daemon runs in a network namespace of the test's own, so `@portserver` and the ports are the
+//! test's alone. 16 processes pick 1,000 ports in all: every one distinct, in the pool, none a
+//! port of a lease the test holds; `list` shows them as `number` leases of those processes, and
+//! once the processes exit their leases end. A `SKIPPED` line if pip cannot reach PyPI.
+
+mod support;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use portbroker::{LeaseState, SocketSpec};
+use support::{wait_until, Daemon};
+
+const PROCESSES: usize = 16;
+const PORTS: usize = 1000;
+const POOL: (u16, u16) = (40000, 44999);
+
+/// A venv with portpicker in it, or why not.
+fn portpicker_venv(dir: &Path) -> Result<std::path::PathBuf, String> {
+    let venv = dir.join("venv");
+    let out = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&venv)
+        .output()
+        .map_err(|e| format!("python3 -m venv: {e}"))?;
+    assert!(
+        out.status.success(),
+        "python3 -m venv failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(venv.join("bin/pip"))
+        .args([
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            "--timeout",
+            "15",
+            "--retries",
+            "1",
+            "portpicker",
+        ])
+        .output()
+        .map_err(|e| format!("pip: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "pip cannot install portpicker: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(venv.join("bin/python"))
+}
+
+#[test]
+fn portpicker_clients_get_distinct_pool_ports_that_end_with_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let python = match portpicker_venv(tmp.path()) {
+        Ok(python) => python,
+        Err(why) => {
+            println!(
+                "SKIPPED portpicker_clients_get_distinct_pool_ports_that_end_with_them: {why}"
+            );
+            return;
+        }
+    };
+    let pool = format!("{}-{}", POOL.0, POOL.1);
+    let daemon = Daemon::start_in_own_netns(&["--no-config", "--pool", &pool]);
+    let up = daemon
+        .in_netns("ip")
+        .args(["link", "set", "lo", "up"])
+        .status()
+        .unwrap();
+    assert!(up.success(), "ip link set lo up in the daemon's namespace");
+    daemon.assert_logged(
+        "portserver protocol at @portserver",
+        Duration::from_secs(5),
+        "the portserver listens by default",
+    );
+
+    // A lease the test holds: no portpicker client may get its port.
+    let broker = daemon.broker();
+    let held = broker.lease([SocketSpec::tcp(None, 0)]).unwrap();
+    let held_port = held.local_addr().port();
+
+    let started = Instant::now();
+    let per_process = PORTS.div_ceil(PROCESSES);
+    let mut children = Vec::new();
+    for i in 0..PROCESSES {
+        let count = per_process.min(PORTS - i * per_process);
+        // Each prints its ports, then waits for stdin to close, so that its leases are
+        // checked while it lives.
+        let code = format!(
+            "import portpicker, sys\n\
+             for _ in range({count}):\n\
+             \x20   print(portpicker.pick_unused_port())\n\
+             print('done', flush=True)\n\
+             sys.stdin.read()\n"
+        );
+        let child = daemon
+            .in_netns(&python)
+            .args(["-c", &code])
+            .env("PORTSERVER_ADDRESS", "@portserver")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        children.push(child);
+    }
+    let mut ports = Vec::new();
+    let mut pids = HashSet::new();
+    for child in &mut children {
+        use std::io::{BufRead, BufReader};
+        pids.insert(child.id() as i32);
+        let stdout = BufReader::new(child.stdout.as_mut().unwrap());
+        for line in stdout.lines() {
+            let line = line.unwrap();
+            if line == "done" {
+                break;
+            }
+            ports.push(
+                line.trim()
+                    .parse::<u16>()
+                    .unwrap_or_else(|_| panic!("portpicker printed {line:?}\n{}", daemon.log())),
+            );
+        }
+    }
+    assert_eq!(ports.len(), PORTS);
+    let distinct: HashSet<u16> = ports.iter().copied().collect();
+    assert_eq!(distinct.len(), PORTS, "ports handed out twice");
+    for port in &ports {
+        assert!(
+            (POOL.0..=POOL.1).contains(port),
+            "port {port} is not from the pool (portpicker fell back?)\n{}",
+            daemon.log()
+        );
+    }
+    assert!(
+        !distinct.contains(&held_port),
+        "the held lease's port was handed out"
+    );
+
+    // Each is a `number` lease of the process it was for.
+    let leases = broker.list().unwrap();
+    let numbers: Vec<_> = leases
+        .iter()
+        .filter(|l| l.state == LeaseState::Number)
+        .collect();
+    assert_eq!(numbers.len(), PORTS);
+    for lease in &numbers {
+        assert!(pids.contains(&lease.holder.pid), "{lease:?}");
+        assert!(
+            distinct.contains(&lease.sockets[0].addr.port()),
+            "{lease:?}"
+        );
+    }
+    let out = daemon.portctl().args(["list", "--json"]).output().unwrap();
+    assert!(out.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let shown = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|row| row["state"] == "number")
+        .count();
+    assert_eq!(shown, PORTS, "portctl list --json shows the number leases");
+    let out = daemon.portctl().arg("list").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .filter(|l| l.trim_end().ends_with("number"))
+            .count()
+            == PORTS,
+        "portctl list shows STATE number:\n{text}"
+    );
+
+    // The processes exit: their leases end; the test's own stays.
+    for child in &mut children {
+        drop(child.stdin.take());
+    }
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "a portpicker client failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let gone = wait_until(Duration::from_secs(10), || {
+        broker
+            .list()
+            .unwrap()
+            .iter()
+            .all(|l| l.state != LeaseState::Number)
+    });
+    assert!(
+        gone,
+        "number leases outlived their processes\n{}",
+        daemon.log()
+    );
+    assert_eq!(
+        broker.list().unwrap().len(),
+        1,
+        "the test's own lease stays"
+    );
+    drop(held);
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        started.elapsed()
+    );
+}
