@@ -369,9 +369,23 @@ fn a_socket_activated_daemon_serves_on_the_inherited_listener() {
         log()
     );
 
-    // The first connection starts the daemon, which answers it on the inherited listener.
-    let broker = Broker::connect_to(&socket)
-        .unwrap_or_else(|e| panic!("connect through activation: {e}\n{}", log()));
+    // The first connection starts the daemon, which answers it on the inherited listener. The
+    // file appears when systemd-socket-activate binds, a moment before it listens: until then a
+    // connection is refused, so try again.
+    let mut connected = None;
+    let mut last_error = None;
+    wait_until(LIMIT, || match Broker::connect_to(&socket) {
+        Ok(broker) => {
+            connected = Some(broker);
+            true
+        }
+        Err(e) => {
+            last_error = Some(e);
+            false
+        }
+    });
+    let broker = connected
+        .unwrap_or_else(|| panic!("connect through activation: {last_error:?}\n{}", log()));
     let lease = broker
         .lease([support::loopback_any()])
         .unwrap_or_else(|e| panic!("lease through activation: {e}\n{}", log()));
