@@ -86,7 +86,11 @@ def lease_with_transport(transport):
 PYTHON = {
     "request_hello": Request.Hello(protocol=3, client="portctl 0.1.0"),
     "request_lease": Request.Lease(
-        sockets=(tcp(V4_LOCALHOST, 8080), SocketSpec(Transport.UDP, V6_LOCALHOST, 0))
+        sockets=(
+            tcp(V4_LOCALHOST, 8080),
+            SocketSpec(Transport.UDP, V6_LOCALHOST, 0),
+            tcp(V6_UNSPECIFIED, 6379, v6_only=True),
+        )
     ),
     "request_release": Request.Release(id=7),
     "request_list": Request.List(),
@@ -104,7 +108,7 @@ PYTHON = {
     "response_granted": Response.Granted(
         id=9,
         sockets=(
-            GrantedSocket(Transport.TCP, SocketAddr(V6_UNSPECIFIED, 8080), True, False),
+            GrantedSocket(Transport.TCP, SocketAddr(V6_UNSPECIFIED, 8080), True, True),
             GrantedSocket(Transport.UDP, v4("0.0.0.0", 5353), False, False),
         ),
         fds=2,

@@ -158,3 +158,17 @@ def test_escaped_escapes_what_does_not_print_as_the_rust_side_does(text, shown):
 def test_escaped_output_never_holds_a_control_or_unprintable_character():
     shown = escaped("".join(chr(c) for c in range(0x3000)))
     assert all(c.isprintable() for c in shown)
+
+
+def test_an_ipv6_only_spec_and_socket_say_so_as_portctl_does():
+    import dataclasses
+
+    from portbroker.protocol import GrantedSocket
+    from portbroker.wire import SocketAddr
+
+    spec = dataclasses.replace(parse_spec("tcp:[::]:6379"), v6_only=True)
+    assert str(spec) == "tcp:[::]:6379 (IPv6 only)"
+    wildcard = SocketAddr(ipaddress.IPv6Address("::"), 6379)
+    assert str(GrantedSocket(Transport.TCP, wildcard, True, True)) == "tcp:[::]:6379 (IPv6 only)"
+    loopback = SocketAddr(ipaddress.IPv6Address("::1"), 6379)
+    assert str(GrantedSocket(Transport.TCP, loopback, True, True)) == "tcp:[::1]:6379"

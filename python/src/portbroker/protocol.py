@@ -75,7 +75,8 @@ class Listen:
     @struct
     class Number:
         """Hold the port as a number: the broker binds a probe, closes it and passes no socket;
-        a later lease of the same port and transport by the same user takes the number over."""
+        a later lease of the same port and transport by the same user takes the number over.
+        Every spec of a lease is a number, or none is."""
 
 
 @struct
@@ -86,14 +87,19 @@ class SocketSpec:
     addr: field(Opt(IP_ADDR), Optional[IpAddress])
     port: U16Field
     listen: Listen = Listen.Default()
+    # For the IPv6 wildcard [::]: IPv6 only, leaving the port's IPv4 addresses to others.
+    # Must be false with an IPv4 address.
     v6_only: BoolField = False
 
     def __str__(self):
         if self.addr is None:
-            return f"{self.transport}:{self.port}"
-        if self.addr.version == 6:
-            return f"{self.transport}:[{self.addr}]:{self.port}"
-        return f"{self.transport}:{self.addr}:{self.port}"
+            text = f"{self.transport}:{self.port}"
+        elif self.addr.version == 6:
+            text = f"{self.transport}:[{self.addr}]:{self.port}"
+        else:
+            text = f"{self.transport}:{self.addr}:{self.port}"
+        # No text form parses to this: programs set it, people do not type it.
+        return text + (" (IPv6 only)" if self.v6_only else "")
 
 
 @struct
@@ -119,10 +125,13 @@ class GrantedSocket:
     transport: Transport
     addr: SocketAddrField
     listening: BoolField
+    # True for a specific IPv6 address, and for [::] when the spec asked; false for IPv4 and
+    # a dual-stack [::].
     v6_only: BoolField
 
     def __str__(self):
-        return f"{self.transport}:{self.addr}"
+        only = " (IPv6 only)" if self.v6_only and self.addr.ip.is_unspecified else ""
+        return f"{self.transport}:{self.addr}{only}"
 
 
 @struct
