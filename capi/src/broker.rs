@@ -19,6 +19,13 @@ pub struct PbBroker {
     leases: Mutex<HashMap<LeaseId, Lease>>,
 }
 
+// The header promises that several threads may use one pb_broker at once: the compiler checks
+// that everything in it may be shared between threads.
+const _: fn() = || {
+    fn shared_between_threads<T: Send + Sync>() {}
+    shared_between_threads::<PbBroker>();
+};
+
 impl PbBroker {
     /// The leases still held through this handle. A panic while the lock was held (stopped at
     /// the boundary) leaves the table as valid as before, so poisoning is ignored.
