@@ -38,8 +38,10 @@ int main(int argc, char **argv) {
     if (lease < 0) {
         pb_holder holder;
         int rc = fail("lease");
+        /* The message above names the holder with its name escaped; holder.name is raw. */
         if (pb_last_error_holder(&holder) == 1)
-            fprintf(stderr, "serve_one: held by pid %d (%s)\n", (int)holder.pid, holder.name);
+            fprintf(stderr, "serve_one: held by pid %d (lease %lld)\n", (int)holder.pid,
+                    (long long)holder.lease_id);
         pb_close(broker);
         return rc;
     }

@@ -152,7 +152,9 @@ typedef struct pb_holder {
    */
   uint32_t gid;
   /**
-   * Its process name (`/proc/PID/comm`), empty if unknown. Owned by the library and valid
+   * Its process name (`/proc/PID/comm`), empty if unknown, as that process set it: it may
+   * hold control characters, so escape it before it reaches a terminal or a log
+   * (`pb_last_error()` names the holder with them escaped). Owned by the library and valid
    * until the next call on this thread other than the `pb_last_error*` functions.
    */
   const char *name;

@@ -20,7 +20,9 @@ pub struct PbHolder {
     pub uid: u32,
     /// Its group id.
     pub gid: u32,
-    /// Its process name (`/proc/PID/comm`), empty if unknown. Owned by the library and valid
+    /// Its process name (`/proc/PID/comm`), empty if unknown, as that process set it: it may
+    /// hold control characters, so escape it before it reaches a terminal or a log
+    /// (`pb_last_error()` names the holder with them escaped). Owned by the library and valid
     /// until the next call on this thread other than the `pb_last_error*` functions.
     pub name: *const c_char,
     /// The lease that holds the address, or 0 when the holder is outside the broker.

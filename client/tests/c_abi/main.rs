@@ -118,6 +118,7 @@ fn the_c_example_names_the_holder_of_a_port_in_use() {
         format!("{spec} is in use"),
         format!("held by pid {}", std::process::id()),
         "(code 2)".to_owned(),
+        format!("serve_one: held by pid {} (lease ", std::process::id()),
     ] {
         assert!(stderr.contains(&part), "{part:?} missing: {stderr}");
     }
