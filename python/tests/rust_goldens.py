@@ -41,7 +41,9 @@ def parse(text):
     for _function, _type, check, body in blocks:
         for match in _ENTRY.finditer(body):
             name = match.group(1)
-            frame = bytes(int(b) for b in match.group("bytes").replace("\n", " ").split(",") if b.strip())
+            frame = bytes(
+                int(b) for b in match.group("bytes").replace("\n", " ").split(",") if b.strip()
+            )
             if name in goldens:
                 raise ValueError(f"golden {name} appears twice")
             goldens[name] = (check, frame)

@@ -2,6 +2,7 @@
 sockets travel with their frame whatever the stream does, stray fds are closed, and a broker
 that misbehaves gets an error that says how, never a hang or a crash."""
 
+import ipaddress
 import os
 import socket
 import threading
@@ -25,8 +26,6 @@ from portbroker.protocol import (
 )
 from portbroker.wire import SocketAddr
 from test_goldens import PYTHON
-
-import ipaddress
 
 
 class ScriptedBroker:
@@ -85,7 +84,12 @@ def listening_socket():
 
 def granted(lease_id, *socks, fds=None):
     sockets = tuple(
-        GrantedSocket(Transport.TCP, SocketAddr(ipaddress.ip_address(s.getsockname()[0]), s.getsockname()[1]), True, False)
+        GrantedSocket(
+            Transport.TCP,
+            SocketAddr(ipaddress.ip_address(s.getsockname()[0]), s.getsockname()[1]),
+            True,
+            False,
+        )
         for s in socks
     )
     return Response.Granted(id=lease_id, sockets=sockets, fds=len(socks) if fds is None else fds)
@@ -178,7 +182,9 @@ def test_fewer_fds_than_announced_is_an_error_and_leaks_none(scripted):
     sock = listening_socket()
     scripted.send(granted(6, sock, sock), fds=[read_end])
     os.close(read_end)
-    with pytest.raises(portbroker.ProtocolError, match="announced 2 sockets but sent 1 file descriptors"):
+    with pytest.raises(
+        portbroker.ProtocolError, match="announced 2 sockets but sent 1 file descriptors"
+    ):
         scripted.broker.lease("tcp:127.0.0.1:0", "tcp:127.0.0.1:0")
     assert_closed_everywhere(write_end)
     sock.close()
@@ -200,7 +206,9 @@ def test_an_fd_that_is_not_a_socket_is_an_error_and_is_closed(scripted):
 def test_an_oversized_frame_is_refused_before_its_payload_arrives(scripted):
     # Only the prefix comes: waiting for 100 MiB would hang until the timeout.
     scripted.send_bytes((100 * 1024 * 1024).to_bytes(4, "little"))
-    with pytest.raises(portbroker.ProtocolError, match="104857600 bytes exceeds the maximum of 67108864"):
+    with pytest.raises(
+        portbroker.ProtocolError, match="104857600 bytes exceeds the maximum of 67108864"
+    ):
         scripted.broker.list()
 
 
@@ -239,7 +247,9 @@ def test_an_answer_of_the_wrong_kind_is_a_protocol_error(scripted):
 def test_a_hello_of_another_version_is_a_version_mismatch(scripted):
     # Protocol 9, and fields this package cannot decode.
     scripted.send_bytes(bytes([5, 0, 0, 0, 0, 9, 1, 2, 3]))
-    with pytest.raises(portbroker.VersionMismatch, match="the broker speaks version 9, this package version 5"):
+    with pytest.raises(
+        portbroker.VersionMismatch, match="the broker speaks version 9, this package version 5"
+    ):
         scripted.broker.list()
 
 
@@ -269,7 +279,7 @@ def test_every_refusal_raises_its_own_exception(scripted, golden):
     error = raised.value
     assert isinstance(error, portbroker.Refused) and isinstance(error, portbroker.PortbrokerError)
     assert error.refusal == PYTHON[golden].refusal
-    assert error.name == golden[len("refusal_"):]
+    assert error.name == golden[len("refusal_") :]
     assert str(error).startswith("lease refused: ")
 
 
@@ -317,7 +327,11 @@ def test_a_real_handshake_with_a_broker_of_ones_own_user(tmp_path):
             while (payload := buffer.next_payload()) is None:
                 buffer.push(conn.recv(4096))
             seen.append(frames.decode_request(payload))
-            conn.sendall(frames.encode_response(Response.Hello(protocol=PROTOCOL_VERSION, daemon_version="9.9.9")))
+            conn.sendall(
+                frames.encode_response(
+                    Response.Hello(protocol=PROTOCOL_VERSION, daemon_version="9.9.9")
+                )
+            )
             conn.recv(1)
 
     thread = threading.Thread(target=serve)

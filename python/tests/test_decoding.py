@@ -19,8 +19,14 @@ RESPONSE_PAYLOADS = [
 
 
 def test_varints_take_the_shortest_form_and_read_every_form_bincode_writes():
-    cases = [(0, [0]), (250, [250]), (251, [251, 251, 0]), (65535, [251, 255, 255]),
-             (65536, [252, 0, 0, 1, 0]), (2**32, [253, 0, 0, 0, 0, 1, 0, 0, 0])]
+    cases = [
+        (0, [0]),
+        (250, [250]),
+        (251, [251, 251, 0]),
+        (65535, [251, 255, 255]),
+        (65536, [252, 0, 0, 1, 0]),
+        (2**32, [253, 0, 0, 0, 0, 1, 0, 0, 0]),
+    ]
     for value, expected in cases:
         assert list(encode(U64, value)) == expected
         assert decode_exactly(U64, bytes(expected)) == value
@@ -60,7 +66,9 @@ def test_trailing_bytes_are_an_error():
 
 
 def test_an_unknown_variant_is_a_clear_error():
-    with pytest.raises(DecodeError, match=r"unknown Response variant 200 \(this package knows 0 to 16\)"):
+    with pytest.raises(
+        DecodeError, match=r"unknown Response variant 200 \(this package knows 0 to 16\)"
+    ):
         frames.decode_response(bytes([200]))
     # A refusal this package does not know, inside a known response.
     with pytest.raises(DecodeError, match="unknown Refusal variant 8"):

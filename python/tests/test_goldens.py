@@ -48,7 +48,9 @@ def lease_info(state):
         id=5,
         holder=holder(),
         since=1_764_000_000,
-        sockets=(GrantedSocket(Transport.TCP, v4("127.0.0.1", 8080), listening=True, v6_only=False),),
+        sockets=(
+            GrantedSocket(Transport.TCP, v4("127.0.0.1", 8080), listening=True, v6_only=False),
+        ),
         expires_unix_ms=None,
         state=state,
     )

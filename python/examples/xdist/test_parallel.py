@@ -135,21 +135,25 @@ def test_a_server_under_the_shim_takes_the_number_over(leased_port, portbroker):
         deadline = time.monotonic() + DEADLINE
         while True:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=DEADLINE) as answer:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{port}/", timeout=DEADLINE
+                ) as answer:
                     assert answer.status == 200
                     break
             except OSError as error:
                 if server.poll() is not None:
-                    pytest.fail(f"the server exited ({server.returncode}): {server.stderr.read()!r}")
+                    pytest.fail(
+                        f"the server exited ({server.returncode}): {server.stderr.read()!r}"
+                    )
                 if time.monotonic() > deadline:
-                    pytest.fail(f"the server did not answer on port {port} within {DEADLINE} s: {error}")
+                    pytest.fail(
+                        f"the server did not answer on port {port} within {DEADLINE} s: {error}"
+                    )
                 time.sleep(0.02)  # poll again: the server is starting
         # The server's own lease holds the port now; the number ended as it was granted.
         assert not leased_port.held()
         holders = [
-            info
-            for info in portbroker.list()
-            if any(s.addr.port == port for s in info.sockets)
+            info for info in portbroker.list() if any(s.addr.port == port for s in info.sockets)
         ]
         assert len(holders) == 1 and holders[0].state is not LeaseState.NUMBER, holders
     finally:

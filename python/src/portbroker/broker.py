@@ -199,4 +199,3 @@ def _specs(specs, tcp_listen, udp_listen, v6_only):
         listen = tcp_listen if parsed.transport is Transport.TCP else udp_listen
         out.append(dataclasses.replace(parsed, listen=listen, v6_only=bool(v6_only)))
     return out
-

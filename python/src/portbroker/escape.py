@@ -26,7 +26,9 @@ def _prints_alone(char):
     # the same set Rust's escape_debug escapes, besides the grapheme extenders.
     if not char.isprintable():
         return False
-    return unicodedata.category(char) not in ("Mn", "Me") and ord(char) not in _OTHER_GRAPHEME_EXTEND
+    return (
+        unicodedata.category(char) not in ("Mn", "Me") and ord(char) not in _OTHER_GRAPHEME_EXTEND
+    )
 
 
 def escaped(text):

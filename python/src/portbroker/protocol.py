@@ -503,9 +503,7 @@ def describe_refusal(refusal):
     if isinstance(r, Refusal.PoolExhausted):
         return f"no free {r.transport} port left in the pool {r.pool}"
     if isinstance(r, Refusal.BindFailed):
-        return (
-            f"binding {r.transport}:{r.requested} failed: {escaped(r.message)} (errno {r.errno})"
-        )
+        return f"binding {r.transport}:{r.requested} failed: {escaped(r.message)} (errno {r.errno})"
     if isinstance(r, Refusal.QuotaExceeded):
         return f"quota exceeded ({r.used} of {r.limit}): {escaped(r.quota)}"
     if isinstance(r, Refusal.UnknownService):

@@ -396,7 +396,5 @@ def decode_exactly(codec, payload):
     reader = Reader(payload)
     value = codec_of(codec).decode(reader)
     if reader.left():
-        raise DecodeError(
-            f"{reader.left()} trailing bytes after a {reader.pos}-byte message"
-        )
+        raise DecodeError(f"{reader.left()} trailing bytes after a {reader.pos}-byte message")
     return value
