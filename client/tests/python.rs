@@ -34,6 +34,7 @@ fn the_python_package_and_its_pytest_plugin_under_pytest_xdist() {
         Err(reason) => return python_unusable(&reason),
     };
     unit_tests(&python);
+    the_plugin_says_what_to_do_without_a_broker(&python);
     example_suite(&python);
 }
 
@@ -210,6 +211,32 @@ fn unit_tests(python: &Path) {
         !out.contains("wire.rs not found"),
         "the golden tests did not find {}:\n{out}",
         wire_rs.display()
+    );
+}
+
+fn the_plugin_says_what_to_do_without_a_broker(python: &Path) {
+    let nowhere = tempfile::tempdir().unwrap();
+    let out = pytest(python)
+        .arg("examples/xdist/test_parallel.py::test_a_leased_socket_serves_and_a_leased_number_is_held[0]")
+        .env("PORTBROKER_SOCKET", nowhere.path().join("portbroker.sock"))
+        .output()
+        .expect("run pytest");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success(),
+        "a test passed with no broker:\n{stdout}"
+    );
+    for text in [
+        "portbroker: the fixtures need a running broker: cannot reach the broker at",
+        "No such file or directory",
+        "is portbrokerd running?",
+        "PORTBROKER_SOCKET",
+    ] {
+        assert!(stdout.contains(text), "no {text:?} in:\n{stdout}");
+    }
+    assert!(
+        !stdout.contains("Traceback") && !stdout.contains("During handling"),
+        "the error comes with noise:\n{stdout}"
     );
 }
 

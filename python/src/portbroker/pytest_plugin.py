@@ -27,8 +27,9 @@ LOOPBACK_TCP = "tcp:127.0.0.1:0"
 
 
 def _fail(what, error):
-    # pytrace=False: the message says it all; a traceback into this plugin would not help.
-    pytest.fail(f"portbroker: {what}: {error}", pytrace=False)
+    # The message says it all: no traceback into this plugin (pytrace=False), and not the
+    # error again as the exception this one was raised while handling (from None).
+    raise pytest.fail.Exception(f"portbroker: {what}: {error}", pytrace=False) from None
 
 
 @pytest.fixture(scope="session", name="portbroker")
