@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use nix::fcntl::{Flock, FlockArg};
 use support::{wait_until, Daemon};
 
 /// The example suite's parametrized tests (`TESTS` in `test_parallel.py`), and its workers.
@@ -29,8 +30,10 @@ const POOL: (u16, u16) = (65000, 65535);
 
 #[test]
 fn the_python_package_and_its_pytest_plugin_under_pytest_xdist() {
-    let python = match venv() {
-        Ok(python) => python,
+    // Held to the end: another run sharing the target directory waits rather than reinstall
+    // the package under this one's feet.
+    let (python, _venv_lock) = match venv() {
+        Ok(venv) => venv,
         Err(reason) => return python_unusable(&reason),
     };
     unit_tests(&python);
@@ -62,16 +65,15 @@ fn target_dir() -> PathBuf {
         .to_owned()
 }
 
-/// The venv's python, with the package (as its files are now), pytest and pytest-xdist.
-fn venv() -> Result<PathBuf, String> {
-    use nix::fcntl::{Flock, FlockArg};
-
+/// The venv's python, with the package (as its files are now), pytest and pytest-xdist, and
+/// the lock that keeps the venv to this test while held.
+fn venv() -> Result<(PathBuf, Flock<std::fs::File>), String> {
     let dir = target_dir().join("python-venv");
-    // Two `cargo test` runs may share the target directory: one makes or updates the venv
-    // (and builds the package in python/) at a time.
+    // Two `cargo test` runs may share the target directory: one makes, updates and uses the
+    // venv (and builds the package in python/) at a time.
     let lock = std::fs::File::create(target_dir().join("python-venv.lock"))
         .map_err(|e| format!("cannot create the venv's lock file: {e}"))?;
-    let _lock = Flock::lock(lock, FlockArg::LockExclusive)
+    let lock = Flock::lock(lock, FlockArg::LockExclusive)
         .map_err(|(_, errno)| format!("cannot lock the venv: {errno}"))?;
     let python = dir.join("bin").join("python");
     let stamp_file = dir.join("portbroker-package.stamp");
@@ -88,7 +90,7 @@ fn venv() -> Result<PathBuf, String> {
         )?;
     }
     std::fs::write(&stamp_file, stamp).map_err(|e| format!("cannot write the stamp: {e}"))?;
-    Ok(python)
+    Ok((python, lock))
 }
 
 /// A fresh venv at `dir`, made by the first python3 that can: the one on PATH (CI's
