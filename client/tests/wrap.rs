@@ -1,0 +1,487 @@
+//! The bind shim and `portctl wrap` against a real daemon: unmodified servers from Debian's
+//! packages lease their ports by their own bind(), a second one is refused at bind() with the
+//! holder named, leases end with their server, and the socket put in place of the program's
+//! keeps its fd number, its options and its flags.
+//!
+//! Servers that are not installed (redis-server, memcached, node) skip their test with a
+//! printed reason, unless `CI` is set: CI installs them (.ci/run), so there a missing one fails.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use portbroker::{Broker, LeaseInfo, Transport};
+use support::{finish, free_port, preload_shim, wait_until, Daemon};
+
+/// How long a server may take to start serving (node on a loaded CI machine is the slowest).
+const START: Duration = Duration::from_secs(20);
+
+/// `portctl wrap -- COMMAND...` for this daemon, with no shim settings of the caller's.
+fn wrap(daemon: &Daemon, command: &[String]) -> Command {
+    // Built beside portctl, where wrap looks for it.
+    preload_shim();
+    let mut cmd = daemon.portctl();
+    cmd.arg("wrap")
+        .arg("--")
+        .args(command)
+        .env_remove("LD_PRELOAD")
+        .env_remove("PORTBROKER_PRELOAD")
+        .env_remove("PORTBROKER_SHIM_FALLBACK")
+        .env_remove("PORTBROKER_SHIM_VERBOSE")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// A program of the test machine by name, or why the test is skipped. Under CI a missing
+/// program fails the test: CI installs them all.
+fn program(name: &str, package: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file());
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{name} is not installed, and CI must run this test: .ci/run installs the Debian \
+             package {package}"
+        );
+        eprintln!("SKIPPED: {name} is not installed (Debian package {package})");
+    }
+    found
+}
+
+/// A server started under `portctl wrap` (which execs it: the child's pid is the server's),
+/// its stdout and stderr in a file; killed when dropped, so that a failing test leaves none.
+struct Server {
+    child: Child,
+    log: tempfile::NamedTempFile,
+}
+
+impl Server {
+    fn start(mut cmd: Command) -> Server {
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let child = cmd
+            .stdout(log.reopen().unwrap())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .expect("spawn portctl wrap");
+        Server { child, log }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+
+    /// Waits until `serves` holds, failing the test if the server exits or takes too long.
+    fn wait_serving(&mut self, what: &str, mut serves: impl FnMut() -> bool) {
+        let mut exited = None;
+        let ok = wait_until(START, || {
+            exited = self.child.try_wait().unwrap();
+            exited.is_none() && serves()
+        });
+        assert!(
+            ok,
+            "{what} did not serve within {START:?} (exit: {exited:?}):\n{}",
+            self.log()
+        );
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Every leased socket whose holder is `pid`.
+fn sockets_of(broker: &Broker, pid: i32) -> Vec<(Transport, SocketAddr)> {
+    let leases: Vec<LeaseInfo> = broker.list().unwrap();
+    leases
+        .iter()
+        .filter(|lease| lease.holder.pid == pid)
+        .flat_map(|lease| lease.sockets.iter().map(|s| (s.transport, s.addr)))
+        .collect()
+}
+
+/// Every lease that has a socket on `port`.
+fn leases_on(broker: &Broker, port: u16) -> Vec<LeaseInfo> {
+    broker
+        .list()
+        .unwrap()
+        .into_iter()
+        .filter(|lease| lease.sockets.iter().any(|s| s.addr.port() == port))
+        .collect()
+}
+
+/// Sends `request` to `addr` and says whether the answer starts with `expected`.
+fn answers(addr: SocketAddr, request: &[u8], expected: &str) -> bool {
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    if stream.write_all(request).is_err() {
+        return false;
+    }
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 256];
+    // Read until the expected prefix is in, the server closes, or the timeout.
+    while answer.len() < expected.len() {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+        }
+    }
+    answer.starts_with(expected.as_bytes())
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// An unmodified server and how to talk to it.
+struct Case {
+    name: &'static str,
+    /// Its command line, serving TCP on 127.0.0.1:PORT.
+    command: fn(&std::path::Path, u16) -> Vec<String>,
+    request: &'static [u8],
+    answer: &'static str,
+}
+
+impl Case {
+    fn command(&self, bin: &std::path::Path, port: u16) -> Vec<String> {
+        (self.command)(bin, port)
+    }
+}
+
+/// The server serves on its leased socket on a fixed port and shows up as the holder; a
+/// second one on the same port is refused at bind(), names the holder, and does not serve.
+fn serves_on_a_fixed_port_and_a_second_is_refused(case: &Case, bin: &std::path::Path) {
+    let daemon = Daemon::start();
+    let broker = daemon.broker();
+    let port = free_port();
+    let mut first = Server::start(wrap(&daemon, &case.command(bin, port)));
+    first.wait_serving(case.name, || {
+        answers(loopback(port), case.request, case.answer)
+    });
+    assert_eq!(
+        sockets_of(&broker, first.pid()),
+        [(Transport::Tcp, loopback(port))],
+        "{} must hold exactly its lease:\n{}",
+        case.name,
+        first.log()
+    );
+
+    let second = wrap(&daemon, &case.command(bin, port))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let second_pid = second.id() as i32;
+    let out: Output = finish(second);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a second {} started: {out:?}",
+        case.name
+    );
+    let refusal: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.starts_with("portbroker-preload: "))
+        .collect();
+    assert_eq!(refusal.len(), 1, "one line from the shim:\n{stderr}");
+    assert!(
+        refusal[0].contains(&format!("tcp:127.0.0.1:{port} is in use"))
+            && refusal[0].contains(&format!("held by pid {} (", first.pid())),
+        "the refusal names the port and the holder: {}",
+        refusal[0]
+    );
+    assert_eq!(sockets_of(&broker, second_pid), []);
+    let on_port = leases_on(&broker, port);
+    assert_eq!(on_port.len(), 1, "{on_port:?}");
+    assert_eq!(on_port[0].holder.pid, first.pid());
+    assert!(
+        answers(loopback(port), case.request, case.answer),
+        "the first {} still serves",
+        case.name
+    );
+}
+
+/// The server serves on a port of the broker's pool when asked for port 0.
+fn serves_on_a_pool_port(case: &Case, bin: &std::path::Path) {
+    let daemon = Daemon::start();
+    let broker = daemon.broker();
+    let mut server = Server::start(wrap(&daemon, &case.command(bin, 0)));
+    let pid = server.pid();
+    let mut leased = Vec::new();
+    server.wait_serving(case.name, || {
+        leased = sockets_of(&broker, pid);
+        leased.len() == 1 && answers(leased[0].1, case.request, case.answer)
+    });
+    let port = leased[0].1.port();
+    assert!(
+        (daemon.pool.0..=daemon.pool.1).contains(&port),
+        "port {port} is not from the pool {:?}",
+        daemon.pool
+    );
+    assert_eq!(leased[0], (Transport::Tcp, loopback(port)));
+}
+
+const REDIS: Case = Case {
+    name: "redis-server",
+    // `--port 0` means "no TCP at all" to redis, so redis is tested on fixed ports only.
+    command: |bin, port| {
+        [
+            bin.to_str().unwrap(),
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
+        .map(String::from)
+        .to_vec()
+    },
+    request: b"PING\r\n",
+    answer: "+PONG",
+};
+
+fn memcached_command(bin: &std::path::Path, port: u16) -> Vec<String> {
+    let mut args: Vec<String> = [
+        bin.to_str().unwrap(),
+        "-p",
+        &port.to_string(),
+        "-U",
+        "0",
+        "-l",
+        "127.0.0.1",
+    ]
+    .map(String::from)
+    .to_vec();
+    // memcached refuses to run as root unless told which user to be.
+    if nix::unistd::geteuid().is_root() {
+        args.extend(["-u".into(), "root".into()]);
+    }
+    args
+}
+
+const MEMCACHED: Case = Case {
+    name: "memcached",
+    // `-p 0` turns memcached's TCP off (it opens TCP only for a non-zero port), so memcached
+    // is tested on fixed ports only.
+    command: memcached_command,
+    request: b"version\r\n",
+    answer: "VERSION ",
+};
+
+const PYTHON_HTTP: Case = Case {
+    name: "python3 -m http.server",
+    command: |bin, port| {
+        [
+            bin.to_str().unwrap(),
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ]
+        .map(String::from)
+        .to_vec()
+    },
+    request: b"GET / HTTP/1.0\r\n\r\n",
+    answer: "HTTP/1.0 200",
+};
+
+const NODE_HTTP: Case = Case {
+    name: "node http server",
+    command: |bin, port| {
+        vec![
+            bin.to_str().unwrap().into(),
+            "-e".into(),
+            format!(
+                "require('http').createServer((q, s) => s.end('ok')).listen({port}, '127.0.0.1')"
+            ),
+        ]
+    },
+    request: b"GET / HTTP/1.0\r\n\r\n",
+    answer: "HTTP/1.1 200",
+};
+
+#[test]
+fn redis_serves_on_its_leased_port_and_a_second_redis_is_refused() {
+    let Some(bin) = program("redis-server", "redis-server") else {
+        return;
+    };
+    serves_on_a_fixed_port_and_a_second_is_refused(&REDIS, &bin);
+}
+
+#[test]
+fn memcached_serves_on_its_leased_port_and_a_second_is_refused() {
+    let Some(bin) = program("memcached", "memcached") else {
+        return;
+    };
+    serves_on_a_fixed_port_and_a_second_is_refused(&MEMCACHED, &bin);
+}
+
+#[test]
+fn python_http_server_serves_on_fixed_and_pool_ports() {
+    let Some(bin) = program("python3", "python3") else {
+        return;
+    };
+    serves_on_a_fixed_port_and_a_second_is_refused(&PYTHON_HTTP, &bin);
+    serves_on_a_pool_port(&PYTHON_HTTP, &bin);
+}
+
+#[test]
+fn node_http_server_serves_on_fixed_and_pool_ports() {
+    let Some(bin) = program("node", "nodejs") else {
+        return;
+    };
+    serves_on_a_fixed_port_and_a_second_is_refused(&NODE_HTTP, &bin);
+    serves_on_a_pool_port(&NODE_HTTP, &bin);
+}
+
+/// `portctl wrap -- python3 -c CODE ARGS...`.
+fn wrap_python(daemon: &Daemon, code: &str, args: &[String]) -> Command {
+    let mut command = vec!["python3".to_string(), "-c".into(), code.into()];
+    command.extend(args.iter().cloned());
+    wrap(daemon, &command)
+}
+
+/// Sets options, O_NONBLOCK and FD_CLOEXEC on unbound sockets, binds them through the shim,
+/// and prints one JSON line of what each socket is afterwards next to what the kernel makes of
+/// the same options on a socket of its own; then holds the sockets until stdin closes.
+const OPTIONS_AND_FDS: &str = r#"
+import errno, fcntl, json, os, socket, sys, tempfile
+S, T, V6 = socket.SOL_SOCKET, socket.IPPROTO_TCP, socket.IPPROTO_IPV6
+keep, out = [], {}
+
+def flags(fd):
+    return {"nonblock": bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK),
+            "cloexec": bool(fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC)}
+
+def case(key, family, kind, host, opts, nonblock, inheritable):
+    control = socket.socket(family, kind)
+    for level, name, value in opts:
+        control.setsockopt(level, name, value)
+    s = socket.socket(family, kind)
+    for level, name, value in opts:
+        s.setsockopt(level, name, value)
+    s.setblocking(not nonblock)
+    s.set_inheritable(inheritable)
+    fd, inode = s.fileno(), os.fstat(s.fileno()).st_ino
+    s.bind((host, 0))
+    row = {"fd_before": fd, "fd_after": s.fileno(),
+           "replaced": os.fstat(fd).st_ino != inode,
+           "port": s.getsockname()[1],
+           "options": [s.getsockopt(l, n) for l, n, _ in opts],
+           "control": [control.getsockopt(l, n) for l, n, _ in opts],
+           **flags(fd)}
+    if kind == socket.SOCK_STREAM:
+        s.listen()
+        socket.create_connection((host, row["port"]), timeout=5).close()
+        row["accepts"] = True
+    out[key] = row
+    keep.append(s)
+    return s
+
+tcp = case("tcp4", socket.AF_INET, socket.SOCK_STREAM, "127.0.0.1",
+           [(S, socket.SO_RCVBUF, 50000), (T, socket.TCP_NODELAY, 1), (S, socket.SO_KEEPALIVE, 1),
+            (S, socket.SO_REUSEADDR, 1)], True, False)
+case("tcp4_blocking_inheritable", socket.AF_INET, socket.SOCK_STREAM, "127.0.0.1",
+     [(S, socket.SO_SNDBUF, 70000)], False, True)
+case("udp4", socket.AF_INET, socket.SOCK_DGRAM, "127.0.0.1",
+     [(S, socket.SO_RCVBUF, 50000), (S, socket.SO_BROADCAST, 1)], True, False)
+case("tcp6", socket.AF_INET6, socket.SOCK_STREAM, "::1",
+     [(S, socket.SO_RCVBUF, 50000), (T, socket.TCP_NODELAY, 1), (V6, socket.IPV6_V6ONLY, 1)],
+     False, False)
+
+# The kernel answers a second bind of a bound socket, as without the shim.
+try:
+    tcp.bind(("127.0.0.1", 0))
+    out["rebind"] = "bound"
+except OSError as e:
+    out["rebind"] = errno.errorcode[e.errno]
+
+# A Unix socket binds its file, untouched.
+path = os.path.join(tempfile.mkdtemp(), "s.sock")
+u = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+u.bind(path)
+out["unix"] = {"name": u.getsockname() == path, "file": os.path.exists(path)}
+
+print(json.dumps(out), flush=True)
+sys.stdin.read()
+"#;
+
+#[test]
+fn options_flags_and_fd_numbers_survive_the_leased_socket() {
+    let daemon = Daemon::start();
+    let broker = daemon.broker();
+    let (mut child, line) =
+        support::spawn_and_read_line(&mut wrap_python(&daemon, OPTIONS_AND_FDS, &[]));
+    let pid = child.id() as i32;
+    let out: serde_json::Value = serde_json::from_str(&line)
+        .unwrap_or_else(|e| panic!("not the script's JSON ({e}): {line:?}"));
+    let pool = daemon.pool.0..=daemon.pool.1;
+    for (key, nonblock, cloexec) in [
+        ("tcp4", true, true),
+        ("tcp4_blocking_inheritable", false, false),
+        ("udp4", true, true),
+        ("tcp6", false, true),
+    ] {
+        let row = &out[key];
+        assert_eq!(row["fd_before"], row["fd_after"], "{key}: {row}");
+        assert_eq!(
+            row["replaced"], true,
+            "{key}: the fd must now be the broker's socket: {row}"
+        );
+        assert_eq!(
+            row["options"], row["control"],
+            "{key}: options set before bind: {row}"
+        );
+        assert_eq!(row["nonblock"], nonblock, "{key}: O_NONBLOCK: {row}");
+        assert_eq!(row["cloexec"], cloexec, "{key}: FD_CLOEXEC: {row}");
+        let port = row["port"].as_u64().unwrap() as u16;
+        assert!(
+            pool.contains(&port),
+            "{key}: port {port} is not from the pool {pool:?}"
+        );
+        if key != "udp4" {
+            assert_eq!(row["accepts"], true, "{key}: {row}");
+        }
+    }
+    assert_eq!(out["rebind"], "EINVAL", "{out}");
+    assert_eq!(out["unix"], serde_json::json!({"name": true, "file": true}));
+
+    let port = |key: &str| out[key]["port"].as_u64().unwrap() as u16;
+    let mut held = sockets_of(&broker, pid);
+    held.sort();
+    let mut expected = vec![
+        (Transport::Tcp, loopback(port("tcp4"))),
+        (Transport::Tcp, loopback(port("tcp4_blocking_inheritable"))),
+        (Transport::Udp, loopback(port("udp4"))),
+        (
+            Transport::Tcp,
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port("tcp6"))),
+        ),
+    ];
+    expected.sort();
+    assert_eq!(held, expected, "one lease per bind, held by the program");
+    drop(child.stdin.take());
+    assert!(finish(child).status.success());
+}
