@@ -485,3 +485,250 @@ fn options_flags_and_fd_numbers_survive_the_leased_socket() {
     drop(child.stdin.take());
     assert!(finish(child).status.success());
 }
+
+/// Names itself argv[2] (control characters and all), binds TCP 127.0.0.1:argv[1], says
+/// "ready" and holds the port until stdin closes.
+const HOLD_AS: &str = r#"
+import ctypes, socket, sys
+ctypes.CDLL(None).prctl(15, sys.argv[2].encode(), 0, 0, 0)  # PR_SET_NAME
+s = socket.socket()
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen()
+print("ready", flush=True)
+sys.stdin.read()
+"#;
+
+/// Binds TCP argv[1]:argv[2] and prints "bound PORT", or the errno's name.
+const TRY_BIND: &str = r#"
+import errno, socket, sys
+s = socket.socket(socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET)
+try:
+    s.bind((sys.argv[1], int(sys.argv[2])))
+    print("bound", s.getsockname()[1], flush=True)
+except OSError as e:
+    print(errno.errorcode[e.errno], flush=True)
+"#;
+
+/// The lines the shim wrote (it starts each with its name).
+fn shim_lines(stderr: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(stderr)
+        .lines()
+        .filter(|line| line.starts_with("portbroker-preload: "))
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn a_refused_bind_fails_with_eaddrinuse_and_one_line_naming_the_holder_escaped() {
+    let daemon = Daemon::start();
+    let port = free_port();
+    let args = [port.to_string(), "evil\x1b[31m".to_string()];
+    let (mut holder, ready) =
+        support::spawn_and_read_line(&mut wrap_python(&daemon, HOLD_AS, &args));
+    assert_eq!(ready, "ready");
+    let out = wrap_python(&daemon, TRY_BIND, &["127.0.0.1".into(), port.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "EADDRINUSE");
+    let lines = shim_lines(&out.stderr);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let expected = format!(
+        "lease refused: tcp:127.0.0.1:{port} is in use: lease {} holds tcp:127.0.0.1:{port}, \
+         held by pid {} (evil\\x1b[31m, uid {})",
+        leases_on(&daemon.broker(), port)[0].id,
+        holder.id(),
+        nix::unistd::getuid()
+    );
+    assert!(
+        lines[0].ends_with(&expected),
+        "{}\nwanted: {expected}",
+        lines[0]
+    );
+    assert!(!out.stderr.contains(&0x1b), "a raw ESC reached stderr");
+    drop(holder.stdin.take());
+    finish(holder);
+}
+
+#[test]
+fn killing_a_wrapped_server_ends_its_lease_within_a_second() {
+    let daemon = Daemon::start();
+    let broker = daemon.broker();
+    let port = free_port();
+    let Some(python) = program("python3", "python3") else {
+        return;
+    };
+    let mut server = Server::start(wrap(&daemon, &PYTHON_HTTP.command(&python, port)));
+    server.wait_serving("python3 -m http.server", || {
+        answers(loopback(port), PYTHON_HTTP.request, PYTHON_HTTP.answer)
+    });
+    assert_eq!(leases_on(&broker, port).len(), 1);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.pid()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let killed = std::time::Instant::now();
+    let _ = server.child.wait();
+    let ended = wait_until(Duration::from_secs(1), || {
+        leases_on(&broker, port).is_empty()
+    });
+    assert!(
+        ended,
+        "the lease outlived its killed server by more than a second: {:?}",
+        leases_on(&broker, port)
+    );
+    eprintln!("lease ended {:?} after SIGKILL", killed.elapsed());
+    // And the port is free to lease again.
+    broker
+        .lease([portbroker::SocketSpec::tcp(
+            Some(std::net::Ipv4Addr::LOCALHOST.into()),
+            port,
+        )])
+        .expect("the port is free again");
+}
+
+/// Binds a pool port, forks three workers that accept on the socket, and prints the port and
+/// the workers' pids; a worker exits once its parent is gone (checked every 100 ms), so none
+/// outlives the test. SO_REUSEADDR as servers set it: without it, the connections the workers
+/// close stay in TIME_WAIT on the port, which no new socket could bind for a minute, and the
+/// broker rightly keeps the lease (lingering) until then.
+const FORKING_SERVER: &str = r#"
+import os, socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", 0))
+s.listen(16)
+parent, workers = os.getpid(), []
+for _ in range(3):
+    pid = os.fork()
+    if pid == 0:
+        s.settimeout(0.1)
+        while os.getppid() == parent:
+            try:
+                c, _ = s.accept()
+            except socket.timeout:
+                continue
+            c.sendall(b"worker %d\n" % os.getpid())
+            c.close()
+        os._exit(0)
+    workers.append(pid)
+print(s.getsockname()[1], *workers, flush=True)
+sys.stdin.read()
+"#;
+
+#[test]
+fn a_server_that_forks_workers_keeps_exactly_one_lease() {
+    let daemon = Daemon::start();
+    let broker = daemon.broker();
+    let (mut server, line) =
+        support::spawn_and_read_line(&mut wrap_python(&daemon, FORKING_SERVER, &[]));
+    let mut numbers = line.split_whitespace().map(|n| n.parse::<u32>().unwrap());
+    let port = numbers.next().unwrap() as u16;
+    let workers: Vec<u32> = numbers.collect();
+    assert_eq!(workers.len(), 3, "{line}");
+    for _ in 0..9 {
+        let mut answer = String::new();
+        TcpStream::connect(loopback(port))
+            .unwrap()
+            .read_to_string(&mut answer)
+            .unwrap();
+        let worker: u32 = answer.trim().trim_start_matches("worker ").parse().unwrap();
+        assert!(
+            workers.contains(&worker),
+            "{answer:?} is not from {workers:?}"
+        );
+    }
+    let leases = leases_on(&broker, port);
+    assert_eq!(leases.len(), 1, "{leases:?}");
+    assert_eq!(leases[0].holder.pid, server.id() as i32);
+    assert_eq!(sockets_of(&broker, server.id() as i32).len(), 1);
+    for worker in &workers {
+        assert_eq!(
+            sockets_of(&broker, *worker as i32),
+            [],
+            "worker {worker} leased"
+        );
+    }
+    // The lease ends once the server and, after it, its workers are gone.
+    server.kill().unwrap();
+    let _ = server.wait();
+    assert!(
+        wait_until(Duration::from_secs(5), || leases_on(&broker, port)
+            .is_empty()),
+        "the lease outlived the server and its workers: {:?}",
+        leases_on(&broker, port)
+    );
+}
+
+#[test]
+fn without_a_broker_wrap_refuses_and_the_fallback_lets_the_program_bind_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let nowhere = dir.path().join("none.sock");
+    let mark = dir.path().join("ran");
+    preload_shim();
+    let portctl = |fallback: bool| {
+        let mut cmd = Command::new(support::portctl_bin());
+        cmd.arg("wrap")
+            .arg("--socket")
+            .arg(&nowhere)
+            .arg("--")
+            .args(["python3", "-c"])
+            .env_remove("PORTBROKER_SOCKET")
+            .env_remove("LD_PRELOAD")
+            .env_remove("PORTBROKER_PRELOAD");
+        match fallback {
+            true => cmd.env("PORTBROKER_SHIM_FALLBACK", "1"),
+            false => cmd.env_remove("PORTBROKER_SHIM_FALLBACK"),
+        };
+        cmd
+    };
+
+    let out = portctl(false)
+        .arg(format!("open({:?}, 'w')", mark.display().to_string()))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot reach the broker at {}", nowhere.display()))
+            && stderr.contains("PORTBROKER_SHIM_FALLBACK=1"),
+        "{stderr}"
+    );
+    assert!(!mark.exists(), "CMD ran without a broker");
+
+    let out = portctl(true)
+        .arg(TRY_BIND)
+        .args(["127.0.0.1", "0"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.starts_with("bound "),
+        "{out:?}"
+    );
+    let lines = shim_lines(&out.stderr);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains("goes to the kernel unleased"),
+        "{}",
+        lines[0]
+    );
+
+    // A broker that goes away under a wrapped program: its binds fail, saying why.
+    let out = Command::new("python3")
+        .args(["-c", TRY_BIND, "127.0.0.1", "0"])
+        .env("LD_PRELOAD", preload_shim())
+        .env("PORTBROKER_SOCKET", &nowhere)
+        .env_remove("PORTBROKER_SHIM_FALLBACK")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ECONNREFUSED");
+    let lines = shim_lines(&out.stderr);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains(&format!("cannot reach the broker at {}", nowhere.display()))
+            && lines[0].contains("PORTBROKER_SHIM_FALLBACK=1"),
+        "{}",
+        lines[0]
+    );
+}
