@@ -111,6 +111,7 @@ pub fn serve(path: &Path, pool: (u16, u16)) -> Result<()> {
                                 transport: Transport::Tcp,
                                 addr,
                                 listening: true,
+                                v6_only: false,
                             }],
                             fds: 1,
                         }

@@ -11,10 +11,16 @@ use nix::sys::socket::{
 use portbroker_proto::{Listen, Refusal, Transport};
 
 /// Creates a socket bound to `addr` (an explicit port, never 0), listening for TCP unless the
-/// spec asked for bind-only. The fd is blocking, as `std::net` expects, and close-on-exec.
-pub fn bind_socket(transport: Transport, addr: SocketAddr, mode: Listen) -> Result<OwnedFd, Errno> {
+/// spec asked for bind-only or a number. `[::]` is dual-stack unless `v6_only`. The fd is
+/// blocking, as `std::net` expects, and close-on-exec.
+pub fn bind_socket(
+    transport: Transport,
+    addr: SocketAddr,
+    v6_only: bool,
+    mode: Listen,
+) -> Result<OwnedFd, Errno> {
     debug_assert_ne!(addr.port(), 0, "the broker always binds an explicit port");
-    let fd = unbound_socket(transport, addr)?;
+    let fd = unbound_socket(transport, addr, v6_only)?;
     let backlog = backlog_for(transport, mode)?;
     if backlog.is_some() {
         // Safe only because the socket listens at once: SO_REUSEADDR then only lets a new
@@ -32,7 +38,7 @@ pub fn bind_socket(transport: Transport, addr: SocketAddr, mode: Listen) -> Resu
 /// A reservation: `addr` bound, not listening and without SO_REUSEADDR, so that no other
 /// socket, SO_REUSEADDR or not, can bind the port.
 pub fn reserve(transport: Transport, addr: SocketAddr) -> Result<OwnedFd, Errno> {
-    let fd = unbound_socket(transport, addr)?;
+    let fd = unbound_socket(transport, addr, false)?;
     bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
     Ok(fd)
 }
@@ -88,8 +94,8 @@ pub fn take_reservation(fd: OwnedFd, transport: Transport, mode: Listen) -> Resu
 /// copy of a leased socket closed, wherever it was (a forked child, an unread SCM_RIGHTS
 /// message). TCP probes set SO_REUSEADDR, as the leased listeners did, so that TIME_WAIT
 /// connections of a closed listener do not count.
-pub fn is_free(transport: Transport, addr: SocketAddr) -> bool {
-    let Ok(fd) = unbound_socket(transport, addr) else {
+pub fn is_free(transport: Transport, addr: SocketAddr, v6_only: bool) -> bool {
+    let Ok(fd) = unbound_socket(transport, addr, v6_only) else {
         return false;
     };
     if transport == Transport::Tcp && setsockopt(&fd, sockopt::ReuseAddr, &true).is_err() {
@@ -105,13 +111,13 @@ fn backlog_for(transport: Transport, mode: Listen) -> Result<Option<Backlog>, Er
         (Transport::Tcp, Listen::Backlog(n)) => Some(Backlog::new(
             i32::try_from(n).unwrap_or(i32::MAX).min(libc::SOMAXCONN),
         )?),
-        (Transport::Tcp, Listen::BindOnly) | (Transport::Udp, _) => None,
+        (Transport::Tcp, Listen::BindOnly | Listen::Number) | (Transport::Udp, _) => None,
     })
 }
 
-/// A close-on-exec socket of the transport and the address's family. `[::]` is dual-stack, as
-/// the table assumes; a specific IPv6 address never takes IPv4.
-fn unbound_socket(transport: Transport, addr: SocketAddr) -> Result<OwnedFd, Errno> {
+/// A close-on-exec socket of the transport and the address's family. `[::]` is dual-stack
+/// unless `v6_only`, as the table assumes; a specific IPv6 address never takes IPv4.
+fn unbound_socket(transport: Transport, addr: SocketAddr, v6_only: bool) -> Result<OwnedFd, Errno> {
     let family = match addr {
         SocketAddr::V4(_) => AddressFamily::Inet,
         SocketAddr::V6(_) => AddressFamily::Inet6,
@@ -122,7 +128,11 @@ fn unbound_socket(transport: Transport, addr: SocketAddr) -> Result<OwnedFd, Err
     };
     let fd = socket(family, kind, SockFlag::SOCK_CLOEXEC, None)?;
     if addr.is_ipv6() {
-        setsockopt(&fd, sockopt::Ipv6V6Only, &!addr.ip().is_unspecified())?;
+        setsockopt(
+            &fd,
+            sockopt::Ipv6V6Only,
+            &(v6_only || !addr.ip().is_unspecified()),
+        )?;
     }
     Ok(fd)
 }
@@ -186,15 +196,16 @@ mod tests {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let listener =
-            TcpListener::from(bind_socket(Transport::Tcp, addr, Listen::Default).unwrap());
+            TcpListener::from(bind_socket(Transport::Tcp, addr, false, Listen::Default).unwrap());
         TcpStream::connect(addr).unwrap();
         listener.accept().unwrap();
         assert_eq!(
-            bind_socket(Transport::Tcp, addr, Listen::Default).unwrap_err(),
+            bind_socket(Transport::Tcp, addr, false, Listen::Default).unwrap_err(),
             Errno::EADDRINUSE
         );
         // TCP and UDP are separate spaces.
-        let udp = UdpSocket::from(bind_socket(Transport::Udp, addr, Listen::Default).unwrap());
+        let udp =
+            UdpSocket::from(bind_socket(Transport::Udp, addr, false, Listen::Default).unwrap());
         assert_eq!(udp.local_addr().unwrap(), addr);
     }
 
@@ -202,7 +213,7 @@ mod tests {
     fn bind_only_sockets_block_the_port_without_listening() {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let _bound = bind_socket(Transport::Tcp, addr, Listen::BindOnly).unwrap();
+        let _bound = bind_socket(Transport::Tcp, addr, false, Listen::BindOnly).unwrap();
         assert!(TcpStream::connect(addr).is_err());
         assert!(TcpListener::bind(format!("0.0.0.0:{port}")).is_err());
     }
@@ -232,9 +243,27 @@ mod tests {
         let _any = bind_socket(
             Transport::Tcp,
             format!("[::]:{port}").parse().unwrap(),
+            false,
             Listen::Default,
         )
         .unwrap();
         assert!(TcpListener::bind(format!("127.0.0.1:{port}")).is_err());
+    }
+
+    #[test]
+    fn an_ipv6_only_wildcard_leaves_ipv4_to_others() {
+        if !ipv6_available() {
+            return;
+        }
+        let port = free_port();
+        let any6: SocketAddr = format!("[::]:{port}").parse().unwrap();
+        let _v4 = TcpListener::bind(format!("0.0.0.0:{port}")).unwrap();
+        let v6 = bind_socket(Transport::Tcp, any6, true, Listen::Default).unwrap();
+        assert!(getsockopt(&v6, sockopt::Ipv6V6Only).unwrap());
+        assert!(!is_free(Transport::Tcp, any6, true));
+        drop(v6);
+        assert!(is_free(Transport::Tcp, any6, true));
+        // The dual-stack probe still finds the IPv4 listener in the way.
+        assert!(!is_free(Transport::Tcp, any6, false));
     }
 }

@@ -16,12 +16,13 @@ use crate::lease::{unix_now, Keeper, SocketList, MAX_SOCKETS_PER_LEASE};
 use crate::peer::Peer;
 use crate::policy::Identity;
 use crate::state::State;
-use crate::table::{addrs_overlap, NewLease};
+use crate::table::{BindAddr, NewLease};
 
 /// How many pool ports held by processes outside the broker one "any port" lease may skip.
 const POOL_TRIES: usize = 64;
 
-/// A granted lease: its id, its sockets and their fds, in the order of the request's specs.
+/// A granted lease: its id, its sockets and their fds, in the order of the request's specs
+/// (no fds for a number lease).
 pub struct Granted {
     pub id: LeaseId,
     pub sockets: Vec<GrantedSocket>,
@@ -40,8 +41,17 @@ pub fn grant(
     service: Option<&str>,
     binds: &mut u32,
 ) -> Result<Granted, Refusal> {
-    let bound = bind_all(state, &peer.identity, specs, by_rules, binds).and_then(with_cookies);
-    let (sockets, fds, cookies) = match bound {
+    let mut taken_over = Vec::new();
+    let bound = bind_all(
+        state,
+        &peer.identity,
+        specs,
+        by_rules,
+        binds,
+        &mut taken_over,
+    )
+    .and_then(with_cookies);
+    let (sockets, mut fds, mut cookies) = match bound {
         Ok(bound) => bound,
         Err(refusal) => {
             info!("refused {}: {refusal}", peer.holder);
@@ -52,6 +62,21 @@ pub fn grant(
             return Err(refusal);
         }
     };
+    for number in taken_over {
+        if state.table.end(number).is_some() {
+            info!(
+                lease = number.0,
+                "released: {} took its number over", peer.holder
+            );
+            state.watchers.emit(|| Event::Released { id: number });
+        }
+    }
+    let number = is_number(specs);
+    if number {
+        // The probes close here: the ports are numbers from now on.
+        fds.clear();
+        cookies.clear();
+    }
     let id = state.table.grant(NewLease {
         keeper: Keeper::Connection(peer.conn),
         holder: Rc::clone(&peer.holder),
@@ -61,10 +86,14 @@ pub fn grant(
         cookies,
         service: service.map(Rc::from),
     });
+    if number {
+        state.table.mark_number(id);
+    }
     info!(
         lease = id.0,
-        "granted {} to {}",
+        "granted {}{} to {}",
         SocketList(&sockets),
+        if number { " as a number" } else { "" },
         peer.holder
     );
     let table = &state.table;
@@ -85,13 +114,13 @@ pub fn grant_number(
     start_time: u64,
 ) -> Result<(LeaseId, u16), Refusal> {
     let spec = SocketSpec {
-        transport: Transport::Tcp,
-        addr: None,
-        port: 0,
-        listen: Listen::BindOnly,
+        listen: Listen::Number,
+        ..SocketSpec::tcp(None, 0)
     };
     let mut binds = 0;
-    let bound = match bind_all(state, identity, &[spec], true, &mut binds) {
+    // A pool port is never held as a number by anyone, so nothing is taken over.
+    let mut taken_over = Vec::new();
+    let bound = match bind_all(state, identity, &[spec], true, &mut binds, &mut taken_over) {
         Ok(bound) => bound,
         Err(refusal) => {
             info!("refused a portserver port to {holder}: {refusal}");
@@ -147,13 +176,21 @@ enum SpecProblem {
     Refused(Refusal),
 }
 
+/// Whether a lease of `specs` is a number lease (`bind_all` checked that all specs agree).
+fn is_number(specs: &[SocketSpec]) -> bool {
+    specs.iter().all(|spec| spec.listen == Listen::Number)
+}
+
 /// Checks and binds every spec; all or nothing (sockets bound so far close on refusal).
+/// `taken_over`: the number leases of the asker's own user that the granted sockets overlap,
+/// which the caller ends once the lease is granted (see `Listen::Number`).
 fn bind_all(
     state: &mut State,
     who: &Identity,
     specs: &[SocketSpec],
     by_rules: bool,
     binds: &mut u32,
+    taken_over: &mut Vec<LeaseId>,
 ) -> Result<Vec<(GrantedSocket, OwnedFd)>, Refusal> {
     if specs.is_empty() || specs.len() > MAX_SOCKETS_PER_LEASE {
         return Err(Refusal::InvalidSpec {
@@ -175,19 +212,30 @@ fn bind_all(
             SpecProblem::Refused(refusal) => refusal,
         })?;
     }
+    let numbers = specs.iter().filter(|spec| spec.listen == Listen::Number);
+    if numbers.count() % specs.len() != 0 {
+        return Err(Refusal::InvalidSpec {
+            index: 0,
+            reason: "every spec of a lease is a number, or none is".into(),
+        });
+    }
     check_quotas(state, who, specs.len())?;
     let mut bound: Vec<(GrantedSocket, OwnedFd)> = Vec::with_capacity(specs.len());
     for (index, spec) in specs.iter().enumerate() {
         let ip = spec.addr.unwrap_or(state.default_addr);
+        let at = BindAddr {
+            ip,
+            v6_only: ip.is_ipv6() && (spec.v6_only || !ip.is_unspecified()),
+        };
         let taken_here = |port: u16| {
             bound.iter().position(|(g, _)| {
                 g.transport == spec.transport
                     && g.addr.port() == port
-                    && addrs_overlap(g.addr.ip(), ip)
+                    && BindAddr::of(g).overlaps(at)
             })
         };
         let (addr, fd) = if spec.port == 0 {
-            bind_from_pool(state, spec, ip, |port| taken_here(port).is_some(), binds)?
+            bind_from_pool(state, spec, at, |port| taken_here(port).is_some(), binds)?
         } else {
             if let Some(other) = taken_here(spec.port) {
                 return Err(Refusal::InvalidSpec {
@@ -195,14 +243,16 @@ fn bind_all(
                     reason: format!("{spec} overlaps socket #{} of the same lease", other + 1),
                 });
             }
-            bind_fixed(state, spec, SocketAddr::new(ip, spec.port), binds)?
+            bind_fixed(state, who, spec, at, binds, taken_over)?
         };
-        let listening = spec.transport == Transport::Tcp && spec.listen != Listen::BindOnly;
+        let listening = spec.transport == Transport::Tcp
+            && !matches!(spec.listen, Listen::BindOnly | Listen::Number);
         bound.push((
             GrantedSocket {
                 transport: spec.transport,
                 addr,
                 listening,
+                v6_only: at.v6_only,
             },
             fd,
         ));
@@ -236,6 +286,11 @@ fn check_spec(
     }
     if spec.addr.is_some_and(|ip| ip.is_ipv6()) && state.default_addr.is_ipv4() {
         return Err(SpecProblem::Invalid("this host has no IPv6".into()));
+    }
+    if spec.v6_only && !spec.addr.unwrap_or(state.default_addr).is_ipv6() {
+        return Err(SpecProblem::Invalid(
+            "IPv6-only applies to IPv6 addresses, not IPv4 ones".into(),
+        ));
     }
     if by_rules {
         let ip = spec.addr.unwrap_or(state.default_addr);
@@ -280,37 +335,55 @@ fn check_quotas(state: &State, who: &Identity, sockets: usize) -> Result<(), Ref
     Ok(())
 }
 
-/// Binds an explicit port: refused if a lease holds it; the broker's own reservation of the
-/// port if it holds one, else a fresh bind.
+/// Binds an explicit port: refused if a lease holds it, unless every lease in the way is a
+/// number of the asker's own user, which this lease takes over (added to `taken_over`); the
+/// broker's own reservation of the port if it holds one, else a fresh bind.
 fn bind_fixed(
     state: &mut State,
+    who: &Identity,
     spec: &SocketSpec,
-    addr: SocketAddr,
+    at: BindAddr,
     binds: &mut u32,
+    taken_over: &mut Vec<LeaseId>,
 ) -> Result<(SocketAddr, OwnedFd), Refusal> {
-    if let Some(conflict) = state.table.conflict(spec.transport, addr) {
+    let addr = SocketAddr::new(at.ip, spec.port);
+    let mut numbers = Vec::new();
+    for conflict in state.table.conflicts(spec.transport, at, spec.port) {
+        let lease = conflict.lease;
+        // A number is the port promised to its user, who binds it later (under the shim):
+        // that bind is what the number was for. A number never takes over a number.
+        if lease.number && lease.holder.uid == who.uid && spec.listen != Listen::Number {
+            numbers.push(lease.id);
+            continue;
+        }
         return Err(Refusal::InUse {
             transport: spec.transport,
             requested: addr,
             held: conflict.held,
-            lease: conflict.lease.id,
-            holder: Holder::clone(&conflict.lease.holder),
+            lease: lease.id,
+            holder: Holder::clone(&lease.holder),
         });
     }
     *binds += 1;
     let fd = match state.take_reservation(spec.transport, spec.port) {
         // The held socket itself: the port is never unbound on the way.
-        Some(held) if addr.ip() == state.default_addr => {
+        Some(held) if addr.ip() == state.default_addr && !spec.v6_only => {
             take_reservation(held, spec.transport, spec.listen)
         }
-        // Another address: the reservation (on every address) must go first.
+        // Another address (or IPv6-only, which a bound socket cannot become): the
+        // reservation (on every address) must go first.
         Some(held) => {
             drop(held);
-            bind_socket(spec.transport, addr, spec.listen)
+            bind_socket(spec.transport, addr, at.v6_only, spec.listen)
         }
-        None => bind_socket(spec.transport, addr, spec.listen),
+        None => bind_socket(spec.transport, addr, at.v6_only, spec.listen),
     }
     .map_err(|errno| bind_refusal(spec.transport, addr, errno))?;
+    for number in numbers {
+        if !taken_over.contains(&number) {
+            taken_over.push(number);
+        }
+    }
     Ok((addr, fd))
 }
 
@@ -318,7 +391,7 @@ fn bind_fixed(
 fn bind_from_pool(
     state: &State,
     spec: &SocketSpec,
-    ip: IpAddr,
+    at: BindAddr,
     taken_by_this_lease: impl Fn(u16) -> bool,
     binds: &mut u32,
 ) -> Result<(SocketAddr, OwnedFd), Refusal> {
@@ -330,9 +403,9 @@ fn bind_from_pool(
             if taken_by_this_lease(port) {
                 return true;
             }
-            let addr = SocketAddr::new(ip, port);
+            let addr = SocketAddr::new(at.ip, port);
             *binds += 1;
-            match bind_socket(spec.transport, addr, spec.listen) {
+            match bind_socket(spec.transport, addr, at.v6_only, spec.listen) {
                 Ok(fd) => {
                     result = Some((addr, fd));
                     false

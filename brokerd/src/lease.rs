@@ -77,8 +77,9 @@ pub struct Lease {
     pub service: Option<Rc<str>>,
     /// The token of its standing handover offer, if any (see `Table::offer`).
     pub offer: Option<u64>,
-    /// A port handed out as a number (the portserver protocol): the broker never held a
-    /// socket for it and has no cookies; a probe bind tells whether its holder still uses it.
+    /// A port handed out as a number (`Listen::Number`, or the portserver protocol): the
+    /// broker holds no socket for it and has no cookies; a probe bind tells whether its holder
+    /// still uses it, and a lease of the holder's user on the port takes it over.
     pub number: bool,
 }
 
@@ -93,8 +94,8 @@ impl Lease {
 
     pub fn state(&self) -> LeaseState {
         match self.keeper {
+            Keeper::Connection(_) | Keeper::Process(_) if self.number => LeaseState::Number,
             Keeper::Connection(_) => LeaseState::Connection,
-            Keeper::Process(_) if self.number => LeaseState::Number,
             Keeper::Process(_) => LeaseState::Process,
             Keeper::Lingering => LeaseState::Lingering,
             Keeper::Kept => LeaseState::Kept,

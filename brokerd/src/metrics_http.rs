@@ -74,6 +74,8 @@ fn own_lease(state: &mut State, addr: SocketAddr, cookie: u64) -> LeaseId {
             transport: Transport::Tcp,
             addr,
             listening: true,
+            // As `bind_socket` binds it: only a specific IPv6 address is IPv6-only.
+            v6_only: addr.is_ipv6() && !addr.ip().is_unspecified(),
         }],
         cookies: vec![cookie],
         service: None,
@@ -91,7 +93,7 @@ impl Endpoint {
                 conflict.held
             );
         }
-        let fd = bind::bind_socket(Transport::Tcp, addr, Listen::Default)
+        let fd = bind::bind_socket(Transport::Tcp, addr, false, Listen::Default)
             .with_context(|| format!("cannot bind tcp:{addr}"))?;
         let cookie = bind::cookie(&fd).context("cannot read the socket's cookie")?;
         let listener = TcpListener::from(fd);

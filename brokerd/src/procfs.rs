@@ -319,6 +319,7 @@ mod tests {
             transport: Transport::Tcp,
             addr,
             listening: true,
+            v6_only: false,
         };
         assert_eq!(socket_inodes(&[granted]), vec![inode]);
     }

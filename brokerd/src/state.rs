@@ -116,7 +116,7 @@ impl State {
         if lease
             .sockets
             .iter()
-            .all(|s| bind::is_free(s.transport, s.addr))
+            .all(|s| bind::is_free(s.transport, s.addr, s.v6_only))
         {
             let grace = lease
                 .service
@@ -226,7 +226,7 @@ impl State {
             if lease
                 .sockets
                 .iter()
-                .all(|s| bind::is_free(s.transport, s.addr))
+                .all(|s| bind::is_free(s.transport, s.addr, s.v6_only))
             {
                 self.table.end(id);
                 info!(
@@ -471,12 +471,12 @@ mod tests {
         assert_eq!(addr.port(), port);
         // The broker holds nothing: the port is free to bind, and the table keeps it from
         // other leases.
-        assert!(bind::is_free(Transport::Tcp, addr));
+        assert!(bind::is_free(Transport::Tcp, addr, false));
         let (_, other) =
             crate::grant::grant_number(&mut state, peer.holder.clone(), &peer.identity, 0).unwrap();
         assert_ne!(other, port);
         // Its process binds the port, then exits: the lease lingers while the socket lives.
-        let socket = bind::bind_socket(Transport::Tcp, addr, Listen::Default).unwrap();
+        let socket = bind::bind_socket(Transport::Tcp, addr, false, Listen::Default).unwrap();
         state.end_truthfully(id, "its process exited");
         assert_eq!(state.table.get(id).unwrap().state(), LeaseState::Lingering);
         drop(socket);

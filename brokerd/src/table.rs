@@ -17,21 +17,40 @@ use portbroker_proto::{GrantedSocket, Holder, LeaseId, PortRange, Transport};
 use crate::lease::{ConnId, Deadline, Keeper, Lease, MAX_LEASE_ID, MAX_SOCKETS_PER_LEASE};
 use crate::pool::Pool;
 
-/// Whether two addresses of the same transport and port collide in the kernel's bind rules:
-/// the identical address, a wildcard against any address of its family, and the broker's
-/// dual-stack `[::]` against any IPv4 address.
-pub fn addrs_overlap(a: IpAddr, b: IpAddr) -> bool {
-    match (a, b) {
-        (IpAddr::V4(x), IpAddr::V4(y)) => x == y || x.is_unspecified() || y.is_unspecified(),
-        (IpAddr::V6(x), IpAddr::V6(y)) => x == y || x.is_unspecified() || y.is_unspecified(),
-        (IpAddr::V6(v6), IpAddr::V4(_)) | (IpAddr::V4(_), IpAddr::V6(v6)) => v6.is_unspecified(),
+/// An address as the kernel's bind rules see it: the IP, and for IPv6 whether the socket
+/// takes IPv6 only (`IPV6_V6ONLY`; always so for a specific IPv6 address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BindAddr {
+    pub ip: IpAddr,
+    pub v6_only: bool,
+}
+
+impl BindAddr {
+    /// The address of a leased socket.
+    pub fn of(socket: &GrantedSocket) -> BindAddr {
+        BindAddr {
+            ip: socket.addr.ip(),
+            v6_only: socket.v6_only,
+        }
+    }
+
+    /// Whether two addresses of the same transport and port collide in the kernel's bind
+    /// rules: the identical address, a wildcard against any address of its family, and a
+    /// dual-stack `[::]` against any IPv4 address (an IPv6-only `[::]` leaves IPv4 alone).
+    pub fn overlaps(self, other: BindAddr) -> bool {
+        match (self.ip, other.ip) {
+            (IpAddr::V4(x), IpAddr::V4(y)) => x == y || x.is_unspecified() || y.is_unspecified(),
+            (IpAddr::V6(x), IpAddr::V6(y)) => x == y || x.is_unspecified() || y.is_unspecified(),
+            (IpAddr::V6(v6), IpAddr::V4(_)) => v6.is_unspecified() && !self.v6_only,
+            (IpAddr::V4(_), IpAddr::V6(v6)) => v6.is_unspecified() && !other.v6_only,
+        }
     }
 }
 
 /// One address bound on a port, and the lease that holds it.
 #[derive(Debug, Clone, Copy)]
 struct Binding {
-    addr: IpAddr,
+    addr: BindAddr,
     lease: LeaseId,
 }
 
@@ -177,15 +196,31 @@ impl Table {
         self.deadlines.peek().map(|Reverse((at, _))| *at)
     }
 
-    /// The live lease whose address overlaps `addr`, if any.
+    /// The live lease whose address overlaps `addr` (`[::]` taken as dual-stack), if any.
     pub fn conflict(&self, transport: Transport, addr: SocketAddr) -> Option<Conflict<'_>> {
-        let bindings = self.ports.get(&(transport, addr.port()))?;
-        let binding = bindings.iter().find(|b| addrs_overlap(b.addr, addr.ip()))?;
-        let lease = &self.leases[&binding.lease];
-        Some(Conflict {
-            held: SocketAddr::new(binding.addr, addr.port()),
-            lease,
-        })
+        let dual_stack = BindAddr {
+            ip: addr.ip(),
+            v6_only: false,
+        };
+        self.conflicts(transport, dual_stack, addr.port()).next()
+    }
+
+    /// Every live lease whose address overlaps `addr` on `port`, once per overlapping socket.
+    pub fn conflicts(
+        &self,
+        transport: Transport,
+        addr: BindAddr,
+        port: u16,
+    ) -> impl Iterator<Item = Conflict<'_>> {
+        self.ports
+            .get(&(transport, port))
+            .into_iter()
+            .flatten()
+            .filter(move |binding| binding.addr.overlaps(addr))
+            .map(move |binding| Conflict {
+                held: SocketAddr::new(binding.addr.ip, port),
+                lease: &self.leases[&binding.lease],
+            })
     }
 
     /// The next pool port that no lease binds and that `skip` does not exclude (see
@@ -252,14 +287,16 @@ impl Table {
             let overlaps_own = lease.sockets[..i].iter().any(|other| {
                 other.transport == socket.transport
                     && other.addr.port() == socket.addr.port()
-                    && addrs_overlap(other.addr.ip(), socket.addr.ip())
+                    && BindAddr::of(other).overlaps(BindAddr::of(socket))
             });
             if overlaps_own {
                 return Err(format!(
                     "socket {socket} overlaps another of the same lease"
                 ));
             }
-            if let Some(conflict) = self.conflict(socket.transport, socket.addr) {
+            let mut conflicts =
+                self.conflicts(socket.transport, BindAddr::of(socket), socket.addr.port());
+            if let Some(conflict) = conflicts.next() {
                 return Err(format!(
                     "{socket} overlaps {} of lease {}",
                     conflict.held, conflict.lease.id
@@ -275,7 +312,7 @@ impl Table {
         for socket in &new.sockets {
             let key = (socket.transport, socket.addr.port());
             self.ports.entry(key).or_default().push(Binding {
-                addr: socket.addr.ip(),
+                addr: BindAddr::of(socket),
                 lease: id,
             });
             self.pool.mark(socket.transport, socket.addr.port(), true);

@@ -452,6 +452,7 @@ mod tests {
                     transport: Transport::Tcp,
                     addr,
                     listening: true,
+                    v6_only: false,
                 })
                 .collect(),
             fds: addrs.len() as u32,

@@ -5,7 +5,7 @@ use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
-use portbroker_proto::{GrantedSocket, Holder, LeaseId, SocketSpec};
+use portbroker_proto::{GrantedSocket, Holder, LeaseId, Listen, SocketSpec};
 
 use crate::connection::Ended;
 use crate::error::Error;
@@ -13,6 +13,8 @@ use crate::session::{Handle, Shared};
 use crate::socket::LeasedSocket;
 
 /// A live lease and its sockets.
+///
+/// A lease of [`Listen::Number`] specs has no sockets: [`Lease::granted`] tells the ports.
 ///
 /// The lease holds the broker connection open, so it outlives the [`Broker`](crate::Broker)
 /// it came from. It ends with [`Lease::release`], or when the `Lease` is dropped (a
@@ -63,7 +65,10 @@ impl Lease {
         };
         match asked {
             Asked::Specs(specs) => {
-                if lease.granted.len() != specs.len() || fds.len() != specs.len() {
+                // A number lease comes with no sockets (see `Listen::Number`).
+                let numbers = specs.iter().all(|spec| spec.listen == Listen::Number);
+                let expected_fds = if numbers { 0 } else { specs.len() };
+                if lease.granted.len() != specs.len() || fds.len() != expected_fds {
                     return Err(Error::protocol(format!(
                         "asked for {} sockets, the broker granted {} and sent {} file descriptors",
                         specs.len(),

@@ -131,6 +131,7 @@ fn grant(id: u64, transports: impl IntoIterator<Item = Transport>) -> (Response,
             transport,
             addr,
             listening: transport == Transport::Tcp,
+            v6_only: false,
         });
         fds.push(fd);
     }

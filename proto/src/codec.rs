@@ -163,6 +163,7 @@ mod tests {
             transport: Transport::Tcp,
             addr: "127.0.0.1:8080".parse().unwrap(),
             listening: true,
+            v6_only: false,
         };
         vec![
             Response::Hello {

@@ -88,7 +88,7 @@ pub use paths::{client_socket_paths, default_socket_path, PathError, SOCKET_ENV,
 pub use spec::SpecError;
 
 /// The protocol version this crate speaks. Independent of the crate version.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The identifier of a lease, unique for the life of a broker.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -135,6 +135,15 @@ pub enum Listen {
     Backlog(u32),
     /// Bind only: the client calls `listen()` itself (TCP only).
     BindOnly,
+    /// Hold the port as a number: the broker checks that it can bind it (a probe, closed at
+    /// once), answers `Granted` with the address, and passes no socket. The lease lives like
+    /// any other and is listed as [`LeaseState::Number`]. A later lease of the same user on
+    /// an overlapping address of the same transport and port takes the number over: the
+    /// number lease ends as the new one is granted. For a program that must be told a port
+    /// number and binds it itself under `portctl wrap`, whose bind then asks the broker. Every
+    /// spec of a lease is a number, or none is. (Nothing stops a bind outside the broker: the
+    /// broker holds no socket for a number.)
+    Number,
 }
 
 /// One socket asked for: `PROTO:[ADDR:]PORT` in text, see [`SocketSpec::from_str`](std::str::FromStr).
@@ -147,8 +156,12 @@ pub struct SocketSpec {
     pub addr: Option<IpAddr>,
     /// The port; 0 asks for any free port from the broker's pool.
     pub port: u16,
-    /// Listening behaviour for TCP; must be [`Listen::Default`] for UDP.
+    /// Listening behaviour for TCP; must be [`Listen::Default`] or [`Listen::Number`] for UDP.
     pub listen: Listen,
+    /// For the IPv6 wildcard `[::]`: take IPv6 only (`IPV6_V6ONLY`), leaving the port's IPv4
+    /// addresses to others, where `[::]` is otherwise dual-stack. A specific IPv6 address is
+    /// always IPv6-only; with an IPv4 address this must be false.
+    pub v6_only: bool,
 }
 
 impl SocketSpec {
@@ -159,6 +172,7 @@ impl SocketSpec {
             addr,
             port,
             listen: Listen::Default,
+            v6_only: false,
         }
     }
 
@@ -169,6 +183,7 @@ impl SocketSpec {
             addr,
             port,
             listen: Listen::Default,
+            v6_only: false,
         }
     }
 }
@@ -283,11 +298,20 @@ pub struct GrantedSocket {
     pub addr: SocketAddr,
     /// Whether a TCP socket was handed over listening (always false for UDP).
     pub listening: bool,
+    /// Whether an IPv6 socket takes IPv6 only (`IPV6_V6ONLY`): true for a specific IPv6
+    /// address, and for `[::]` when the spec asked; false for IPv4 and dual-stack `[::]`.
+    /// (Absent from journals written before protocol 5, hence the default.)
+    #[serde(default)]
+    pub v6_only: bool,
 }
 
 impl fmt::Display for GrantedSocket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.transport, self.addr)
+        write!(f, "{}:{}", self.transport, self.addr)?;
+        if self.v6_only && self.addr.ip().is_unspecified() {
+            f.write_str(" (IPv6 only)")?;
+        }
+        Ok(())
     }
 }
 
@@ -358,9 +382,9 @@ pub enum LeaseState {
     /// The ports of a sticky named service whose server ended, kept for the same user and
     /// service until `expires_unix_ms`.
     Kept,
-    /// A port handed out as a number (the portpicker portserver protocol): the broker holds no
-    /// socket; the lease is tied to the asking process and ends when it exits and the port is
-    /// free.
+    /// A port handed out as a number ([`Listen::Number`], or the portpicker portserver
+    /// protocol, whose numbers are tied to the asking process): the broker holds no socket. A
+    /// lease of the same user on the port takes it over.
     Number,
 }
 

@@ -69,6 +69,7 @@ impl FromStr for SocketSpec {
             addr,
             port,
             listen: Listen::Default,
+            v6_only: false,
         })
     }
 }
@@ -76,10 +77,15 @@ impl FromStr for SocketSpec {
 impl fmt::Display for SocketSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.addr {
-            None => write!(f, "{}:{}", self.transport, self.port),
-            Some(IpAddr::V4(ip)) => write!(f, "{}:{ip}:{}", self.transport, self.port),
-            Some(IpAddr::V6(ip)) => write!(f, "{}:[{ip}]:{}", self.transport, self.port),
+            None => write!(f, "{}:{}", self.transport, self.port)?,
+            Some(IpAddr::V4(ip)) => write!(f, "{}:{ip}:{}", self.transport, self.port)?,
+            Some(IpAddr::V6(ip)) => write!(f, "{}:[{ip}]:{}", self.transport, self.port)?,
         }
+        if self.v6_only {
+            // No text form parses to this: it is set by programs (the bind shim), not typed.
+            f.write_str(" (IPv6 only)")?;
+        }
+        Ok(())
     }
 }
 

@@ -25,6 +25,7 @@ fn spec() -> impl Strategy<Value = SocketSpec> {
     let listen = prop_oneof![
         Just(Listen::Default),
         Just(Listen::BindOnly),
+        Just(Listen::Number),
         any::<u32>().prop_map(Listen::Backlog)
     ];
     (
@@ -32,12 +33,14 @@ fn spec() -> impl Strategy<Value = SocketSpec> {
         proptest::option::of(ip()),
         any::<u16>(),
         listen,
+        any::<bool>(),
     )
-        .prop_map(|(transport, addr, port, listen)| SocketSpec {
+        .prop_map(|(transport, addr, port, listen, v6_only)| SocketSpec {
             transport,
             addr,
             port,
             listen,
+            v6_only,
         })
 }
 
@@ -75,13 +78,14 @@ fn socket_addr() -> impl Strategy<Value = SocketAddr> {
 }
 
 fn granted() -> impl Strategy<Value = GrantedSocket> {
-    (transport(), socket_addr(), any::<bool>()).prop_map(|(transport, addr, listening)| {
-        GrantedSocket {
+    (transport(), socket_addr(), any::<bool>(), any::<bool>()).prop_map(
+        |(transport, addr, listening, v6_only)| GrantedSocket {
             transport,
             addr,
             listening,
-        }
-    })
+            v6_only,
+        },
+    )
 }
 
 fn holder() -> impl Strategy<Value = Holder> {

@@ -130,6 +130,7 @@ fn lease_info(state: LeaseState) -> LeaseInfo {
             transport: Transport::Tcp,
             addr: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 8080),
             listening: true,
+            v6_only: false,
         }],
         expires_unix_ms: None,
         state,
@@ -151,11 +152,16 @@ goldens! { request_golden(Request), check_request:
             sockets: vec![
                 SocketSpec::tcp(Some(Ipv4Addr::LOCALHOST.into()), 8080),
                 SocketSpec::udp(Some(Ipv6Addr::LOCALHOST.into()), 0),
+                SocketSpec {
+                    v6_only: true,
+                    ..SocketSpec::tcp(Some(Ipv6Addr::UNSPECIFIED.into()), 6379)
+                },
             ],
         },
         [
-            34, 0, 0, 0, 1, 2, 0, 1, 0, 127, 0, 0, 1, 251, 144, 31, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0,
-            0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0,
+            60, 0, 0, 0, 1, 3, 0, 1, 0, 127, 0, 0, 1, 251, 144, 31, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0,
+            0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            0, 0, 0, 251, 235, 24, 0, 1,
         ];
     // The frame the crate documentation shows.
     request_release: Request::Release { .. } =>
@@ -201,18 +207,20 @@ goldens! { response_golden(Response), check_response:
                     transport: Transport::Tcp,
                     addr: SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), 8080),
                     listening: true,
+                    v6_only: true,
                 },
                 GrantedSocket {
                     transport: Transport::Udp,
                     addr: v4([0, 0, 0, 0], 5353),
                     listening: false,
+                    v6_only: false,
                 },
             ],
             fds: 2,
         },
         [
-            36, 0, 0, 0, 1, 9, 2, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 251, 144,
-            31, 1, 1, 0, 0, 0, 0, 0, 251, 233, 20, 0, 2,
+            38, 0, 0, 0, 1, 9, 2, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 251, 144,
+            31, 1, 1, 1, 0, 0, 0, 0, 0, 251, 233, 20, 0, 0, 2,
         ];
     response_refused: Response::Refused(_) =>
         Response::Refused(Refusal::UnknownService { name: "db".into() }),
@@ -223,8 +231,8 @@ goldens! { response_golden(Response), check_response:
     response_leases: Response::Leases(_) =>
         Response::Leases(vec![lease_info(LeaseState::Connection)]),
         [
-            34, 0, 0, 0, 4, 1, 5, 251, 36, 33, 251, 232, 3, 100, 5, 110, 103, 105, 110, 120, 252,
-            0, 129, 36, 105, 1, 0, 0, 127, 0, 0, 1, 251, 144, 31, 1, 0, 0,
+            35, 0, 0, 0, 4, 1, 5, 251, 36, 33, 251, 232, 3, 100, 5, 110, 103, 105, 110, 120, 252, 0,
+            129, 36, 105, 1, 0, 0, 127, 0, 0, 1, 251, 144, 31, 1, 0, 0, 0,
         ];
     response_status: Response::Status(_) =>
         Response::Status(StatusInfo {
@@ -292,8 +300,8 @@ goldens! { event_golden(Event), check_event:
     event_granted: Event::Granted { .. } =>
         Event::Granted { lease: lease_info(LeaseState::Connection) },
         [
-            35, 0, 0, 0, 15, 1, 0, 5, 251, 36, 33, 251, 232, 3, 100, 5, 110, 103, 105, 110, 120,
-            252, 0, 129, 36, 105, 1, 0, 0, 127, 0, 0, 1, 251, 144, 31, 1, 0, 0,
+            36, 0, 0, 0, 15, 1, 0, 5, 251, 36, 33, 251, 232, 3, 100, 5, 110, 103, 105, 110, 120,
+            252, 0, 129, 36, 105, 1, 0, 0, 127, 0, 0, 1, 251, 144, 31, 1, 0, 0, 0,
         ];
     event_refused: Event::Refused { .. } =>
         Event::Refused {
@@ -399,44 +407,45 @@ goldens! { lease_state_golden(LeaseState), check_lease_state:
     lease_state_connection: LeaseState::Connection =>
         LeaseState::Connection,
         [
-            34, 0, 0, 0, 4, 1, 5, 251, 36, 33, 251, 232, 3, 100, 5, 110, 103, 105, 110, 120, 252,
-            0, 129, 36, 105, 1, 0, 0, 127, 0, 0, 1, 251, 144, 31, 1, 0, 0,
+            35, 0, 0, 0, 4, 1, 5, 251, 36, 33, 251, 232, 3, 100, 5, 110, 103, 105, 110, 120, 252, 0,
+            129, 36, 105, 1, 0, 0, 127, 0, 0, 1, 251, 144, 31, 1, 0, 0, 0,
         ];
     lease_state_process: LeaseState::Process =>
         LeaseState::Process,
         [
-            34, 0, 0, 0, 4, 1, 5, 251, 36, 33, 251, 232, 3, 100, 5, 110, 103, 105, 110, 120, 252,
-            0, 129, 36, 105, 1, 0, 0, 127, 0, 0, 1, 251, 144, 31, 1, 0, 1,
+            35, 0, 0, 0, 4, 1, 5, 251, 36, 33, 251, 232, 3, 100, 5, 110, 103, 105, 110, 120, 252, 0,
+            129, 36, 105, 1, 0, 0, 127, 0, 0, 1, 251, 144, 31, 1, 0, 0, 1,
         ];
     lease_state_lingering: LeaseState::Lingering =>
         LeaseState::Lingering,
         [
-            34, 0, 0, 0, 4, 1, 5, 251, 36, 33, 251, 232, 3, 100, 5, 110, 103, 105, 110, 120, 252,
-            0, 129, 36, 105, 1, 0, 0, 127, 0, 0, 1, 251, 144, 31, 1, 0, 2,
+            35, 0, 0, 0, 4, 1, 5, 251, 36, 33, 251, 232, 3, 100, 5, 110, 103, 105, 110, 120, 252, 0,
+            129, 36, 105, 1, 0, 0, 127, 0, 0, 1, 251, 144, 31, 1, 0, 0, 2,
         ];
     lease_state_kept: LeaseState::Kept =>
         LeaseState::Kept,
         [
-            34, 0, 0, 0, 4, 1, 5, 251, 36, 33, 251, 232, 3, 100, 5, 110, 103, 105, 110, 120, 252,
-            0, 129, 36, 105, 1, 0, 0, 127, 0, 0, 1, 251, 144, 31, 1, 0, 3,
+            35, 0, 0, 0, 4, 1, 5, 251, 36, 33, 251, 232, 3, 100, 5, 110, 103, 105, 110, 120, 252, 0,
+            129, 36, 105, 1, 0, 0, 127, 0, 0, 1, 251, 144, 31, 1, 0, 0, 3,
         ];
     lease_state_number: LeaseState::Number =>
         LeaseState::Number,
         [
-            34, 0, 0, 0, 4, 1, 5, 251, 36, 33, 251, 232, 3, 100, 5, 110, 103, 105, 110, 120, 252,
-            0, 129, 36, 105, 1, 0, 0, 127, 0, 0, 1, 251, 144, 31, 1, 0, 4,
+            35, 0, 0, 0, 4, 1, 5, 251, 36, 33, 251, 232, 3, 100, 5, 110, 103, 105, 110, 120, 252, 0,
+            129, 36, 105, 1, 0, 0, 127, 0, 0, 1, 251, 144, 31, 1, 0, 0, 4,
         ];
 }
 
 goldens! { listen_golden(Listen), check_listen:
-    listen_default: Listen::Default => Listen::Default, [6, 0, 0, 0, 1, 1, 0, 0, 80, 0];
+    listen_default: Listen::Default => Listen::Default, [7, 0, 0, 0, 1, 1, 0, 0, 80, 0, 0];
     listen_backlog: Listen::Backlog(_) =>
         Listen::Backlog(4096),
-        [9, 0, 0, 0, 1, 1, 0, 0, 80, 1, 251, 0, 16];
-    listen_bind_only: Listen::BindOnly => Listen::BindOnly, [6, 0, 0, 0, 1, 1, 0, 0, 80, 2];
+        [10, 0, 0, 0, 1, 1, 0, 0, 80, 1, 251, 0, 16, 0];
+    listen_bind_only: Listen::BindOnly => Listen::BindOnly, [7, 0, 0, 0, 1, 1, 0, 0, 80, 2, 0];
+    listen_number: Listen::Number => Listen::Number, [7, 0, 0, 0, 1, 1, 0, 0, 80, 3, 0];
 }
 
 goldens! { transport_golden(Transport), check_transport:
-    transport_tcp: Transport::Tcp => Transport::Tcp, [6, 0, 0, 0, 1, 1, 0, 0, 80, 0];
-    transport_udp: Transport::Udp => Transport::Udp, [6, 0, 0, 0, 1, 1, 1, 0, 80, 0];
+    transport_tcp: Transport::Tcp => Transport::Tcp, [7, 0, 0, 0, 1, 1, 0, 0, 80, 0, 0];
+    transport_udp: Transport::Udp => Transport::Udp, [7, 0, 0, 0, 1, 1, 1, 0, 80, 0, 0];
 }

@@ -26,6 +26,11 @@ pub fn spec_for(target: &Target) -> SocketSpec {
             Transport::Tcp => Listen::BindOnly,
             Transport::Udp => Listen::Default,
         },
+        // What the program's socket has: for `[::]` it decides whether the lease takes the
+        // port's IPv4 addresses too (redis and memcached bind 0.0.0.0:P, then IPv6-only
+        // [::]:P). The broker makes a specific IPv6 address IPv6-only anyway; for IPv4 it is
+        // false, as the broker requires.
+        v6_only: target.v6_only,
     }
 }
 
@@ -75,5 +80,11 @@ mod tests {
         let spec = spec_for(&target(Transport::Udp, "[::]:0"));
         assert_eq!(spec.to_string(), "udp:[::]:0");
         assert_eq!(spec.listen, Listen::Default);
+        assert!(!spec.v6_only);
+        let v6_only = Target {
+            v6_only: true,
+            ..target(Transport::Tcp, "[::]:6379")
+        };
+        assert!(spec_for(&v6_only).v6_only);
     }
 }

@@ -22,12 +22,23 @@ pub fn state_with(toml: &str) -> State {
     with_policy(Policy::parse(Path::new("test.toml"), toml).expect("test policy parses"))
 }
 
+/// A state on the built-in policy whose default address is the dual-stack `[::]`, as on a
+/// host with IPv6; `None` where this host has no IPv6.
+pub fn state_with_ipv6() -> Option<State> {
+    std::net::TcpListener::bind("[::1]:0").ok()?;
+    Some(on_address(Policy::defaults(1024), "::".parse().unwrap()))
+}
+
 fn with_policy(policy: Policy) -> State {
+    on_address(policy, "127.0.0.1".parse().unwrap())
+}
+
+fn on_address(policy: Policy, default_addr: std::net::IpAddr) -> State {
     static NEXT_SLICE: AtomicU16 = AtomicU16::new(0);
     let slice = NEXT_SLICE.fetch_add(1, Ordering::Relaxed) % 50;
     let lo = 20_000 + slice * 200;
     let pool = PortRange { lo, hi: lo + 199 };
-    State::new(pool, "127.0.0.1".parse().unwrap(), policy).expect("epoll for process watches")
+    State::new(pool, default_addr, policy).expect("epoll for process watches")
 }
 
 /// This test process as a client on connection `conn`, with its real uid.

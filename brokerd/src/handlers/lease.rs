@@ -20,15 +20,19 @@ pub fn granted_or_refused(
     binds: u32,
 ) -> Reply {
     let reply = match granted {
-        Ok(granted) => Reply {
-            fds: granted.fds,
-            new_lease: Some(granted.id),
-            ..Reply::answer(Response::Granted {
-                id: granted.id,
-                fds: granted.sockets.len() as u32,
-                sockets: granted.sockets,
-            })
-        },
+        Ok(granted) => {
+            // A number lease passes no fds: the count says so.
+            let fds = granted.fds.len() as u32;
+            Reply {
+                fds: granted.fds,
+                new_lease: Some(granted.id),
+                ..Reply::answer(Response::Granted {
+                    id: granted.id,
+                    fds,
+                    sockets: granted.sockets,
+                })
+            }
+        }
         Err(refusal) => Reply::answer(Response::Refused(refusal)),
     };
     Reply {
@@ -215,5 +219,138 @@ mod tests {
             exhausted.response
         );
         assert_eq!(exhausted.work, 64);
+    }
+
+    fn lease_id_and_sockets(reply: Reply) -> (LeaseId, Vec<portbroker_proto::GrantedSocket>) {
+        match reply.response {
+            Response::Granted { id, sockets, .. } => (id, sockets),
+            other => panic!("not granted: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_ipv6_only_wildcard_and_an_ipv4_wildcard_share_a_port_as_in_the_kernel() {
+        let Some(mut state) = super::super::fixture::state_with_ipv6() else {
+            eprintln!("skipped: this host has no IPv6");
+            return;
+        };
+        let peer = stranger(1, 4242);
+        let (_, v4) = lease_id_and_sockets(lease(&mut state, &peer, &specs(&["tcp:0.0.0.0:0"])));
+        let port = v4[0].addr.port();
+        // What redis and memcached do: 0.0.0.0:P, then [::]:P with IPV6_V6ONLY.
+        let v6_only = SocketSpec {
+            v6_only: true,
+            ..format!("tcp:[::]:{port}").parse().unwrap()
+        };
+        let reply = lease(&mut state, &peer, &[v6_only]);
+        assert_eq!(reply.fds.len(), 1);
+        let v6_fd = &reply.fds[0];
+        assert!(
+            nix::sys::socket::getsockopt(v6_fd, nix::sys::socket::sockopt::Ipv6V6Only).unwrap()
+        );
+        let (_, v6) = lease_id_and_sockets(reply);
+        assert!(v6[0].v6_only);
+        assert_eq!(v6[0].to_string(), format!("tcp:[::]:{port} (IPv6 only)"));
+        // A dual-stack [::] overlaps both; a specific IPv6 address the IPv6-only one.
+        for taken in [format!("tcp:[::]:{port}"), format!("tcp:[::1]:{port}")] {
+            let refused = lease(&mut state, &stranger(2, 4343), &specs(&[&taken]));
+            assert!(
+                matches!(refused.response, Response::Refused(Refusal::InUse { .. })),
+                "{taken}: {:?}",
+                refused.response
+            );
+        }
+        // IPv6-only is for IPv6 addresses.
+        let v4_only = SocketSpec {
+            v6_only: true,
+            ..SocketSpec::tcp(Some("127.0.0.1".parse().unwrap()), 0)
+        };
+        assert!(matches!(
+            lease(&mut state, &peer, &[v4_only]).response,
+            Response::Refused(Refusal::InvalidSpec { .. })
+        ));
+    }
+
+    fn number(text: &str) -> SocketSpec {
+        SocketSpec {
+            listen: portbroker_proto::Listen::Number,
+            ..text.parse().unwrap()
+        }
+    }
+
+    #[test]
+    fn a_number_passes_no_socket_and_its_users_own_lease_takes_it_over() {
+        let mut state = state();
+        let owner = stranger(1, 4242);
+        let reply = lease(&mut state, &owner, &[number("tcp:127.0.0.1:0")]);
+        assert!(reply.fds.is_empty(), "a number passes no fd");
+        let Response::Granted {
+            id,
+            ref sockets,
+            fds,
+        } = reply.response
+        else {
+            panic!("not granted: {:?}", reply.response);
+        };
+        assert_eq!(fds, 0);
+        let port = sockets[0].addr.port();
+        let held = state.table.get(id).unwrap();
+        assert_eq!(held.state(), portbroker_proto::LeaseState::Number);
+        // The broker holds no socket: the port is bindable, as a number must be.
+        assert!(crate::bind::is_free(Transport::Tcp, sockets[0].addr, false));
+
+        // Another user is refused and told who holds it; a number does not take a number over.
+        let other = lease(
+            &mut state,
+            &stranger(2, 4343),
+            &specs(&[&format!("tcp:127.0.0.1:{port}")]),
+        );
+        assert!(matches!(
+            other.response,
+            Response::Refused(Refusal::InUse { lease, .. }) if lease == id
+        ));
+        let again = lease(
+            &mut state,
+            &owner,
+            &[number(&format!("tcp:127.0.0.1:{port}"))],
+        );
+        assert!(matches!(
+            again.response,
+            Response::Refused(Refusal::InUse { .. })
+        ));
+        // Numbers and sockets do not mix in one lease.
+        let mixed = lease(
+            &mut state,
+            &owner,
+            &[
+                number("tcp:127.0.0.1:0"),
+                "tcp:127.0.0.1:0".parse().unwrap(),
+            ],
+        );
+        assert!(matches!(
+            mixed.response,
+            Response::Refused(Refusal::InvalidSpec { .. })
+        ));
+        assert!(
+            state.table.get(id).is_some(),
+            "refusals leave the number alone"
+        );
+
+        // The same user's server (another connection, another process) binds it: the number
+        // ends and the socket lease is granted, with no moment the port is anyone else's.
+        let server = stranger(3, 4242);
+        let reply = lease(
+            &mut state,
+            &server,
+            &specs(&[&format!("tcp:0.0.0.0:{port}")]),
+        );
+        assert_eq!(reply.fds.len(), 1);
+        let (taken, _) = lease_id_and_sockets(reply);
+        assert!(state.table.get(id).is_none(), "the number ended");
+        assert_eq!(
+            state.table.get(taken).unwrap().state(),
+            portbroker_proto::LeaseState::Connection
+        );
+        assert_eq!(state.table.lease_count(), 1);
     }
 }

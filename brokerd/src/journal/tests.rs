@@ -21,6 +21,7 @@ fn entry(id: u64) -> Entry {
             transport: Transport::Tcp,
             addr: "127.0.0.1:8080".parse().unwrap(),
             listening: true,
+            v6_only: false,
         }],
         service: None,
         cookies: vec![77],
@@ -128,9 +129,18 @@ fn ids_outside_the_valid_range_are_dropped() {
 }
 
 #[test]
+fn a_journal_written_before_ipv6_only_sockets_is_read_as_it_was_meant() {
+    let old = grant_json(4).replace(r#","v6_only":false"#, "");
+    assert_ne!(old, grant_json(4));
+    let recovered = replay_str(&line(&old));
+    assert_eq!(ids(&recovered), [4]);
+    assert!(!recovered.leases[0].sockets[0].v6_only);
+}
+
+#[test]
 fn a_lease_without_sockets_or_with_port_0_or_stray_cookies_is_dropped() {
     let none = grant_json(1).replace(
-        r#""sockets":[{"transport":"Tcp","addr":"127.0.0.1:8080","listening":true}]"#,
+        r#""sockets":[{"transport":"Tcp","addr":"127.0.0.1:8080","listening":true,"v6_only":false}]"#,
         r#""sockets":[]"#,
     );
     assert_ne!(none, grant_json(1));
@@ -419,13 +429,19 @@ fn socket() -> impl Strategy<Value = GrantedSocket> {
         any::<u32>().prop_map(|v| IpAddr::V4(Ipv4Addr::from(v))),
         any::<u128>().prop_map(|v| IpAddr::V6(Ipv6Addr::from(v))),
     ];
-    (any::<bool>(), ip, 1..=u16::MAX, any::<bool>()).prop_map(|(udp, ip, port, listening)| {
-        GrantedSocket {
+    (
+        any::<bool>(),
+        ip,
+        1..=u16::MAX,
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(udp, ip, port, listening, v6_only)| GrantedSocket {
             transport: if udp { Transport::Udp } else { Transport::Tcp },
             addr: SocketAddr::new(ip, port),
             listening,
-        }
-    })
+            v6_only,
+        })
 }
 
 /// A lease the daemon could have written.

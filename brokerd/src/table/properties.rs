@@ -69,12 +69,14 @@ fn apply(table: &mut Table, start: Instant, op: Op) {
                 transport: Transport::Tcp,
                 addr: SocketAddr::new("127.0.0.1".parse().unwrap(), port),
                 listening: true,
+                v6_only: false,
             }];
             if two {
                 sockets.push(GrantedSocket {
                     transport: Transport::Udp,
                     addr: SocketAddr::new("127.0.0.1".parse().unwrap(), port),
                     listening: false,
+                    v6_only: false,
                 });
             }
             // The grant path checks conflicts first; so does this model.

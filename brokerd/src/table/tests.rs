@@ -17,10 +17,13 @@ fn holder(pid: i32, uid: u32) -> Rc<Holder> {
 }
 
 fn sock(transport: Transport, addr: &str) -> GrantedSocket {
+    let addr: SocketAddr = addr.parse().unwrap();
     GrantedSocket {
         transport,
-        addr: addr.parse().unwrap(),
+        addr,
         listening: transport == Transport::Tcp,
+        // As the broker binds them: `[::]` dual-stack, a specific IPv6 address IPv6-only.
+        v6_only: addr.is_ipv6() && !addr.ip().is_unspecified(),
     }
 }
 
@@ -55,6 +58,10 @@ fn overlap_follows_the_kernel_bind_rules() {
     let other4: IpAddr = Ipv4Addr::new(127, 0, 0, 2).into();
     let any6: IpAddr = Ipv6Addr::UNSPECIFIED.into();
     let lo6: IpAddr = Ipv6Addr::LOCALHOST.into();
+    let addrs_overlap = |a: IpAddr, b: IpAddr| {
+        let dual = |ip| BindAddr { ip, v6_only: false };
+        dual(a).overlaps(dual(b))
+    };
     assert!(addrs_overlap(lo4, lo4));
     assert!(addrs_overlap(any4, lo4) && addrs_overlap(lo4, any4));
     assert!(!addrs_overlap(lo4, other4));
@@ -63,6 +70,26 @@ fn overlap_follows_the_kernel_bind_rules() {
     assert!(addrs_overlap(any6, lo6));
     assert!(!addrs_overlap(lo6, any4));
     assert!(!addrs_overlap(lo6, lo4));
+    // An IPv6-only `[::]` leaves IPv4 alone, either way round, and still takes all of IPv6.
+    let any6_only = BindAddr {
+        ip: any6,
+        v6_only: true,
+    };
+    for v4 in [any4, lo4] {
+        let v4 = BindAddr {
+            ip: v4,
+            v6_only: false,
+        };
+        assert!(!any6_only.overlaps(v4) && !v4.overlaps(any6_only));
+    }
+    assert!(any6_only.overlaps(BindAddr {
+        ip: lo6,
+        v6_only: true
+    }));
+    assert!(any6_only.overlaps(BindAddr {
+        ip: any6,
+        v6_only: false
+    }));
 }
 
 #[test]

@@ -466,11 +466,13 @@ mod tests {
                     transport: Transport::Tcp,
                     addr: "127.0.0.1:40123".parse().unwrap(),
                     listening: true,
+                    v6_only: false,
                 },
                 GrantedSocket {
                     transport: Transport::Udp,
                     addr: "[::]:8080".parse().unwrap(),
                     listening: false,
+                    v6_only: false,
                 },
             ],
         }

@@ -802,6 +802,7 @@ mod tests {
             transport: Transport::Udp,
             addr: "[::]:40123".parse().unwrap(),
             listening: false,
+            v6_only: false,
         };
         assert_eq!(default_name(&granted), "udp-40123");
     }

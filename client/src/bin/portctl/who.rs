@@ -425,6 +425,7 @@ mod tests {
                 transport: Transport::Tcp,
                 addr: addr.parse().unwrap(),
                 listening: true,
+                v6_only: false,
             }],
         }
     }
