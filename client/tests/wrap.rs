@@ -732,3 +732,207 @@ fn without_a_broker_wrap_refuses_and_the_fallback_lets_the_program_bind_on_its_o
         lines[0]
     );
 }
+
+/// Binds TCP 0.0.0.0:argv[1], then [::]:argv[1] with IPV6_V6ONLY, as redis and memcached do
+/// by default, listens on both and prints each socket's V6ONLY; holds them until stdin closes.
+const BOTH_WILDCARDS: &str = r#"
+import socket, sys
+port = int(sys.argv[1])
+v4 = socket.socket(socket.AF_INET)
+v4.bind(("0.0.0.0", port))
+v6 = socket.socket(socket.AF_INET6)
+v6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+v6.bind(("::", port))
+v4.listen()
+v6.listen()
+print(v6.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY), flush=True)
+sys.stdin.read()
+"#;
+
+#[test]
+fn an_ipv4_wildcard_and_an_ipv6_only_wildcard_on_one_port_are_two_leases() {
+    let daemon = Daemon::start();
+    let broker = daemon.broker();
+    let port = free_port();
+    let (mut child, v6_only) = support::spawn_and_read_line(&mut wrap_python(
+        &daemon,
+        BOTH_WILDCARDS,
+        &[port.to_string()],
+    ));
+    assert_eq!(v6_only, "1", "the leased [::] socket must be IPv6-only");
+    let mut held = sockets_of(&broker, child.id() as i32);
+    held.sort();
+    assert_eq!(
+        held,
+        [
+            (Transport::Tcp, SocketAddr::from(([0, 0, 0, 0], port))),
+            (
+                Transport::Tcp,
+                SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port))
+            ),
+        ]
+    );
+    drop(child.stdin.take());
+    assert!(finish(child).status.success());
+}
+
+#[test]
+fn redis_with_its_default_bind_leases_both_wildcards() {
+    let Some(bin) = program("redis-server", "redis-server") else {
+        return;
+    };
+    let daemon = Daemon::start();
+    let broker = daemon.broker();
+    let port = free_port();
+    // No --bind: redis binds `* -::*`, that is 0.0.0.0 and then IPv6-only [::].
+    let command: Vec<String> = [
+        bin.to_str().unwrap(),
+        "--port",
+        &port.to_string(),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut redis = Server::start(wrap(&daemon, &command));
+    let pid = redis.pid();
+    redis.wait_serving("redis-server", || {
+        sockets_of(&broker, pid).len() == 2 && answers(loopback(port), b"PING\r\n", "+PONG")
+    });
+    let v6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+    assert!(answers(v6, b"PING\r\n", "+PONG"), "redis answers on [::1]");
+    let log = redis.log();
+    assert!(!log.contains("portbroker-preload"), "{log}");
+}
+
+/// Eight threads bind pool ports at once, each after its own SO_RCVBUF, while the main thread
+/// forks children that bind too (a fork must never catch another thread's lease half-done);
+/// prints JSON: each thread's port and SO_RCVBUF next to the kernel's value for the same
+/// setting, and each child's exit status (0: it got a pool port; alarm: it hung).
+const THREADS_AND_FORKS: &str = r#"
+import json, os, signal, socket, sys, threading
+lo, hi = int(sys.argv[1]), int(sys.argv[2])
+keep, threads_out, children = [], {}, []
+
+def bind(i):
+    for j in range(3):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 20000 + 1000 * (3 * i + j))
+        s.bind(("127.0.0.1", 0))
+        control = socket.socket()
+        control.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 20000 + 1000 * (3 * i + j))
+        threads_out[f"{i}.{j}"] = [s.getsockname()[1],
+                                   s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
+                                   control.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)]
+        keep.append(s)
+
+threads = [threading.Thread(target=bind, args=(i,)) for i in range(8)]
+for t in threads:
+    t.start()
+for _ in range(4):
+    pid = os.fork()
+    if pid == 0:
+        signal.alarm(20)
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u.bind(("127.0.0.1", 0))
+        os._exit(0 if lo <= u.getsockname()[1] <= hi else 1)
+    children.append(pid)
+for t in threads:
+    t.join()
+statuses = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in children]
+print(json.dumps({"threads": threads_out, "children": statuses}), flush=True)
+sys.stdin.read()
+"#;
+
+#[test]
+fn threads_and_forked_children_bind_at_once_each_with_its_own_options() {
+    let daemon = Daemon::start();
+    let broker = daemon.broker();
+    let args = [daemon.pool.0.to_string(), daemon.pool.1.to_string()];
+    let (mut child, line) =
+        support::spawn_and_read_line(&mut wrap_python(&daemon, THREADS_AND_FORKS, &args));
+    let out: serde_json::Value = serde_json::from_str(&line)
+        .unwrap_or_else(|e| panic!("not the script's JSON ({e}): {line:?}"));
+    assert_eq!(out["children"], serde_json::json!([0, 0, 0, 0]), "{out}");
+    let threads = out["threads"].as_object().unwrap();
+    assert_eq!(threads.len(), 24);
+    let mut ports: Vec<u64> = Vec::new();
+    for (key, row) in threads {
+        assert_eq!(
+            row[1], row[2],
+            "socket {key} has another thread's SO_RCVBUF: {row}"
+        );
+        let port = row[0].as_u64().unwrap();
+        assert!(
+            (u64::from(daemon.pool.0)..=u64::from(daemon.pool.1)).contains(&port),
+            "{key}: {port} is not a pool port"
+        );
+        ports.push(port);
+    }
+    ports.sort();
+    ports.dedup();
+    assert_eq!(ports.len(), 24, "every bind got a port of its own");
+    assert_eq!(sockets_of(&broker, child.id() as i32).len(), 24);
+    drop(child.stdin.take());
+    assert!(finish(child).status.success());
+}
+
+/// The shim where any user can load it: the checkout may lie under a directory others cannot
+/// enter (/root, say), so it is copied into a world-readable directory of its own, removed with
+/// the returned guard.
+fn shim_for_others() -> (tempfile::TempDir, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let shim = dir.path().join("libportbroker_preload.so");
+    std::fs::copy(preload_shim(), &shim).unwrap();
+    std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o644)).unwrap();
+    (dir, shim)
+}
+
+#[test]
+fn a_policy_refusal_fails_with_eacces() {
+    if !nix::unistd::geteuid().is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs the tests as root, and this one needs it"
+        );
+        eprintln!("SKIPPED: running python3 as another user needs root");
+        return;
+    }
+    // The built-in policy: an ordinary user may lease from the pool and from port 1024 up.
+    let daemon = Daemon::start_for_all_users(None, &["--no-config"]);
+    let (_dir, shim) = shim_for_others();
+    let as_nobody = |host: &str, port: &str| {
+        support::as_user(
+            support::NOBODY,
+            &[],
+            std::path::Path::new("/usr/bin/python3"),
+        )
+        .args(["-c", TRY_BIND, host, port])
+        .env("LD_PRELOAD", &shim)
+        .env("PORTBROKER_SOCKET", &daemon.socket)
+        .output()
+        .unwrap()
+    };
+    let out = as_nobody("127.0.0.1", "80");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "EACCES",
+        "{out:?}"
+    );
+    let lines = shim_lines(&out.stderr);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains("tcp:127.0.0.1:80: lease refused: not permitted"),
+        "{}",
+        lines[0]
+    );
+    let out = as_nobody("127.0.0.1", "0");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("bound "),
+        "a pool port is the user's to lease: {out:?}"
+    );
+}
