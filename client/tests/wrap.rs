@@ -936,3 +936,53 @@ fn a_policy_refusal_fails_with_eacces() {
         "a pool port is the user's to lease: {out:?}"
     );
 }
+
+/// Binds TCP 127.0.0.1:argv[1] and closes it, binds it again and holds it; then tries a second
+/// socket on the same port while the first is open; then the "free port" helper's way: binds
+/// port 0, reads the number, closes, and binds that number. Prints what each bind did.
+const REBIND: &str = r#"
+import errno, socket, sys
+def bind(port):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+        return s, s.getsockname()[1]
+    except OSError as e:
+        return None, errno.errorcode[e.errno]
+port = int(sys.argv[1])
+first, _ = bind(port)
+first.close()
+again, a = bind(port)
+second, b = bind(port)
+probe, number = bind(0)
+probe.close()
+server, c = bind(number)
+print(a, b, number == c, number, flush=True)
+sys.stdin.read()
+"#;
+
+#[test]
+fn a_port_the_program_closed_can_be_bound_again_and_one_it_holds_cannot() {
+    let daemon = Daemon::start();
+    let broker = daemon.broker();
+    let port = free_port();
+    let (mut child, line) =
+        support::spawn_and_read_line(&mut wrap_python(&daemon, REBIND, &[port.to_string()]));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(
+        words[..3],
+        [port.to_string().as_str(), "EADDRINUSE", "True"],
+        "closed and bound again; refused while held; a helper's number bound again: {line}"
+    );
+    let number: u16 = words[3].parse().unwrap();
+    let mut held = sockets_of(&broker, child.id() as i32);
+    held.sort();
+    let mut expected = vec![
+        (Transport::Tcp, loopback(port)),
+        (Transport::Tcp, loopback(number)),
+    ];
+    expected.sort();
+    assert_eq!(held, expected, "the closed sockets' leases are gone");
+    drop(child.stdin.take());
+    assert!(finish(child).status.success());
+}

@@ -6,13 +6,14 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use libc::c_int;
+use portbroker::{Broker, Error, Refusal};
 
 use crate::broker::{self, Leased};
 use crate::classify::{self, Decision, Target};
 use crate::forkgate::Pass;
 use crate::guard::Inside;
 use crate::sys::{self, Address};
-use crate::{install, records, report, settings};
+use crate::{install, own, records, report, settings};
 
 /// The shim's `bind(fd, address)`; `kernel` is the real `bind()` of the same arguments.
 pub fn bind(fd: c_int, address: Address, kernel: impl FnOnce() -> c_int) -> c_int {
@@ -60,7 +61,7 @@ fn lease_in_place(target: &Target, kernel: impl FnOnce() -> c_int) -> c_int {
     // Read before leasing; forgotten only once the bind succeeded, so that a program that
     // tries another port on the same socket after EADDRINUSE keeps its options.
     let records = records::recorded(target.cookie);
-    let Leased { lease, socket } = match broker::lease(&broker, target) {
+    let Leased { lease, socket } = match lease_again_if_let_go(&broker, target) {
         Ok(leased) => leased,
         Err(err) => {
             report::failed(target.fd, &what, &err);
@@ -76,6 +77,9 @@ fn lease_in_place(target: &Target, kernel: impl FnOnce() -> c_int) -> c_int {
     match install::put_in_place(socket, target.fd) {
         Ok(()) => {
             records::forget(target.cookie);
+            if let Ok(cookie) = sys::cookie(target.fd) {
+                own::remember(lease.id().0, cookie);
+            }
             report::leased(
                 target.fd,
                 &granted,
@@ -94,5 +98,19 @@ fn lease_in_place(target: &Target, kernel: impl FnOnce() -> c_int) -> c_int {
             let _ = lease.release();
             fail(err.raw_os_error().unwrap_or(libc::EIO))
         }
+    }
+}
+
+/// Leases `target`; if the broker names a lease of this very process whose socket the program
+/// has closed since, releases that lease and asks once more (see [`own`]).
+fn lease_again_if_let_go(broker: &Broker, target: &Target) -> Result<Leased, Error> {
+    match broker::lease(broker, target) {
+        Err(Error::Refused(Refusal::InUse { lease, holder, .. }))
+            if holder.pid == sys::pid() && own::take_if_let_go(lease.0) =>
+        {
+            broker.release(lease)?;
+            broker::lease(broker, target)
+        }
+        other => other,
     }
 }

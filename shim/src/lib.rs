@@ -18,6 +18,7 @@ mod guard;
 mod install;
 mod lock;
 mod observe;
+mod own;
 mod real;
 mod records;
 mod report;
@@ -30,7 +31,7 @@ mod exported {
 
     use libc::{c_int, c_void, sockaddr, socklen_t};
 
-    use crate::{bind, forkgate, guard, observe, real, records, settings, sys};
+    use crate::{bind, forkgate, guard, observe, own, real, records, settings, sys};
 
     /// Runs when the library loads, before the program's `main`: finds libc's functions,
     /// reads the environment and registers the fork handlers, while nothing of the program
@@ -64,6 +65,7 @@ mod exported {
     unsafe extern "C" fn after_fork_in_child() {
         forkgate::after_fork_in_child();
         records::after_fork_in_child();
+        own::after_fork_in_child();
     }
 
     /// `bind(2)`, through the broker for unbound TCP and UDP sockets of AF_INET and AF_INET6.
