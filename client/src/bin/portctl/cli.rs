@@ -192,7 +192,7 @@ Examples:
 With no broker reachable, wrap refuses to start CMD (exit status 69), unless \
 PORTBROKER_SHIM_FALLBACK=1 is set: then CMD's binds go to the kernel unleased, as without the \
 shim. The shim cannot reach programs that do not bind through libc's bind() (statically \
-linked ones, Go's by default) nor setuid programs, for which the loader ignores LD_PRELOAD.";
+linked ones, Go programs) nor setuid programs, for which the loader ignores LD_PRELOAD.";
 
 fn parse_seconds(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
