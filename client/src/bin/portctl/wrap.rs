@@ -87,7 +87,8 @@ fn find_shim(from_env: Option<OsString>, exe: &Path) -> Result<PathBuf, MissingF
         dir.join(INSTALLED_FROM_BIN).join(SHIM_FILE),
     ];
     if let Some(found) = candidates.iter().find(|path| path.is_file()) {
-        return Ok(found.clone());
+        // /usr/lib/portbroker/..., not /usr/bin/../lib/portbroker/..., in CMD's environment.
+        return Ok(found.canonicalize().unwrap_or_else(|_| found.clone()));
     }
     let tried: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
     Err(MissingFile(format!(
@@ -147,14 +148,18 @@ mod tests {
             "{err}"
         );
         std::fs::write(lib.join(SHIM_FILE), "").unwrap();
+        let root = root.path().canonicalize().unwrap();
         assert_eq!(
             find_shim(None, &exe).unwrap(),
-            bin.join("../lib/portbroker").join(SHIM_FILE)
+            root.join("lib/portbroker").join(SHIM_FILE)
         );
         std::fs::write(bin.join(SHIM_FILE), "").unwrap();
-        assert_eq!(find_shim(None, &exe).unwrap(), bin.join(SHIM_FILE));
+        assert_eq!(
+            find_shim(None, &exe).unwrap(),
+            root.join("bin").join(SHIM_FILE)
+        );
         // The variable wins, and must name a file.
-        let elsewhere = root.path().join("other.so");
+        let elsewhere = root.join("other.so");
         assert!(find_shim(Some(elsewhere.clone().into()), &exe).is_err());
         std::fs::write(&elsewhere, "").unwrap();
         assert_eq!(
