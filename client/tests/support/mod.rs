@@ -91,6 +91,30 @@ pub fn portbrokerd_bin() -> &'static Path {
     })
 }
 
+/// The bind shim of this workspace (`libportbroker_preload.so`, beside portctl, where
+/// `portctl wrap` finds it), built for this profile once per test binary. Always built, not
+/// only when missing: `cargo test -p portbroker` does not build another package's cdylib, and
+/// a shim left from an older build would test old code (cargo does nothing when it is fresh).
+pub fn preload_shim() -> &'static Path {
+    static SHIM: OnceLock<PathBuf> = OnceLock::new();
+    SHIM.get_or_init(|| {
+        let dir = target_dir();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = Command::new(cargo);
+        build.args(["build", "-p", "portbroker-preload"]);
+        if dir.file_name().is_some_and(|name| name == "release") {
+            build.arg("--release");
+        }
+        let status = build
+            .status()
+            .expect("run cargo build -p portbroker-preload");
+        assert!(status.success(), "cargo build -p portbroker-preload failed");
+        let shim = dir.join("libportbroker_preload.so");
+        assert!(shim.is_file(), "cargo built no {}", shim.display());
+        shim
+    })
+}
+
 pub fn portctl_bin() -> &'static str {
     env!("CARGO_BIN_EXE_portctl")
 }

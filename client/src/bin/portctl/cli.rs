@@ -107,6 +107,17 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run CMD with the bind shim preloaded: its own bind() of a TCP or UDP port leases that
+    /// port from the broker, so an unmodified server gets a leased socket
+    ///
+    /// CMD runs in portctl's place (exec), with LD_PRELOAD naming the shim and
+    /// PORTBROKER_SOCKET the broker that answered. Each bind() of CMD and its children then
+    /// asks the broker for exactly that address and port (port 0: any port of the pool); a
+    /// refused bind() fails with EADDRINUSE (EACCES for the policy) and one line on stderr
+    /// naming the holder. The shim is $PORTBROKER_PRELOAD, else libportbroker_preload.so
+    /// beside portctl, else ../lib/portbroker/libportbroker_preload.so from portctl's
+    /// directory.
+    Wrap(WrapArgs),
 }
 
 #[derive(Debug, Args)]
@@ -157,6 +168,31 @@ pub struct RunArgs {
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<OsString>,
 }
+
+#[derive(Debug, Args)]
+#[command(after_help = WRAP_AFTER_HELP)]
+pub struct WrapArgs {
+    /// The command to run, and its arguments, after `--`
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+/// The examples of `wrap --help`.
+const WRAP_AFTER_HELP: &str = "\
+Examples:
+
+  portctl wrap -- redis-server --port 6379
+      redis binds 6379 through the broker; a second one is refused at bind() with the holder
+      named, and the lease ends when redis exits
+  portctl wrap -- python3 -m http.server 0 --bind 127.0.0.1
+      port 0 takes any free port of the broker's pool; the server prints the one it got
+  portctl list
+      shows each wrapped server's leases, held by the server itself (STATE tied)
+
+With no broker reachable, wrap refuses to start CMD (exit status 69), unless \
+PORTBROKER_SHIM_FALLBACK=1 is set: then CMD's binds go to the kernel unleased, as without the \
+shim. The shim cannot reach programs that do not bind through libc's bind() (statically \
+linked ones, Go programs) nor setuid programs, for which the loader ignores LD_PRELOAD.";
 
 fn parse_seconds(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
@@ -335,6 +371,27 @@ mod tests {
         ));
         assert!(parse(&["who", "53", "--proto", "udp"]).is_ok());
         assert!(parse(&["who"]).is_err());
+    }
+
+    #[test]
+    fn wrap_takes_the_command_after_the_separator() {
+        let cli = parse(&[
+            "wrap",
+            "--socket",
+            "/s",
+            "--",
+            "redis-server",
+            "--port",
+            "7",
+        ])
+        .unwrap();
+        assert_eq!(cli.socket, Some(PathBuf::from("/s")));
+        let Command::Wrap(args) = cli.command else {
+            panic!("not wrap")
+        };
+        assert_eq!(args.command, ["redis-server", "--port", "7"]);
+        assert!(parse(&["wrap"]).is_err());
+        assert!(parse(&["wrap", "redis-server"]).is_err());
     }
 
     #[test]

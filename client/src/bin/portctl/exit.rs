@@ -31,10 +31,17 @@ impl CannotRun {
     }
 }
 
+/// A file portctl needs is missing (the bind shim of `wrap`); exit status 72.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct MissingFile(pub String);
+
 /// Bad usage or an invalid socket spec.
 pub const USAGE: u8 = 64;
 /// The broker is unreachable, or no socket path is known.
 pub const UNAVAILABLE: u8 = 69;
+/// A file portctl needs is missing (`EX_OSFILE`).
+pub const MISSING_FILE: u8 = 72;
 /// A bind failed, or another OS error.
 pub const OS_ERROR: u8 = 71;
 /// Temporary: the address is in use, the pool is exhausted or a quota is used up.
@@ -61,6 +68,9 @@ pub fn code_for(err: &anyhow::Error) -> u8 {
     }
     if err.downcast_ref::<UsageError>().is_some() {
         return USAGE;
+    }
+    if err.downcast_ref::<MissingFile>().is_some() {
+        return MISSING_FILE;
     }
     match err
         .downcast_ref::<portbroker::Error>()
@@ -136,6 +146,10 @@ mod tests {
         assert_eq!(code_for(&untrusted.into()), NOT_PERMITTED);
         assert_eq!(code_for(&anyhow::anyhow!("fork failed")), OS_ERROR);
         assert_eq!(code_for(&UsageError("bad".into()).into()), USAGE);
+        assert_eq!(
+            code_for(&MissingFile("no shim".into()).into()),
+            MISSING_FILE
+        );
     }
 
     #[test]

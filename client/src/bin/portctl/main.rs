@@ -16,6 +16,7 @@ mod talk;
 mod users;
 mod watch;
 mod who;
+mod wrap;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -139,6 +140,7 @@ fn run(cli: Cli) -> Result<u8> {
             Ok(0)
         }
         Command::Watch { json } => watch::watch(cli.socket, json),
+        Command::Wrap(args) => wrap::wrap(cli.socket, args),
         Command::Reload => {
             let (rules, services) = connect(cli.socket)?.reload()?;
             output::print_stdout(&output::reloaded_text(rules, services))?;

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use portbroker::proto::escaped;
 use portbroker::proto::Histogram;
-use portbroker::{LeaseInfo, LeaseState, StatusInfo, Transport};
+use portbroker::{GrantedSocket, LeaseInfo, LeaseState, StatusInfo, Transport};
 use serde::Serialize;
 
 use crate::exit::UsageError;
@@ -170,7 +170,7 @@ pub fn leases_table(leases: &[LeaseInfo], now: u64, users: &mut Users, colour: b
             rows.push(vec![
                 lease.id.to_string(),
                 socket.transport.to_string(),
-                socket.addr.to_string(),
+                address_text(socket),
                 lease.holder.pid.to_string(),
                 lease.holder.uid.to_string(),
                 user.clone(),
@@ -184,11 +184,20 @@ pub fn leases_table(leases: &[LeaseInfo], now: u64, users: &mut Users, colour: b
     table(&rows)
 }
 
+/// The ADDRESS column: the address, and ` (IPv6 only)` for an IPv6-only `[::]`, which leaves
+/// the port's IPv4 addresses to others (a specific IPv6 address always does).
+fn address_text(socket: &GrantedSocket) -> String {
+    if socket.v6_only && socket.addr.ip().is_unspecified() {
+        format!("{} (IPv6 only)", socket.addr)
+    } else {
+        socket.addr.to_string()
+    }
+}
+
 /// What keeps the lease, and until when: `live` (its holder's connection), `tied` (its holder
 /// process), `lingering` (a copy of a socket outlived its holder), `kept for 3m12s` (a sticky
-/// service's ports waiting for its server to come back), `number` (a port handed out as a
-/// number to a portpicker client: the broker holds no socket); a live or tied lease with a time limit
-/// adds `expires in 4m12s`.
+/// service's ports waiting for its server to come back), `number` (a port held as a number:
+/// the broker holds no socket); a live or tied lease with a time limit adds `expires in 4m12s`.
 fn state_text(lease: &LeaseInfo, now: u64) -> String {
     let left = lease
         .expires_unix_ms
@@ -218,6 +227,8 @@ struct SocketRow<'a> {
     name: &'a str,
     since: u64,
     listening: bool,
+    /// Whether an IPv6 socket takes IPv6 only (always for a specific IPv6 address).
+    v6_only: bool,
     /// Milliseconds since the Unix epoch; null for a lease without a time limit.
     expires_unix_ms: Option<u64>,
     /// Whether the holder is gone and a copy of a socket outlived it; kept beside `state`,
@@ -243,6 +254,7 @@ pub fn leases_json(leases: &[LeaseInfo], users: &mut Users) -> Result<String> {
                 name: &lease.holder.name,
                 since: lease.since,
                 listening: socket.listening,
+                v6_only: socket.v6_only,
                 expires_unix_ms: lease.expires_unix_ms,
                 lingering: lease.state == LeaseState::Lingering,
                 state: lease.state.as_str(),
@@ -472,7 +484,7 @@ mod tests {
                     transport: Transport::Udp,
                     addr: "[::]:8080".parse().unwrap(),
                     listening: false,
-                    v6_only: false,
+                    v6_only: true,
                 },
             ],
         }
@@ -511,7 +523,7 @@ mod tests {
                 "live"
             ]
         );
-        assert!(lines[2].contains("[::]:8080"));
+        assert!(lines[2].contains("[::]:8080 (IPv6 only)"), "{}", lines[2]);
         // Columns line up.
         assert_eq!(lines[0].find("NAME"), lines[1].find("python3"));
     }
@@ -545,10 +557,11 @@ mod tests {
             json[0],
             serde_json::json!({"id": 7, "proto": "tcp", "addr": "127.0.0.1:40123", "pid": 123,
                 "uid": 0, "user": "root", "gid": 0, "name": "python3", "since": 1_764_130_000u64,
-                "listening": true, "expires_unix_ms": null, "lingering": false,
-                "state": "connection"})
+                "listening": true, "v6_only": false, "expires_unix_ms": null,
+                "lingering": false, "state": "connection"})
         );
         assert_eq!(json[1]["addr"], "[::]:8080");
+        assert_eq!(json[1]["v6_only"], true);
         assert_eq!(
             leases_json(&[], &mut Users::default()).unwrap().trim(),
             "[]"
