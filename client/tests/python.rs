@@ -2,7 +2,8 @@
 //! `proto/tests/wire.rs`, hostile frames, a scripted broker), then, against a real daemon, an
 //! example suite that adopts the pytest plugin with the one line of its `conftest.py`, run with
 //! `pytest -n 16` (pytest-xdist). After that run no port may have been given twice, every
-//! worker must have taken part, and no lease may be left.
+//! worker must have taken part, a server started under `portctl wrap` must have taken its
+//! leased number over, and no lease may be left.
 //!
 //! The tests run in a venv under the target directory, made on the first run (and kept) with
 //! `pip install ./python pytest pytest-xdist`; later runs reinstall the package only when its
@@ -255,10 +256,8 @@ fn example_suite(python: &Path) {
         portctl_dir.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let shim = Command::new(support::portctl_bin())
-        .args(["wrap", "--help"])
-        .output()
-        .is_ok_and(|out| out.status.success());
+    // Beside portctl, where `portctl wrap` finds it: the suite starts a server under the shim.
+    support::preload_shim();
     let out = run_pytest(
         pytest(python)
             .args(["-n", &WORKERS.to_string(), "examples/xdist"])
@@ -302,14 +301,10 @@ fn example_suite(python: &Path) {
             "the other-user test did not run:\n{out}"
         );
     }
-    if shim {
-        assert!(
-            records.contains_key("shim"),
-            "portctl wrap exists, yet the server under the shim did not run:\n{out}"
-        );
-    } else {
-        eprintln!("note: portctl has no `wrap` yet, so the server-under-the-shim test skipped");
-    }
+    assert!(
+        records.contains_key("shim"),
+        "the server under portctl wrap did not take its number over:\n{out}"
+    );
 
     // The fixtures leave nothing behind: every worker's leases ended with its test or session.
     let broker = daemon.broker();
