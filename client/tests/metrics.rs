@@ -339,9 +339,11 @@ fn a_restarted_daemon_serves_its_endpoint_again() {
         "--config",
         config.to_str().unwrap(),
     ]);
+    // A served request first: the daemon's socket accepts (into its backlog) before start-up
+    // has opened the endpoint, and answers only once start-up is done.
+    let leases = restarted.broker().list().unwrap();
     let (status, body) = http_get(listen, "/metrics");
     assert_eq!(status, "HTTP/1.0 200 OK", "{body}");
-    let leases = restarted.broker().list().unwrap();
     let own: Vec<_> = leases
         .iter()
         .filter(|l| l.sockets.iter().any(|s| s.addr == listen))
