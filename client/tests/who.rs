@@ -247,6 +247,7 @@ fn list_json_has_a_stable_schema() {
         ("state", "string"),
         ("uid", "integer"),
         ("user", "string"),
+        ("v6_only", "bool"),
     ];
     expected.sort();
     let mut types = types;
