@@ -473,6 +473,34 @@ fn the_package_serves_users_through_socket_activation() {
     ));
     assert!(listed.contains(&format!("{lease} ")), "{listed}");
 
+    // An unmodified server under `portctl wrap`, as a group member with no environment: the
+    // installed portctl finds the installed shim, and the server's own bind leases its port.
+    c.ok(&format!(
+        "systemd-run --quiet --unit=wrapped --uid={USER} /usr/bin/env -i PATH=/usr/bin:/bin \
+         /usr/bin/portctl wrap -- /usr/bin/python3 -m http.server 0 --bind 127.0.0.1"
+    ));
+    let wrapped = |l: &[serde_json::Value]| {
+        l.iter()
+            .find(|x| x["name"] == "python3" && x["state"] == "process")
+            .and_then(|x| x["addr"].as_str().map(str::to_owned))
+    };
+    c.wait_leases(
+        Duration::from_secs(20),
+        "the wrapped server's lease is listed",
+        |l| wrapped(l).is_some(),
+    );
+    let addr = wrapped(&c.leases().unwrap()).unwrap();
+    let status = c.ok(&format!(
+        "python3 -c 'import urllib.request as u; print(u.urlopen(\"http://{addr}/\").status)'"
+    ));
+    assert_eq!(status.trim(), "200", "the wrapped server serves on {addr}");
+    c.ok("systemctl stop wrapped");
+    c.wait_leases(
+        Duration::from_secs(20),
+        "the stopped server's lease ends",
+        |l| wrapped(l).is_none(),
+    );
+
     // Someone outside the group is told which paths were tried.
     let out = c.run(&format!(
         "runuser -u {OUTSIDER} -- env -i PATH=/usr/bin:/bin XDG_RUNTIME_DIR=/nonexistent portctl status"
