@@ -57,22 +57,13 @@ fn repo() -> PathBuf {
         .to_owned()
 }
 
-fn target_dir() -> PathBuf {
-    // target/debug/deps/<test binary> -> target/debug
-    let exe = std::env::current_exe().expect("current_exe");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("test binary lives in target/*/deps")
-        .to_owned()
-}
-
 /// The venv's python, with the package (as its files are now), pytest and pytest-xdist, and
 /// the lock that keeps the venv to this test while held.
 fn venv() -> Result<(PathBuf, Flock<std::fs::File>), String> {
-    let dir = target_dir().join("python-venv");
+    let dir = support::target_dir().join("python-venv");
     // Two `cargo test` runs may share the target directory: one makes, updates and uses the
     // venv (and builds the package in python/) at a time.
-    let lock = std::fs::File::create(target_dir().join("python-venv.lock"))
+    let lock = std::fs::File::create(support::target_dir().join("python-venv.lock"))
         .map_err(|e| format!("cannot create the venv's lock file: {e}"))?;
     let lock = Flock::lock(lock, FlockArg::LockExclusive)
         .map_err(|(_, errno)| format!("cannot lock the venv: {errno}"))?;

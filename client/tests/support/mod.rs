@@ -65,7 +65,8 @@ pub fn free_port() -> u16 {
     }
 }
 
-fn target_dir() -> PathBuf {
+/// The cargo profile directory this test binary was built in (`target/debug`).
+pub fn target_dir() -> PathBuf {
     // target/debug/deps/<test binary> -> target/debug
     let exe = std::env::current_exe().expect("current_exe");
     exe.parent()
