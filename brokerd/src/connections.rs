@@ -2,7 +2,7 @@
 //! handing each to the dispatcher and sending every reply, from one place, with backpressure;
 //! the Hello and idle deadlines, and closing (which ends the leases a connection keeps).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -15,6 +15,7 @@ use portbroker_proto::{
     decode_request, encode_response_into, peek_hello_protocol, Failure, Request, Response,
     PROTOCOL_VERSION,
 };
+use rustc_hash::FxHashMap as HashMap;
 use tracing::{debug, info, warn};
 
 use crate::budget::RequestBudgets;
@@ -103,7 +104,7 @@ impl Connections {
     pub fn new(listener: SocketFile, max_connections: usize, max_queued_fds: usize) -> Self {
         Connections {
             listener,
-            conns: HashMap::new(),
+            conns: HashMap::default(),
             next_conn_id: FIRST_CONN_ID,
             max_connections,
             max_queued_fds,
@@ -112,7 +113,7 @@ impl Connections {
             ready: VecDeque::new(),
             unsettled: Vec::new(),
             held: Vec::new(),
-            per_uid: HashMap::new(),
+            per_uid: HashMap::default(),
             budgets: RequestBudgets::default(),
             next_idle_sweep: Instant::now() + IDLE_SWEEP,
             accept_paused_until: None,
@@ -568,7 +569,10 @@ impl Connections {
     /// records could not be written, so no lease granted in it may stand (a restart would
     /// forget it): each is ended, its sockets closed, and its client told why instead.
     pub fn release_answers(&mut self, state: &mut State, journal_error: Option<&str>) {
-        for mut answer in std::mem::take(&mut self.held) {
+        // Drained from a Vec that goes back afterwards, so that its capacity serves every turn
+        // instead of being allocated anew.
+        let mut held = std::mem::take(&mut self.held);
+        for mut answer in held.drain(..) {
             if let Some(conn) = self.conns.get_mut(&answer.conn) {
                 conn.queued_fds -= answer.fds.len();
                 self.queued_fds -= answer.fds.len();
@@ -603,6 +607,7 @@ impl Connections {
                     .observe(u64::try_from(micros).unwrap_or(u64::MAX));
             }
         }
+        self.held = held;
     }
 
     fn send(&mut self, id: ConnId, response: &Response, fds: Vec<OwnedFd>) {

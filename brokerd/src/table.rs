@@ -7,12 +7,14 @@
 //! lease's keeper, so the indexes cannot drift from the leases.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::Instant;
 
 use portbroker_proto::{GrantedSocket, Holder, LeaseId, PortRange, Transport};
+use rustc_hash::FxHashMap as HashMap;
+use smallvec::SmallVec;
 
 use crate::lease::{ConnId, Deadline, Keeper, Lease, MAX_LEASE_ID, MAX_SOCKETS_PER_LEASE};
 use crate::pool::Pool;
@@ -74,7 +76,8 @@ pub struct NewLease {
 #[derive(Debug)]
 pub struct Table {
     leases: BTreeMap<LeaseId, Lease>,
-    ports: HashMap<(Transport, u16), Vec<Binding>>,
+    /// Nearly every port has one binding: inline, so that a grant allocates nothing here.
+    ports: HashMap<(Transport, u16), SmallVec<[Binding; 1]>>,
     pool: Pool,
     sockets: usize,
     /// Live leases per holder uid, for the per-user quota.
@@ -121,15 +124,15 @@ impl Table {
     pub fn new(pool: PortRange) -> Self {
         Table {
             leases: BTreeMap::new(),
-            ports: HashMap::new(),
+            ports: HashMap::default(),
             pool: Pool::new(pool),
             sockets: 0,
-            per_uid: HashMap::new(),
-            sockets_per_uid: HashMap::new(),
-            by_conn: HashMap::new(),
-            by_process: HashMap::new(),
+            per_uid: HashMap::default(),
+            sockets_per_uid: HashMap::default(),
+            by_conn: HashMap::default(),
+            by_process: HashMap::default(),
             lingering: BTreeSet::new(),
-            offers: HashMap::new(),
+            offers: HashMap::default(),
             untied: Vec::new(),
             deadlines: BinaryHeap::new(),
             changed: Vec::new(),

@@ -1,7 +1,7 @@
 //! After any sequence of transitions, every count and index the table keeps equals a recount
 //! of its leases.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use proptest::prelude::*;
@@ -156,12 +156,12 @@ fn recount<K: Copy + std::hash::Hash + Eq>(
 
 /// Every count and index, against a recount of the leases.
 fn assert_consistent(table: &Table) {
-    let mut per_uid: HashMap<u32, u64> = HashMap::new();
-    let mut sockets_per_uid: HashMap<u32, u64> = HashMap::new();
-    let mut by_conn: HashMap<ConnId, BTreeSet<LeaseId>> = HashMap::new();
-    let mut by_process: HashMap<i32, BTreeSet<LeaseId>> = HashMap::new();
+    let mut per_uid: HashMap<u32, u64> = HashMap::default();
+    let mut sockets_per_uid: HashMap<u32, u64> = HashMap::default();
+    let mut by_conn: HashMap<ConnId, BTreeSet<LeaseId>> = HashMap::default();
+    let mut by_process: HashMap<i32, BTreeSet<LeaseId>> = HashMap::default();
     let mut lingering = BTreeSet::new();
-    let mut offers = HashMap::new();
+    let mut offers = HashMap::default();
     let mut sockets = 0;
     for lease in table.leases() {
         *per_uid.entry(lease.holder.uid).or_default() += 1;
