@@ -199,7 +199,7 @@ fn assert_consistent(table: &Table) {
     assert_eq!(recount(&table.by_process), by_process, "leases by process");
     assert_eq!(table.lingering, lingering, "lingering leases");
     assert_eq!(table.offers, offers, "handover offers");
-    let bound: usize = table.ports.values().map(Vec::len).sum();
+    let bound: usize = table.ports.values().map(|bindings| bindings.len()).sum();
     assert_eq!(bound, sockets, "port bindings");
 }
 
