@@ -242,8 +242,7 @@ impl Connections {
     }
 
     /// Closes the connections that did not say Hello in time.
-    pub fn expire_hellos(&mut self, epoll: &Epoll, state: &mut State) {
-        let now = Instant::now();
+    pub fn expire_hellos(&mut self, epoll: &Epoll, state: &mut State, now: Instant) {
         let timeout = Duration::from_secs(state.policy.limits.hello_timeout_secs);
         while let Some(&(deadline, id)) = self.hello_deadlines.front() {
             if deadline > now {
@@ -480,7 +479,8 @@ impl Connections {
                 Reply::closing(Failure::HelloRequired)
             }
             Ok(request) => {
-                let now = Instant::now();
+                // The clock was just read: one read a request is enough.
+                let now = read_at;
                 conn.last_request = now;
                 let rate = state.policy.limits.requests_per_sec_per_uid;
                 let uid = conn.peer.identity.uid;
@@ -661,10 +661,9 @@ impl Connections {
     }
 
     /// The timers that are due: idle connections are closed, a paused listener resumes.
-    pub fn run_timers(&mut self, epoll: &Epoll, state: &mut State) {
-        let now = Instant::now();
+    pub fn run_timers(&mut self, epoll: &Epoll, state: &mut State, now: Instant) {
         if self.next_idle_sweep <= now {
-            self.close_idle(epoll, state);
+            self.close_idle(epoll, state, now);
         }
         if self.accept_paused_until.is_some_and(|t| t <= now) {
             self.resume_accepting(epoll);
@@ -672,8 +671,7 @@ impl Connections {
     }
 
     /// Closes connections that hold no lease and sent nothing for `idle_timeout_secs` (0: never).
-    fn close_idle(&mut self, epoll: &Epoll, state: &mut State) {
-        let now = Instant::now();
+    fn close_idle(&mut self, epoll: &Epoll, state: &mut State, now: Instant) {
         self.next_idle_sweep = now + IDLE_SWEEP;
         let idle = Duration::from_secs(state.policy.limits.idle_timeout_secs);
         if idle.is_zero() {

@@ -280,8 +280,10 @@ impl Server {
             }
             self.conns.pump_watchers(&mut self.state);
             self.conns.settle_served(&self.epoll, &mut self.state);
-            self.conns.expire_hellos(&self.epoll, &mut self.state);
-            let expired = self.state.expire_due(Instant::now());
+            // One reading of the clock for the turn's timers.
+            let now = Instant::now();
+            self.conns.expire_hellos(&self.epoll, &mut self.state, now);
+            let expired = self.state.expire_due(now);
             if !expired.is_empty() {
                 self.conns.deliver_notices(expired);
                 self.conns.release_answers(&mut self.state, None);
@@ -290,16 +292,16 @@ impl Server {
             if self
                 .state
                 .next_linger_check
-                .is_some_and(|t| t <= Instant::now())
+                .is_some_and(|t| t <= now)
             {
                 self.state.check_lingering();
             }
-            self.conns.run_timers(&self.epoll, &mut self.state);
+            self.conns.run_timers(&self.epoll, &mut self.state, now);
             if let Some(endpoint) = &mut self.metrics {
-                endpoint.expire(&self.epoll, Instant::now());
+                endpoint.expire(&self.epoll, now);
             }
             if let Some(portserver) = &mut self.portserver {
-                portserver.expire(&self.epoll, Instant::now());
+                portserver.expire(&self.epoll, now);
             }
         }
         self.state.notify.stopping();
