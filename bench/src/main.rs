@@ -10,6 +10,7 @@ mod portserver;
 mod report;
 mod scenarios;
 mod statistics;
+mod targets;
 mod worker;
 
 use std::io::Write as _;
