@@ -218,22 +218,38 @@ impl Bench {
 
     /// Baseline (b), [`crate::minimal`], in a process of its own.
     pub fn start_minimal(&mut self, pool: (u16, u16)) -> Result<(Server, PathBuf)> {
+        let range = [
+            "--lo".to_owned(),
+            pool.0.to_string(),
+            "--hi".to_owned(),
+            pool.1.to_string(),
+        ];
+        self.start_own_server("minimal-server", &range, "minimal server")
+    }
+
+    /// Baseline (c), [`crate::floor`], in a process of its own.
+    pub fn start_floor(&mut self) -> Result<(Server, PathBuf)> {
+        self.start_own_server("floor-server", &[], "floor server")
+    }
+
+    /// This program's hidden server `subcommand`, pinned, on a socket of its own, once it answers.
+    fn start_own_server(
+        &mut self,
+        subcommand: &str,
+        args: &[String],
+        name: &'static str,
+    ) -> Result<(Server, PathBuf)> {
         let socket = self.socket_path();
         let child = Command::new(std::env::current_exe()?)
-            .args([
-                "minimal-server",
-                "--lo",
-                &pool.0.to_string(),
-                "--hi",
-                &pool.1.to_string(),
-                "--socket",
-            ])
+            .arg(subcommand)
+            .args(args)
+            .arg("--socket")
             .arg(&socket)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .spawn()
-            .context("start the minimal server")?;
-        let mut server = Server::pinned(child, "minimal server")?;
+            .with_context(|| format!("start the {name}"))?;
+        let mut server = Server::pinned(child, name)?;
         Self::wait_for_socket(&socket, &mut server)?;
         Ok((server, socket))
     }

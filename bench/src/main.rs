@@ -3,12 +3,14 @@
 //!
 //! `cargo run --release -p portbroker-bench` (see the README's Performance section).
 
+mod floor;
 mod harness;
 mod minimal;
 mod portserver;
 mod report;
 mod scenarios;
 mod statistics;
+mod targets;
 mod worker;
 
 use std::io::Write as _;
@@ -59,6 +61,12 @@ enum Role {
         max_ops: u64,
         #[arg(long, default_value_t = 0)]
         count: usize,
+    },
+    /// (internal) Baseline (c), the kernel's floor: raw system calls, 4-byte messages.
+    #[command(hide = true)]
+    FloorServer {
+        #[arg(long)]
+        socket: PathBuf,
     },
     /// (internal) Baseline (b), the minimal fd-passing server.
     #[command(hide = true)]
@@ -116,9 +124,11 @@ fn main() -> ExitCode {
                 "lease" => worker::lease_loop(Path::new(target), duration, *max_ops),
                 "hold" => worker::hold(Path::new(target), *count),
                 "portserver" => worker::portserver_loop(target, duration, *max_ops),
+                "floor" => floor::request_loop(Path::new(target), duration, *max_ops),
                 other => Err(anyhow::anyhow!("unknown worker kind {other}")),
             }
         }
+        Some(Role::FloorServer { socket }) => floor::serve(socket),
         Some(Role::MinimalServer { socket, lo, hi }) => minimal::serve(socket, (*lo, *hi)),
         None => run_bench(args),
     };

@@ -44,8 +44,9 @@ fn bare_bind_ns(seconds: f64) -> Result<f64> {
     Ok(started.elapsed().as_nanos() as f64 / calls as f64)
 }
 
-/// Lease round trips on persistent connections, by number of clients, against baseline (b),
-/// portbrokerd and (unless left out) portserver.
+/// Lease round trips on persistent connections, by number of clients, against baselines (c) and
+/// (b), portbrokerd and (unless left out) portserver, one after the other for each number of
+/// clients so that the ratios compare minutes alike.
 pub fn lease_round_trips(
     bench: &mut Bench,
     portserver: Option<&Portserver>,
@@ -63,10 +64,14 @@ pub fn lease_round_trips(
     };
     let pool = (61000, 65535);
     let mut clients = Vec::new();
+    let (floor, floor_socket) = bench.start_floor()?;
     let (minimal, minimal_socket) = bench.start_minimal(pool)?;
     let (daemon, daemon_socket) = bench.start_portbrokerd(pool)?;
     for (label, n, pinned) in &scenarios {
         say(&format!("lease round trip, {label} client(s)"));
+        let target = floor_socket.display().to_string();
+        let floor_stats =
+            bench.repeated(|| bench.run_clients("floor", &target, *n, *pinned, floor.pid()))?;
         let target = minimal_socket.display().to_string();
         let baseline =
             bench.repeated(|| bench.run_clients("lease", &target, *n, *pinned, minimal.pid()))?;
@@ -86,6 +91,7 @@ pub fn lease_round_trips(
             };
         clients.push(ClientRow {
             label: label.clone(),
+            floor: floor_stats,
             baseline,
             broker,
             portserver,

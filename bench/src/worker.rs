@@ -22,14 +22,14 @@ pub struct WorkerResult {
     pub latencies_ns: Vec<u32>,
 }
 
-fn wait_for_start() -> Result<()> {
+pub fn wait_for_start() -> Result<()> {
     std::io::stdin()
         .read_to_end(&mut Vec::new())
         .context("reading the start signal")?;
     Ok(())
 }
 
-fn report(result: &WorkerResult) -> Result<()> {
+pub fn report(result: &WorkerResult) -> Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer(&mut out, result)?;
     writeln!(out)?;
@@ -37,7 +37,7 @@ fn report(result: &WorkerResult) -> Result<()> {
 }
 
 /// Runs `op` until `duration` passes or `max_ops` are done, timing each call.
-fn timed_loop(
+pub fn timed_loop(
     duration: Duration,
     max_ops: u64,
     mut op: impl FnMut() -> Result<()>,
