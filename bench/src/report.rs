@@ -111,7 +111,7 @@ pub fn render(r: &Report, smoke: bool) -> String {
     s.push_str("Baseline (b) is a minimal single-threaded fd-passing server with portbrokerd's protocol and no table.\n\n");
     render_absolute(&mut s, &r.clients);
     render_ratios(&mut s, &r.clients, r.bare_bind_ns / 1000.0);
-    s.push_str("\n\"Any port\" lease+release, one client, as the pool fills:\n\n| pool full | ops/s | p50 µs | p99 µs | p50 vs empty |\n|---|---|---|---|---|\n");
+    s.push_str("\n\"Any port\" lease+release, one client pinned to the server's core, as the pool fills:\n\n| pool full | ops/s | p50 µs | p99 µs | p50 vs empty |\n|---|---|---|---|---|\n");
     let empty = r.fill[0].1.p50_us;
     for (level, stats) in &r.fill {
         let _ = writeln!(
