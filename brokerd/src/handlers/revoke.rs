@@ -1,7 +1,7 @@
 //! `Revoke`: an administrator takes a lease away. Its sockets stop accepting wherever they
 //! are, the lease ends, and its holder's connection is told.
 
-use portbroker_proto::{Event, Failure, LeaseId, Response};
+use portbroker_proto::{EndReason, Event, Failure, LeaseId, Response};
 use tracing::warn;
 
 use super::Reply;
@@ -18,7 +18,7 @@ pub fn revoke(state: &mut State, peer: &Peer, id: LeaseId) -> Reply {
             reason: "revoking a lease needs root or a member of an [admin] group".into(),
         });
     }
-    let Some(lease) = state.table.end(id) else {
+    let Some(lease) = state.table.end(id, EndReason::Revoked) else {
         return Reply::failed(Failure::UnknownLease { id });
     };
     state.counters.revokes += 1;
