@@ -141,23 +141,24 @@ impl EndReason {
     }
 }
 
-/// For a person: `released`, `its holder's connection closed`, ...
+/// For a person, in a few words (a column of `portctl log`): `released`, `connection closed`,
+/// ...
 impl fmt::Display for EndReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             EndReason::Released => "released",
-            EndReason::ConnectionClosed => "its holder's connection closed",
-            EndReason::ProcessExited => "its process exited",
-            EndReason::CopiesClosed => "the last copy of its sockets closed",
+            EndReason::ConnectionClosed => "connection closed",
+            EndReason::ProcessExited => "process exited",
+            EndReason::CopiesClosed => "last copy closed",
             EndReason::Expired => "expired",
             EndReason::Revoked => "revoked",
-            EndReason::TakenOver => "taken over by a lease of its user",
-            EndReason::KeptExpired => "its kept ports went back to the pool",
-            EndReason::KeptReturned => "its kept ports went back to their service",
-            EndReason::JournalFailed => "the journal could not record it",
-            EndReason::HolderGoneAtRestart => "its holder was gone when the daemon restarted",
-            EndReason::DaemonStopped => "the daemon stopped (--release-on-exit)",
-            EndReason::MetricsStopped => "the metrics endpoint stopped",
+            EndReason::TakenOver => "taken over",
+            EndReason::KeptExpired => "kept ports expired",
+            EndReason::KeptReturned => "kept ports returned",
+            EndReason::JournalFailed => "journal failed",
+            EndReason::HolderGoneAtRestart => "holder gone at restart",
+            EndReason::DaemonStopped => "daemon stopped",
+            EndReason::MetricsStopped => "metrics endpoint stopped",
         })
     }
 }
