@@ -30,6 +30,8 @@
 
 mod generations;
 mod history;
+#[cfg(test)]
+mod history_tests;
 mod record;
 #[cfg(test)]
 mod tests;
