@@ -329,13 +329,10 @@ impl Server {
         let _ = self.journal_turn();
         match &mut self.journal {
             Some(journal) if self.release_on_exit => {
-                // Their ends go to the history first, which the emptied journal keeps.
+                // Their ends go to the history, which the emptied journal keeps.
                 let now = unix_millis();
                 for lease in self.state.table.leases() {
                     journal.end(lease.id.0, EndReason::DaemonStopped, now);
-                }
-                if let Err(err) = journal.commit() {
-                    warn!("the history will not say these leases ended: {err}");
                 }
                 journal
                     .rewrite(std::iter::empty(), self.state.table.next_id())

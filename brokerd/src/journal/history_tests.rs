@@ -214,6 +214,33 @@ fn read_len(journal: &Journal) -> usize {
 }
 
 #[test]
+fn the_events_of_a_compacting_turn_stay_in_the_history() {
+    let (_dir, path, mut journal) = journal();
+    lease_and_end(&mut journal, 1, EndReason::Released);
+    // The turn that compacts also granted a lease and ended one.
+    journal.grant(entry(2, 2), Change::Granted, 30);
+    journal.grant(entry(3, 3), Change::Granted, 30);
+    journal.commit().unwrap();
+    journal.end(3, EndReason::Expired, 40);
+    journal.grant(entry(4, 4), Change::Granted, 40);
+    journal
+        .rewrite([entry(2, 2), entry(4, 4)].iter(), 0)
+        .unwrap();
+    let read = read(&journal, 100);
+    assert_eq!(
+        events(&read.entries)[4..],
+        [
+            (HistoryEvent::Ended(EndReason::Expired), 3),
+            (HistoryEvent::Granted, 4),
+        ]
+    );
+    // And the journal replays to the same leases.
+    drop(journal);
+    let (_, recovered) = Journal::open(&path).unwrap();
+    assert_eq!(recovered.leases, [entry(2, 2), entry(4, 4)]);
+}
+
+#[test]
 fn a_journal_kept_already_is_not_kept_twice() {
     let (_dir, path, mut journal) = journal();
     lease_and_end(&mut journal, 1, EndReason::Released);

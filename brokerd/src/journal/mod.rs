@@ -345,16 +345,23 @@ impl Journal {
         self.pending_grant.clear();
         for record in std::mem::take(&mut self.pending).into_values() {
             match record {
-                Record::Grant(entry) | Record::Leased { lease: entry, .. } => {
+                Record::Grant(entry) => {
                     self.on_disk.insert(entry.id);
                 }
-                Record::End(id) | Record::Ended { id, .. } => {
+                Record::Leased { lease, .. } => {
+                    self.on_disk.insert(lease.id);
+                    self.has_events = true;
+                }
+                Record::End(id) => {
                     self.on_disk.remove(&id);
+                }
+                Record::Ended { id, .. } => {
+                    self.on_disk.remove(&id);
+                    self.has_events = true;
                 }
                 Record::NextId(_) => {}
             }
         }
-        self.has_events |= written > 0;
         Ok(())
     }
 
@@ -399,14 +406,16 @@ impl Journal {
     /// Replaces the log by a snapshot of `leases`: write, fsync, rename, so that a crash leaves
     /// either the old log or the new one. The snapshot starts with a `NextId` record of the
     /// higher of `next_id` and every id this journal has seen, so that ids of ended leases are
-    /// not handed out again after a restart. The old log, if it holds events, is kept as the
-    /// newest generation of the history. On failure nothing changes: the old log stays, and so
-    /// do the pending records. (Pending records are not written: call `commit` first.)
+    /// not handed out again after a restart. The pending records are appended to the old log
+    /// first (so that the history has them), and the old log, if it holds events, is kept as
+    /// the newest generation of the history. On failure nothing changes: the old log stays,
+    /// and so do the pending records that could not be written.
     pub fn rewrite<'a>(
         &mut self,
         leases: impl Iterator<Item = &'a Entry>,
         next_id: u64,
     ) -> io::Result<()> {
+        self.commit()?;
         let mut ids = HashSet::new();
         let (bytes, next) = encode_snapshot(
             leases.inspect(|entry| {
