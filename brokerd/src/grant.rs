@@ -54,7 +54,9 @@ pub fn grant(
     let (sockets, mut fds, mut cookies) = match bound {
         Ok(bound) => bound,
         Err(refusal) => {
-            state.refusals.log(&peer.holder, format_args!("{refusal}"));
+            state
+                .refusals
+                .lease(format_args!("refused {}: {refusal}", peer.holder));
             state.watchers.emit(|| Event::Refused {
                 asker: Holder::clone(&peer.holder),
                 refusal: refusal.clone(),
@@ -123,9 +125,9 @@ pub fn grant_number(
     let bound = match bind_all(state, identity, &[spec], true, &mut binds, &mut taken_over) {
         Ok(bound) => bound,
         Err(refusal) => {
-            state
-                .refusals
-                .log(&holder, format_args!("a portserver port: {refusal}"));
+            state.refusals.lease(format_args!(
+                "refused a portserver port to {holder}: {refusal}"
+            ));
             state.watchers.emit(|| Event::Refused {
                 asker: Holder::clone(&holder),
                 refusal: refusal.clone(),

@@ -545,7 +545,7 @@ impl Server {
         Figures {
             granted,
             ended,
-            refused: self.state.refusals.total(),
+            refused: self.state.refusals.leases(),
         }
     }
 

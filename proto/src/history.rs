@@ -87,7 +87,8 @@ pub enum EndReason {
     KeptReturned,
     /// It was granted, but the journal could not record it, so it was not granted after all.
     JournalFailed,
-    /// The daemon restarted and found its holder gone, and its ports free.
+    /// The daemon restarted and found its holder gone, or no longer holding its sockets, and
+    /// its ports free.
     HolderGoneAtRestart,
     /// The daemon stopped with `--release-on-exit`.
     DaemonStopped,

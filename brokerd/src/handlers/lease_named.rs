@@ -25,7 +25,9 @@ pub fn lease_named(state: &mut State, peer: &Peer, name: &str) -> Reply {
     let (specs, by_rules) = match checked {
         Ok(checked) => checked,
         Err(refusal) => {
-            state.refusals.log(&peer.holder, format_args!("{refusal}"));
+            state
+                .refusals
+                .lease(format_args!("refused {}: {refusal}", peer.holder));
             state.watchers.emit(|| Event::Refused {
                 asker: Holder::clone(&peer.holder),
                 refusal: refusal.clone(),

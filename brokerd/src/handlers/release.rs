@@ -1,7 +1,7 @@
 //! `Release`: ends a lease at its holder's (or an administrator's) request.
 
 use portbroker_proto::{EndReason, Event, LeaseId, Response};
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::Reply;
 use crate::lease::Keeper;
@@ -15,7 +15,9 @@ pub fn release(state: &mut State, peer: &Peer, id: LeaseId) -> Reply {
         .map(|lease| lease.keeper)
     {
         Err(failure) => {
-            warn!("refused to release lease {id} for {asker}: {failure}");
+            state.refusals.request(format_args!(
+                "refused to release lease {id} for {asker}: {failure}"
+            ));
             Reply::failed(failure)
         }
         Ok(Keeper::Lingering) => {

@@ -13,7 +13,9 @@ use crate::state::{Notice, State};
 pub fn revoke(state: &mut State, peer: &Peer, id: LeaseId) -> Reply {
     let asker = &peer.holder;
     if !state.policy.is_admin(&peer.identity) {
-        warn!("refused to revoke lease {id} for {asker}: not an administrator");
+        state.refusals.request(format_args!(
+            "refused to revoke lease {id} for {asker}: not an administrator"
+        ));
         return Reply::failed(Failure::NotPermitted {
             reason: "revoking a lease needs root or a member of an [admin] group".into(),
         });
