@@ -105,7 +105,7 @@ pub struct Journal {
 }
 
 /// An error about `what`, keeping the kind of `err` (a full disk stays `StorageFull`).
-pub(crate) fn error(err: impl Into<io::Error>, what: String) -> io::Error {
+fn error(err: impl Into<io::Error>, what: String) -> io::Error {
     let err = err.into();
     io::Error::new(err.kind(), format!("{what}: {err}"))
 }
