@@ -126,7 +126,8 @@ pub fn serve(path: &Path, pool: (u16, u16)) -> Result<()> {
                         | Request::Handover { .. }
                         | Request::Claim { .. }
                         | Request::Reattach { .. }
-                        | Request::Watch,
+                        | Request::Watch
+                        | Request::History { .. },
                     ) => Response::Failed(portbroker_proto::Failure::NotPermitted {
                         reason: "the minimal server has no policy".into(),
                     }),

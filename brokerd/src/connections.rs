@@ -578,7 +578,9 @@ impl Connections {
                 self.queued_fds -= answer.fds.len();
             }
             if let (Some(error), Some(lease)) = (journal_error, answer.new_lease) {
-                state.table.end(lease);
+                state
+                    .table
+                    .end(lease, portbroker_proto::EndReason::JournalFailed);
                 state
                     .watchers
                     .emit(|| portbroker_proto::Event::Released { id: lease });
@@ -655,7 +657,7 @@ impl Connections {
         state.watchers.remove(id);
         let why = format!("{} closed its connection", conn.peer.holder);
         for lease in state.table.kept_by_connection(id).to_vec() {
-            state.end_truthfully(lease, &why);
+            state.end_truthfully(lease, portbroker_proto::EndReason::ConnectionClosed, &why);
         }
         debug!(conn = id, "closed the connection of {}", conn.peer.holder);
     }

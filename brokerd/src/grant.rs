@@ -7,9 +7,9 @@ use std::rc::Rc;
 
 use nix::errno::Errno;
 use portbroker_proto::{
-    Event, GrantedSocket, Holder, LeaseId, Listen, Refusal, SocketSpec, Transport,
+    EndReason, Event, GrantedSocket, Holder, LeaseId, Listen, Refusal, SocketSpec, Transport,
 };
-use tracing::{debug, info};
+use tracing::debug;
 
 use crate::bind::{bind_refusal, bind_socket, cookie, take_reservation};
 use crate::lease::{unix_now, Keeper, SocketList, MAX_SOCKETS_PER_LEASE};
@@ -54,7 +54,9 @@ pub fn grant(
     let (sockets, mut fds, mut cookies) = match bound {
         Ok(bound) => bound,
         Err(refusal) => {
-            info!("refused {}: {refusal}", peer.holder);
+            state
+                .refusals
+                .lease(format_args!("refused {}: {refusal}", peer.holder));
             state.watchers.emit(|| Event::Refused {
                 asker: Holder::clone(&peer.holder),
                 refusal: refusal.clone(),
@@ -63,8 +65,8 @@ pub fn grant(
         }
     };
     for number in taken_over {
-        if state.table.end(number).is_some() {
-            info!(
+        if state.table.end(number, EndReason::TakenOver).is_some() {
+            debug!(
                 lease = number.0,
                 "released: {} took its number over", peer.holder
             );
@@ -89,7 +91,7 @@ pub fn grant(
     if number {
         state.table.mark_number(id);
     }
-    info!(
+    debug!(
         lease = id.0,
         "granted {}{} to {}",
         SocketList(&sockets),
@@ -123,7 +125,9 @@ pub fn grant_number(
     let bound = match bind_all(state, identity, &[spec], true, &mut binds, &mut taken_over) {
         Ok(bound) => bound,
         Err(refusal) => {
-            info!("refused a portserver port to {holder}: {refusal}");
+            state.refusals.lease(format_args!(
+                "refused a portserver port to {holder}: {refusal}"
+            ));
             state.watchers.emit(|| Event::Refused {
                 asker: Holder::clone(&holder),
                 refusal: refusal.clone(),
@@ -147,7 +151,7 @@ pub fn grant_number(
     state.table.mark_number(id);
     let table = &state.table;
     let lease = table.get(id).expect("just granted");
-    info!(
+    debug!(
         lease = id.0,
         "handed out port {port} as a number to {}", lease.holder
     );

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
-use portbroker_proto::{GrantedSocket, Holder, LeaseId, Listen, Transport};
+use portbroker_proto::{EndReason, GrantedSocket, Holder, LeaseId, Listen, Transport};
 use tracing::{debug, info, warn};
 
 use crate::bind;
@@ -186,7 +186,7 @@ impl Endpoint {
                         let _ = epoll.delete(listener.as_fd());
                     }
                     if state.table.get(self.lease).is_some() {
-                        state.table.end(self.lease);
+                        state.table.end(self.lease, EndReason::MetricsStopped);
                     }
                     state.metrics_listen = None;
                     state.metrics_lease = None;

@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use nix::sys::epoll::{Epoll, EpollEvent, EpollFlags};
 use nix::sys::socket::{getsockopt, sockopt};
-use portbroker_proto::{Event, Holder, LeaseId};
-use tracing::{debug, info};
+use portbroker_proto::{EndReason, Event, Holder, LeaseId};
+use tracing::{debug, info, warn};
 
 use crate::grant;
 use crate::policy::Identity;
@@ -259,8 +259,11 @@ impl PortServer {
         for (token, granted) in std::mem::take(&mut self.pending) {
             let port = match granted {
                 Some((id, _)) if journal_failed => {
-                    if state.table.end(id).is_some() {
-                        info!(lease = id.0, "released: the journal could not record it");
+                    if state.table.end(id, EndReason::JournalFailed).is_some() {
+                        warn!(
+                            lease = id.0,
+                            "not granted after all: the journal could not record it"
+                        );
                         state.watchers.emit(|| Event::Released { id });
                     }
                     0
@@ -339,7 +342,8 @@ fn answer(state: &mut State, stream: &UnixStream, claimed: i32) -> Option<(Lease
     match grant::grant_number(state, holder, &identity, start_time) {
         Ok(granted) => Some(granted),
         Err(refusal) => {
-            info!("portserver: no port for process {pid}: {refusal}; portpicker picks one itself");
+            // Logged (rate-limited) with the refusal.
+            debug!("portserver: no port for process {pid}: {refusal}; portpicker picks one itself");
             None
         }
     }

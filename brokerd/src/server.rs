@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
-use portbroker_proto::{Holder, LeaseId, PortRange, PROTOCOL_VERSION};
+use portbroker_proto::{EndReason, Holder, LeaseId, PortRange, PROTOCOL_VERSION};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::backend::SignalDelivery;
 use signal_hook::iterator::exfiltrator::SignalOnly;
@@ -34,6 +34,7 @@ use crate::portserver::{self, PortServer};
 use crate::socket_copies;
 use crate::socket_file::SocketFile;
 use crate::state::State;
+use crate::summary::{Figures, Summary};
 use crate::systemd::{Notifier, Passed};
 use crate::table::NewLease;
 use crate::throttle::Throttle;
@@ -63,6 +64,11 @@ fn unix_micros() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::SystemTime::UNIX_EPOCH)
         .map_or(1, |d| d.as_micros() as u64)
+}
+
+/// Milliseconds since the Unix epoch: when the journal says a turn's events happened.
+fn unix_millis() -> u64 {
+    unix_micros() / 1000
 }
 
 /// A lease as the journal keeps it.
@@ -114,6 +120,8 @@ pub struct Server {
     /// The portserver address last tried (the policy's, `None`: off); a reload that changes it
     /// moves the portserver.
     portserver_tried: Option<String>,
+    /// The log's summary of leases granted, ended and refused, once a minute at most.
+    summary: Summary,
 }
 
 impl Server {
@@ -170,9 +178,18 @@ impl Server {
             metrics: None,
             portserver: None,
             portserver_tried: None,
+            summary: Summary::default(),
         };
         match journal {
             Some((journal, recovered)) => {
+                server.state.history = match journal.history() {
+                    Ok(history) => Some(history),
+                    // The journal works without it; `portctl log` says there is no history.
+                    Err(err) => {
+                        warn!("the history cannot be read (portctl log): {err}");
+                        None
+                    }
+                };
                 server.journal = Some(journal);
                 server.recover(recovered);
             }
@@ -216,6 +233,11 @@ impl Server {
             // Events of what timers and closes ended, now that their records are written.
             self.conns.pump_watchers(&mut self.state);
             self.conns.settle_served(&self.epoll, &mut self.state);
+            self.summary.log_when_due(
+                Instant::now(),
+                self.figures(),
+                self.state.table.lease_count(),
+            );
             self.flush_log_when_due();
             self.notify_turn();
             let timeout = self.next_timeout();
@@ -309,6 +331,11 @@ impl Server {
         let _ = self.journal_turn();
         match &mut self.journal {
             Some(journal) if self.release_on_exit => {
+                // Their ends go to the history, which the emptied journal keeps.
+                let now = unix_millis();
+                for lease in self.state.table.leases() {
+                    journal.end(lease.id.0, EndReason::DaemonStopped, now);
+                }
                 journal
                     .rewrite(std::iter::empty(), self.state.table.next_id())
                     .context("cannot empty the journal")?;
@@ -331,13 +358,18 @@ impl Server {
         };
         let table = &mut self.state.table;
         let (changed, ended) = table.take_changes();
-        for id in changed {
+        // One clock read for the turn's records (a vDSO call, no syscall).
+        let at_ms = match changed.is_empty() && ended.is_empty() {
+            true => 0,
+            false => unix_millis(),
+        };
+        for (id, change) in changed {
             if let Some(lease) = table.get(id) {
-                journal.grant(journal_entry(lease));
+                journal.grant(journal_entry(lease), change, at_ms);
             }
         }
-        for id in ended {
-            journal.end(id.0);
+        for (id, why) in ended {
+            journal.end(id.0, why, at_ms);
         }
         let result = if journal.wants_compaction(table.lease_count()) {
             let entries: Vec<Entry> = table.leases().map(journal_entry).collect();
@@ -408,7 +440,8 @@ impl Server {
             } else {
                 "its holder exited while the daemon was down"
             };
-            self.state.end_truthfully(id, why);
+            self.state
+                .end_truthfully(id, EndReason::HolderGoneAtRestart, why);
             if self.state.table.get(id).is_some() {
                 lingering += 1;
             } else {
@@ -508,6 +541,16 @@ impl Server {
         }
     }
 
+    /// What the log's summary counts.
+    fn figures(&self) -> Figures {
+        let (granted, ended) = self.state.table.totals();
+        Figures {
+            granted,
+            ended,
+            refused: self.state.refusals.leases(),
+        }
+    }
+
     fn next_timeout(&self) -> EpollTimeout {
         if self.conns.has_ready() {
             // Requests wait in buffers: serve them without sleeping.
@@ -518,6 +561,7 @@ impl Server {
             self.state.table.next_deadline(),
             self.state.next_linger_check,
             self.log_flush_due,
+            self.summary.next_deadline(),
             self.status_due,
             self.watchdog_due,
             self.metrics.as_ref().and_then(Endpoint::next_deadline),

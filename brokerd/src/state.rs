@@ -7,17 +7,22 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
-use portbroker_proto::{Event, Failure, Holder, LeaseId, PortRange, Response, Transport};
+use portbroker_proto::{
+    EndReason, Event, Failure, Holder, LeaseId, PortRange, Response, Transport,
+};
 use tracing::{debug, info, warn};
 
 use crate::bind;
+use crate::journal::History;
 use crate::lease::{ConnId, Deadline, Keeper, Lease, SocketList};
 use crate::metrics::Counters;
 use crate::policy::{Identity, Policy};
 use crate::procfs;
+use crate::refusals::RefusalLog;
 use crate::socket_copies;
 use crate::systemd::{self, Notifier};
 use crate::table::Table;
+use crate::throttle::Throttle;
 use crate::watchers::Watchers;
 use crate::watches::ProcessWatches;
 
@@ -55,6 +60,12 @@ pub struct State {
     pub metrics_lease: Option<LeaseId>,
     /// The connections that watch events (`Watch`), with their queues.
     pub watchers: Watchers,
+    /// Where the journal keeps the history (`History`); `None` without a journal.
+    pub history: Option<History>,
+    /// Refusals, logged at most once a second and counted.
+    pub refusals: RefusalLog,
+    /// Trouble reading the history, logged at most once a second.
+    pub history_trouble: Throttle,
 }
 
 impl State {
@@ -72,6 +83,9 @@ impl State {
             metrics_listen: None,
             metrics_lease: None,
             watchers: Watchers::default(),
+            history: None,
+            refusals: RefusalLog::default(),
+            history_trouble: Throttle::default(),
         })
     }
 
@@ -105,11 +119,12 @@ impl State {
             .get_or_insert(Instant::now() + LINGER_CHECK);
     }
 
-    /// Ends a lease whose holder is gone (connection closed, process exited). The port goes
-    /// back only once a probe bind shows that no copy of a socket survives; until then the
-    /// lease lingers, held by the process found holding a copy, and is probed again. A sticky
-    /// named service's ports are kept for its user instead.
-    pub fn end_truthfully(&mut self, lease_id: LeaseId, why: &str) {
+    /// Ends a lease whose holder is gone (connection closed, process exited), for `reason`
+    /// (the journal's) and `why` (the log's). The port goes back only once a probe bind shows
+    /// that no copy of a socket survives; until then the lease lingers, held by the process
+    /// found holding a copy, and is probed again. A sticky named service's ports are kept for
+    /// its user instead.
+    pub fn end_truthfully(&mut self, lease_id: LeaseId, reason: EndReason, why: &str) {
         let Some(lease) = self.table.get(lease_id) else {
             return;
         };
@@ -124,8 +139,8 @@ impl State {
                 .and_then(|name| self.policy.services.get(name))
                 .map_or(Duration::ZERO, |service| service.sticky);
             if grace.is_zero() {
-                self.table.end(lease_id);
-                info!(lease = lease_id.0, "released: {why}");
+                self.table.end(lease_id, reason);
+                debug!(lease = lease_id.0, "released: {why}");
                 self.watchers.emit(|| Event::Released { id: lease_id });
             } else {
                 self.keep_for_owner(lease_id, grace, why);
@@ -186,7 +201,7 @@ impl State {
                 continue;
             };
             let why = format!("{} exited", lease.holder);
-            self.end_truthfully(lease_id, &why);
+            self.end_truthfully(lease_id, EndReason::ProcessExited, &why);
         }
     }
 
@@ -198,7 +213,7 @@ impl State {
                 // A kept service's ports going back is no time limit reached.
                 self.counters.expiries += 1;
             }
-            info!(
+            debug!(
                 lease = lease.id.0,
                 "expired: {} of {}",
                 SocketList(&lease.sockets),
@@ -228,8 +243,8 @@ impl State {
                 .iter()
                 .all(|s| bind::is_free(s.transport, s.addr, s.v6_only))
             {
-                self.table.end(id);
-                info!(
+                self.table.end(id, EndReason::CopiesClosed);
+                debug!(
                     lease = id.0,
                     "released: the last copy of its sockets closed"
                 );
@@ -401,7 +416,7 @@ impl State {
 mod tests {
     use crate::handlers::fixture;
     use crate::lease::Deadline;
-    use portbroker_proto::{Event, LeaseState, Response};
+    use portbroker_proto::{EndReason, Event, LeaseState, Response};
     use std::time::{Duration, Instant};
 
     #[test]
@@ -409,7 +424,7 @@ mod tests {
         let mut state = fixture::state();
         let (id, fd) = fixture::leased(&mut state, &fixture::me(1));
         drop(fd);
-        state.end_truthfully(id, "test");
+        state.end_truthfully(id, EndReason::ConnectionClosed, "test");
         assert!(state.table.get(id).is_none());
         assert!(state.next_linger_check.is_none());
     }
@@ -425,7 +440,11 @@ mod tests {
             .stdin(std::process::Stdio::from(fd))
             .spawn()
             .unwrap();
-        state.end_truthfully(id, "its holder closed its connection");
+        state.end_truthfully(
+            id,
+            EndReason::ConnectionClosed,
+            "its holder closed its connection",
+        );
         let lease = state.table.get(id).expect("lingers");
         assert_eq!(lease.state(), LeaseState::Lingering);
         if nix::unistd::getuid().is_root() {
@@ -477,7 +496,7 @@ mod tests {
         assert_ne!(other, port);
         // Its process binds the port, then exits: the lease lingers while the socket lives.
         let socket = bind::bind_socket(Transport::Tcp, addr, false, Listen::Default).unwrap();
-        state.end_truthfully(id, "its process exited");
+        state.end_truthfully(id, EndReason::ProcessExited, "its process exited");
         assert_eq!(state.table.get(id).unwrap().state(), LeaseState::Lingering);
         drop(socket);
         state.check_lingering();

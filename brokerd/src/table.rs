@@ -12,10 +12,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::Instant;
 
-use portbroker_proto::{GrantedSocket, Holder, LeaseId, PortRange, Transport};
+use portbroker_proto::{EndReason, GrantedSocket, Holder, LeaseId, PortRange, Transport};
 use rustc_hash::FxHashMap as HashMap;
 use smallvec::SmallVec;
 
+use crate::journal::Change;
 use crate::lease::{ConnId, Deadline, Keeper, Lease, MAX_LEASE_ID, MAX_SOCKETS_PER_LEASE};
 use crate::pool::Pool;
 
@@ -95,9 +96,13 @@ pub struct Table {
     /// Time limits, earliest first. An entry is stale when its lease was renewed or has
     /// ended; it is dropped when it comes up.
     deadlines: BinaryHeap<Reverse<(Instant, LeaseId)>>,
-    /// Leases granted or changed, and leases ended, since the journal last took them.
-    changed: Vec<LeaseId>,
-    ended: Vec<LeaseId>,
+    /// Leases granted or changed (and how), and leases ended (and why), since the journal
+    /// last took them.
+    changed: Vec<(LeaseId, Change)>,
+    ended: Vec<(LeaseId, EndReason)>,
+    /// Leases granted and ended since the daemon started, for the log's summaries.
+    granted_total: u64,
+    ended_total: u64,
     next_id: u64,
 }
 
@@ -137,6 +142,8 @@ impl Table {
             deadlines: BinaryHeap::new(),
             changed: Vec::new(),
             ended: Vec::new(),
+            granted_total: 0,
+            ended_total: 0,
             next_id: 1,
         }
     }
@@ -248,12 +255,18 @@ impl Table {
         self.next_id
     }
 
+    /// Leases granted and leases ended since the daemon started (restored ones not counted).
+    pub fn totals(&self) -> (u64, u64) {
+        (self.granted_total, self.ended_total)
+    }
+
     /// Grant: records a lease whose sockets are bound. The caller has checked that none
     /// conflicts.
     pub fn grant(&mut self, lease: NewLease) -> LeaseId {
         let id = LeaseId(self.next_id);
         self.next_id += 1;
-        self.changed.push(id);
+        self.changed.push((id, Change::Granted));
+        self.granted_total += 1;
         self.insert(id, lease);
         id
     }
@@ -341,10 +354,11 @@ impl Table {
         );
     }
 
-    /// End: removes a lease, whoever kept it, and frees its ports.
-    pub fn end(&mut self, id: LeaseId) -> Option<Lease> {
+    /// End: removes a lease, whoever kept it, and frees its ports; `why` goes to the journal.
+    pub fn end(&mut self, id: LeaseId, why: EndReason) -> Option<Lease> {
         let lease = self.leases.remove(&id)?;
-        self.ended.push(id);
+        self.ended.push((id, why));
+        self.ended_total += 1;
         if let Some(token) = lease.offer {
             self.offers.remove(&token);
         }
@@ -410,7 +424,7 @@ impl Table {
         lease.start_time = start_time;
         self.recount_holder(id, old_uid);
         self.set_keeper(id, Keeper::Process(pid));
-        self.changed.push(id);
+        self.changed.push((id, Change::Tied));
         self.leases.get(&id)
     }
 
@@ -431,7 +445,7 @@ impl Table {
         }
         self.recount_holder(id, from.uid);
         self.set_keeper(id, Keeper::Connection(conn));
-        self.changed.push(id);
+        self.changed.push((id, Change::HandedOver));
         Some(from)
     }
 
@@ -522,9 +536,13 @@ impl Table {
             let current = self
                 .leases
                 .get(&id)
-                .is_some_and(|l| l.expires.is_some_and(|d| d.at == at));
-            if current {
-                expired.extend(self.end(id));
+                .filter(|l| l.expires.is_some_and(|d| d.at == at));
+            if let Some(lease) = current {
+                let why = match lease.keeper {
+                    Keeper::Kept => EndReason::KeptExpired,
+                    _ => EndReason::Expired,
+                };
+                expired.extend(self.end(id, why));
             }
             // else renewed since, or ended: a stale entry.
         }
@@ -532,7 +550,8 @@ impl Table {
     }
 
     /// What changed since the last call: leases granted or changed, and leases ended.
-    pub fn take_changes(&mut self) -> (Vec<LeaseId>, Vec<LeaseId>) {
+    #[allow(clippy::type_complexity)]
+    pub fn take_changes(&mut self) -> (Vec<(LeaseId, Change)>, Vec<(LeaseId, EndReason)>) {
         (
             std::mem::take(&mut self.changed),
             std::mem::take(&mut self.ended),

@@ -78,9 +78,9 @@
 //! journal, or the lease ended meanwhile) is lost, and its [`Lease`] handle fails with
 //! [`ErrorKind::LeaseLost`] instead of acting on an id that may name another lease by then.
 //! A request that was sent but not answered is not sent again (it may have been carried out,
-//! and a lease would be granted twice), except the reads [`Broker::list`] and
-//! [`Broker::status`]: it fails with [`ErrorKind::ConnectionLost`], and the next request
-//! connects again.
+//! and a lease would be granted twice), except the reads [`Broker::list`],
+//! [`Broker::status`] and [`Broker::history`]: it fails with [`ErrorKind::ConnectionLost`],
+//! and the next request connects again.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -109,8 +109,9 @@ use std::time::{Duration, SystemTime};
 /// The wire protocol crate, for the types that appear in errors (such as its codec error).
 pub use portbroker_proto as proto;
 pub use portbroker_proto::{
-    Event, Failure, GrantedSocket, Holder, LeaseId, LeaseInfo, LeaseState, Listen, PathError,
-    PortRange, Refusal, SocketSpec, SpecError, StatusInfo, Transport, PROTOCOL_VERSION,
+    EndReason, Event, Failure, GrantedSocket, HistoryEntry, HistoryEvent, Holder, LeaseId,
+    LeaseInfo, LeaseState, Listen, PathError, PortRange, Refusal, SocketSpec, SpecError,
+    StatusInfo, Transport, PROTOCOL_VERSION,
 };
 
 pub use bound::{bind_udp, listen, listen_or_bind, Bound, BoundUdp, Fallback, Listener};
@@ -313,6 +314,29 @@ impl Broker {
             Response::Leases(leases) => Some(leases),
             _ => None,
         })
+    }
+
+    /// The broker's last `max` events of leases, oldest first: grants, ties, handovers and
+    /// ends, each with its time, the lease's holder and sockets, and for an end why it ended.
+    /// The broker reads them from the history its journal keeps (a bounded number of previous
+    /// generations), answers at most 10,000, and fails with [`ErrorKind::NotPermitted`] when
+    /// it keeps no journal. Allowed to every user, as [`Broker::list`] is.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), portbroker::Error> {
+    /// let broker = portbroker::Broker::connect()?;
+    /// for entry in broker.history(10)? {
+    ///     println!("{} lease {} {}", entry.at_unix_ms, entry.id, entry.event);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn history(&self, max: u32) -> Result<Vec<HistoryEntry>, Error> {
+        self.shared
+            .ask(Request::History { max }, |response| match response {
+                Response::History(entries) => Some(entries),
+                _ => None,
+            })
     }
 
     /// The broker's state.

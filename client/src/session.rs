@@ -290,7 +290,10 @@ impl Shared {
 
 /// Whether `request` only reads, and so may be asked again when its answer did not come.
 fn is_read(request: &Request) -> bool {
-    matches!(request, Request::List | Request::Status)
+    matches!(
+        request,
+        Request::List | Request::Status | Request::History { .. }
+    )
 }
 
 /// The one way an answer is read: `Failed` is the broker's error, whatever `pick` takes out of

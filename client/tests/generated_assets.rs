@@ -72,6 +72,7 @@ fn every_page_and_completion_is_generated_without_the_hidden_option() {
         "portctl.1",
         "portctl-run.1",
         "portctl-renew.1",
+        "portctl-log.1",
         "portbrokerd.1",
         "portctl.bash",
         "_portctl",

@@ -17,7 +17,7 @@ use std::io::BufReader;
 use libfuzzer_sys::fuzz_target;
 
 // The daemon's own module, as it is: it imports nothing from the daemon's crate.
-#[allow(dead_code)]
+#[allow(dead_code, unused_imports)]
 #[path = "../../brokerd/src/journal/mod.rs"]
 mod journal;
 

@@ -70,6 +70,7 @@
 
 mod codec;
 mod frames;
+mod history;
 mod paths;
 mod spec;
 
@@ -84,6 +85,7 @@ pub use codec::{
     MAX_RESPONSE_FRAME,
 };
 pub use frames::FrameSplitter;
+pub use history::{EndReason, HistoryEntry, HistoryEvent};
 pub use paths::{client_socket_paths, default_socket_path, PathError, SOCKET_ENV, SYSTEM_SOCKET};
 pub use spec::SpecError;
 
@@ -577,6 +579,16 @@ pub enum Request {
     /// come unasked until the connection closes. Allowed to every user: an event tells no more
     /// than `List` shows. Asking again changes nothing.
     Watch,
+    /// The broker's history: the last `max` events of leases (grants, ties, handovers and
+    /// ends, with why each ended), oldest first, from the journal it keeps. Answered with
+    /// `History`; the broker answers fewer when its history holds fewer, or when the answer
+    /// would not fit a frame (it caps `max` at 10,000). A broker that keeps no journal answers
+    /// `Failed(NotPermitted)`. Allowed to every user, as `List` and `Watch` are: an event tells
+    /// no more than they showed when it happened.
+    History {
+        /// How many events, at most.
+        max: u32,
+    },
 }
 
 /// Why a lease was refused. A refusal leaves no trace: nothing of the request stays bound.
@@ -897,6 +909,8 @@ pub enum Response {
         /// Events this watcher did not get.
         count: u64,
     },
+    /// The answer to `History`: the events, oldest first.
+    History(Vec<HistoryEntry>),
 }
 
 /// Something that happened to a lease or a reserved port, as a watcher sees it
@@ -1008,6 +1022,7 @@ impl Request {
             Request::Reattach { .. } => "Reattach",
             Request::Renew { .. } => "Renew",
             Request::Watch => "Watch",
+            Request::History { .. } => "History",
         }
     }
 }
@@ -1033,6 +1048,7 @@ impl Response {
             Response::Watching => "Watching",
             Response::Event { .. } => "Event",
             Response::Missed { .. } => "Missed",
+            Response::History(_) => "History",
         }
     }
 }

@@ -70,6 +70,7 @@ fn request() -> impl Strategy<Value = Request> {
         proptest::collection::vec(lease_id(), 0..70).prop_map(|ids| Request::Reattach { ids }),
         (lease_id(), any::<u32>()).prop_map(|(id, ttl_ms)| Request::Renew { id, ttl_ms }),
         Just(Request::Watch),
+        any::<u32>().prop_map(|max| Request::History { max }),
     ]
 }
 
@@ -296,7 +297,38 @@ fn response() -> impl Strategy<Value = Response> {
         Just(Response::Watching),
         (any::<u64>(), event()).prop_map(|(seq, event)| Response::Event { seq, event }),
         any::<u64>().prop_map(|count| Response::Missed { count }),
+        proptest::collection::vec(history_entry(), 0..4).prop_map(Response::History),
     ]
+}
+
+fn end_reason() -> impl Strategy<Value = EndReason> {
+    proptest::sample::select(EndReason::ALL.to_vec())
+}
+
+fn history_event() -> impl Strategy<Value = HistoryEvent> {
+    prop_oneof![
+        Just(HistoryEvent::Granted),
+        Just(HistoryEvent::Tied),
+        Just(HistoryEvent::HandedOver),
+        end_reason().prop_map(HistoryEvent::Ended),
+    ]
+}
+
+fn history_entry() -> impl Strategy<Value = HistoryEntry> {
+    (
+        any::<u64>(),
+        lease_id(),
+        history_event(),
+        proptest::option::of(holder()),
+        proptest::collection::vec(granted(), 0..4),
+    )
+        .prop_map(|(at_unix_ms, id, event, holder, sockets)| HistoryEntry {
+            at_unix_ms,
+            id,
+            event,
+            holder,
+            sockets,
+        })
 }
 
 fn event() -> impl Strategy<Value = Event> {
@@ -357,7 +389,7 @@ fn split(stream: &[u8], cuts: &[prop::sample::Index], max: u32) -> (Vec<Vec<u8>>
 // does not compile until it is counted here, and `every_variant_is_generated` then fails until
 // the strategies above generate it.
 
-const REQUEST_VARIANTS: usize = 14;
+const REQUEST_VARIANTS: usize = 15;
 
 fn request_variant(request: &Request) -> usize {
     match request {
@@ -375,10 +407,11 @@ fn request_variant(request: &Request) -> usize {
         Request::Reattach { .. } => 11,
         Request::Renew { .. } => 12,
         Request::Watch => 13,
+        Request::History { .. } => 14,
     }
 }
 
-const RESPONSE_VARIANTS: usize = 17;
+const RESPONSE_VARIANTS: usize = 18;
 
 fn response_variant(response: &Response) -> usize {
     match response {
@@ -399,6 +432,7 @@ fn response_variant(response: &Response) -> usize {
         Response::Watching => 14,
         Response::Event { .. } => 15,
         Response::Missed { .. } => 16,
+        Response::History(_) => 17,
     }
 }
 
@@ -413,6 +447,37 @@ fn event_variant(event: &Event) -> usize {
         Event::Revoked { .. } => 4,
         Event::Lingering { .. } => 5,
         Event::ReservationTakenBack { .. } => 6,
+    }
+}
+
+const HISTORY_EVENT_VARIANTS: usize = 4;
+
+fn history_event_variant(event: HistoryEvent) -> usize {
+    match event {
+        HistoryEvent::Granted => 0,
+        HistoryEvent::Tied => 1,
+        HistoryEvent::HandedOver => 2,
+        HistoryEvent::Ended(_) => 3,
+    }
+}
+
+const END_REASON_VARIANTS: usize = 13;
+
+fn end_reason_variant(reason: EndReason) -> usize {
+    match reason {
+        EndReason::Released => 0,
+        EndReason::ConnectionClosed => 1,
+        EndReason::ProcessExited => 2,
+        EndReason::CopiesClosed => 3,
+        EndReason::Expired => 4,
+        EndReason::Revoked => 5,
+        EndReason::TakenOver => 6,
+        EndReason::KeptExpired => 7,
+        EndReason::KeptReturned => 8,
+        EndReason::JournalFailed => 9,
+        EndReason::HolderGoneAtRestart => 10,
+        EndReason::DaemonStopped => 11,
+        EndReason::MetricsStopped => 12,
     }
 }
 
@@ -468,6 +533,8 @@ fn every_variant_is_generated() {
     let mut failures = BTreeSet::new();
     let mut states = BTreeSet::new();
     let mut events = BTreeSet::new();
+    let mut history_events = BTreeSet::new();
+    let mut end_reasons = BTreeSet::new();
     let (request, response) = (request(), response());
     for _ in 0..5000 {
         requests.insert(request_variant(
@@ -488,6 +555,14 @@ fn every_variant_is_generated() {
             Response::Event { event, .. } => {
                 events.insert(event_variant(event));
             }
+            Response::History(entries) => {
+                for entry in entries {
+                    history_events.insert(history_event_variant(entry.event));
+                    if let HistoryEvent::Ended(reason) = entry.event {
+                        end_reasons.insert(end_reason_variant(reason));
+                    }
+                }
+            }
             _ => {}
         }
     }
@@ -497,6 +572,14 @@ fn every_variant_is_generated() {
     assert_eq!(failures, (0..FAILURE_VARIANTS).collect());
     assert_eq!(states, (0..LEASE_STATE_VARIANTS).collect());
     assert_eq!(events, (0..EVENT_VARIANTS).collect());
+    assert_eq!(history_events, (0..HISTORY_EVENT_VARIANTS).collect());
+    assert_eq!(end_reasons, (0..END_REASON_VARIANTS).collect());
+    // `EndReason::ALL` names every reason, in declaration order.
+    let all: Vec<usize> = EndReason::ALL
+        .iter()
+        .map(|r| end_reason_variant(*r))
+        .collect();
+    assert_eq!(all, (0..END_REASON_VARIANTS).collect::<Vec<_>>());
 }
 
 proptest! {

@@ -82,6 +82,29 @@ fn check_event(event: &Event, frame: &[u8]) {
     );
 }
 
+fn check_history_event(event: &HistoryEvent, frame: &[u8]) {
+    check_response(
+        &Response::History(vec![HistoryEntry {
+            event: *event,
+            ..history_entry()
+        }]),
+        frame,
+    );
+}
+
+/// An end whose grant the broker no longer has: no holder, no sockets.
+fn check_end_reason(reason: &EndReason, frame: &[u8]) {
+    check_response(
+        &Response::History(vec![HistoryEntry {
+            event: HistoryEvent::Ended(*reason),
+            holder: None,
+            sockets: Vec::new(),
+            ..history_entry()
+        }]),
+        frame,
+    );
+}
+
 fn check_lease_state(state: &LeaseState, frame: &[u8]) {
     check_response(&Response::Leases(vec![lease_info(*state)]), frame);
 }
@@ -134,6 +157,16 @@ fn lease_info(state: LeaseState) -> LeaseInfo {
         }],
         expires_unix_ms: None,
         state,
+    }
+}
+
+fn history_entry() -> HistoryEntry {
+    HistoryEntry {
+        at_unix_ms: 1_764_000_000_123,
+        id: LeaseId(5),
+        event: HistoryEvent::Granted,
+        holder: Some(holder()),
+        sockets: lease_info(LeaseState::Connection).sockets,
     }
 }
 
@@ -192,6 +225,9 @@ goldens! { request_golden(Request), check_request:
         Request::Renew { id: LeaseId(7), ttl_ms: 30_000 },
         [5, 0, 0, 0, 12, 7, 251, 48, 117];
     request_watch: Request::Watch => Request::Watch, [1, 0, 0, 0, 13];
+    request_history: Request::History { .. } =>
+        Request::History { max: 100 },
+        [2, 0, 0, 0, 14, 100];
 }
 
 goldens! { response_golden(Response), check_response:
@@ -294,6 +330,90 @@ goldens! { response_golden(Response), check_response:
     response_missed: Response::Missed { .. } =>
         Response::Missed { count: 1024 },
         [4, 0, 0, 0, 16, 251, 0, 4];
+    response_history: Response::History(_) =>
+        Response::History(vec![
+            history_entry(),
+            HistoryEntry {
+                event: HistoryEvent::Ended(EndReason::Released),
+                holder: None,
+                sockets: Vec::new(),
+                ..history_entry()
+            },
+        ]),
+        [
+            53, 0, 0, 0, 17, 2, 253, 123, 232, 151, 182, 154, 1, 0, 0, 5, 0, 1, 251, 36, 33, 251,
+            232, 3, 100, 5, 110, 103, 105, 110, 120, 1, 0, 0, 127, 0, 0, 1, 251, 144, 31, 1, 0, 253,
+            123, 232, 151, 182, 154, 1, 0, 0, 5, 3, 0, 0, 0,
+        ];
+}
+
+goldens! { history_event_golden(HistoryEvent), check_history_event:
+    history_event_granted: HistoryEvent::Granted =>
+        HistoryEvent::Granted,
+        [
+            39, 0, 0, 0, 17, 1, 253, 123, 232, 151, 182, 154, 1, 0, 0, 5, 0, 1, 251, 36, 33, 251,
+            232, 3, 100, 5, 110, 103, 105, 110, 120, 1, 0, 0, 127, 0, 0, 1, 251, 144, 31, 1, 0,
+        ];
+    history_event_tied: HistoryEvent::Tied =>
+        HistoryEvent::Tied,
+        [
+            39, 0, 0, 0, 17, 1, 253, 123, 232, 151, 182, 154, 1, 0, 0, 5, 1, 1, 251, 36, 33, 251,
+            232, 3, 100, 5, 110, 103, 105, 110, 120, 1, 0, 0, 127, 0, 0, 1, 251, 144, 31, 1, 0,
+        ];
+    history_event_handed_over: HistoryEvent::HandedOver =>
+        HistoryEvent::HandedOver,
+        [
+            39, 0, 0, 0, 17, 1, 253, 123, 232, 151, 182, 154, 1, 0, 0, 5, 2, 1, 251, 36, 33, 251,
+            232, 3, 100, 5, 110, 103, 105, 110, 120, 1, 0, 0, 127, 0, 0, 1, 251, 144, 31, 1, 0,
+        ];
+    history_event_ended: HistoryEvent::Ended(_) =>
+        HistoryEvent::Ended(EndReason::Expired),
+        [
+            40, 0, 0, 0, 17, 1, 253, 123, 232, 151, 182, 154, 1, 0, 0, 5, 3, 4, 1, 251, 36, 33, 251,
+            232, 3, 100, 5, 110, 103, 105, 110, 120, 1, 0, 0, 127, 0, 0, 1, 251, 144, 31, 1, 0,
+        ];
+}
+
+goldens! { end_reason_golden(EndReason), check_end_reason:
+    end_reason_released: EndReason::Released =>
+        EndReason::Released,
+        [16, 0, 0, 0, 17, 1, 253, 123, 232, 151, 182, 154, 1, 0, 0, 5, 3, 0, 0, 0];
+    end_reason_connection_closed: EndReason::ConnectionClosed =>
+        EndReason::ConnectionClosed,
+        [16, 0, 0, 0, 17, 1, 253, 123, 232, 151, 182, 154, 1, 0, 0, 5, 3, 1, 0, 0];
+    end_reason_process_exited: EndReason::ProcessExited =>
+        EndReason::ProcessExited,
+        [16, 0, 0, 0, 17, 1, 253, 123, 232, 151, 182, 154, 1, 0, 0, 5, 3, 2, 0, 0];
+    end_reason_copies_closed: EndReason::CopiesClosed =>
+        EndReason::CopiesClosed,
+        [16, 0, 0, 0, 17, 1, 253, 123, 232, 151, 182, 154, 1, 0, 0, 5, 3, 3, 0, 0];
+    end_reason_expired: EndReason::Expired =>
+        EndReason::Expired,
+        [16, 0, 0, 0, 17, 1, 253, 123, 232, 151, 182, 154, 1, 0, 0, 5, 3, 4, 0, 0];
+    end_reason_revoked: EndReason::Revoked =>
+        EndReason::Revoked,
+        [16, 0, 0, 0, 17, 1, 253, 123, 232, 151, 182, 154, 1, 0, 0, 5, 3, 5, 0, 0];
+    end_reason_taken_over: EndReason::TakenOver =>
+        EndReason::TakenOver,
+        [16, 0, 0, 0, 17, 1, 253, 123, 232, 151, 182, 154, 1, 0, 0, 5, 3, 6, 0, 0];
+    end_reason_kept_expired: EndReason::KeptExpired =>
+        EndReason::KeptExpired,
+        [16, 0, 0, 0, 17, 1, 253, 123, 232, 151, 182, 154, 1, 0, 0, 5, 3, 7, 0, 0];
+    end_reason_kept_returned: EndReason::KeptReturned =>
+        EndReason::KeptReturned,
+        [16, 0, 0, 0, 17, 1, 253, 123, 232, 151, 182, 154, 1, 0, 0, 5, 3, 8, 0, 0];
+    end_reason_journal_failed: EndReason::JournalFailed =>
+        EndReason::JournalFailed,
+        [16, 0, 0, 0, 17, 1, 253, 123, 232, 151, 182, 154, 1, 0, 0, 5, 3, 9, 0, 0];
+    end_reason_holder_gone_at_restart: EndReason::HolderGoneAtRestart =>
+        EndReason::HolderGoneAtRestart,
+        [16, 0, 0, 0, 17, 1, 253, 123, 232, 151, 182, 154, 1, 0, 0, 5, 3, 10, 0, 0];
+    end_reason_daemon_stopped: EndReason::DaemonStopped =>
+        EndReason::DaemonStopped,
+        [16, 0, 0, 0, 17, 1, 253, 123, 232, 151, 182, 154, 1, 0, 0, 5, 3, 11, 0, 0];
+    end_reason_metrics_stopped: EndReason::MetricsStopped =>
+        EndReason::MetricsStopped,
+        [16, 0, 0, 0, 17, 1, 253, 123, 232, 151, 182, 154, 1, 0, 0, 5, 3, 12, 0, 0];
 }
 
 goldens! { event_golden(Event), check_event:
@@ -312,9 +432,15 @@ goldens! { event_golden(Event), check_event:
             20, 0, 0, 0, 15, 1, 1, 251, 36, 33, 251, 232, 3, 100, 5, 110, 103, 105, 110, 120, 7,
             2, 100, 98,
         ];
-    event_released: Event::Released { .. } => Event::Released { id: LeaseId(7) }, [4, 0, 0, 0, 15, 1, 2, 7];
-    event_expired: Event::Expired { .. } => Event::Expired { id: LeaseId(7) }, [4, 0, 0, 0, 15, 1, 3, 7];
-    event_revoked: Event::Revoked { .. } => Event::Revoked { id: LeaseId(7) }, [4, 0, 0, 0, 15, 1, 4, 7];
+    event_released: Event::Released { .. } =>
+        Event::Released { id: LeaseId(7) },
+        [4, 0, 0, 0, 15, 1, 2, 7];
+    event_expired: Event::Expired { .. } =>
+        Event::Expired { id: LeaseId(7) },
+        [4, 0, 0, 0, 15, 1, 3, 7];
+    event_revoked: Event::Revoked { .. } =>
+        Event::Revoked { id: LeaseId(7) },
+        [4, 0, 0, 0, 15, 1, 4, 7];
     event_lingering: Event::Lingering { .. } =>
         Event::Lingering { id: LeaseId(7), holder: holder() },
         [17, 0, 0, 0, 15, 1, 5, 7, 251, 36, 33, 251, 232, 3, 100, 5, 110, 103, 105, 110, 120];

@@ -67,7 +67,7 @@ def test_trailing_bytes_are_an_error():
 
 def test_an_unknown_variant_is_a_clear_error():
     with pytest.raises(
-        DecodeError, match=r"unknown Response variant 200 \(this package knows 0 to 16\)"
+        DecodeError, match=r"unknown Response variant 200 \(this package knows 0 to 17\)"
     ):
         frames.decode_response(bytes([200]))
     # A refusal this package does not know, inside a known response.

@@ -9,10 +9,13 @@ import pytest
 import rust_goldens
 from portbroker import frames
 from portbroker.protocol import (
+    EndReason,
     Event,
     Failure,
     GrantedSocket,
     Histogram,
+    HistoryEntry,
+    HistoryEvent,
     Holder,
     LeaseInfo,
     LeaseState,
@@ -77,6 +80,26 @@ def leases_in_state(state):
     return Response.Leases((lease_info(state),))
 
 
+def history_entry(event=None, holder_and_sockets=True):
+    sockets = lease_info(LeaseState.CONNECTION).sockets
+    return HistoryEntry(
+        at_unix_ms=1_764_000_000_123,
+        id=5,
+        event=HistoryEvent.Granted() if event is None else event,
+        holder=holder() if holder_and_sockets else None,
+        sockets=sockets if holder_and_sockets else (),
+    )
+
+
+def history_of(event):
+    return Response.History((history_entry(event),))
+
+
+def ended_unknown(reason):
+    """An end whose grant the broker no longer has: no holder, no sockets."""
+    return Response.History((history_entry(HistoryEvent.Ended(reason), False),))
+
+
 def lease_with_listen(listen):
     return Request.Lease(sockets=(tcp(None, 80, listen=listen),))
 
@@ -106,6 +129,7 @@ PYTHON = {
     "request_reattach": Request.Reattach(ids=(1, 70_000)),
     "request_renew": Request.Renew(id=7, ttl_ms=30_000),
     "request_watch": Request.Watch(),
+    "request_history": Request.History(max=100),
     "response_hello": Response.Hello(protocol=3, daemon_version="0.1.0"),
     "response_granted": Response.Granted(
         id=9,
@@ -153,6 +177,14 @@ PYTHON = {
     "response_watching": Response.Watching(),
     "response_event": Response.Event(seq=300, event=Event.Released(id=7)),
     "response_missed": Response.Missed(count=1024),
+    "response_history": Response.History(
+        (history_entry(), history_entry(HistoryEvent.Ended(EndReason.RELEASED), False))
+    ),
+    "history_event_granted": history_of(HistoryEvent.Granted()),
+    "history_event_tied": history_of(HistoryEvent.Tied()),
+    "history_event_handed_over": history_of(HistoryEvent.HandedOver()),
+    "history_event_ended": history_of(HistoryEvent.Ended(EndReason.EXPIRED)),
+    **{f"end_reason_{reason.value}": ended_unknown(reason) for reason in EndReason},
     "event_granted": event(Event.Granted(lease=lease_info(LeaseState.CONNECTION))),
     "event_refused": event(
         Event.Refused(asker=holder(), refusal=Refusal.UnknownService(name="db"))
@@ -240,7 +272,9 @@ def test_the_goldens_cover_every_variant_of_every_python_enum():
                 inner.add(type(getattr(value, attr)))
         if isinstance(value, Request.Lease):
             inner.update(type(spec.listen) for spec in value.sockets)
-    for enum in (Request, Response, Refusal, Failure, Event, Listen):
+        if isinstance(value, Response.History):
+            inner.update(type(entry.event) for entry in value.entries)
+    for enum in (Request, Response, Refusal, Failure, Event, Listen, HistoryEvent):
         for variant in enum.variants:
             assert variant in kinds | inner, f"{variant.__qualname__} has no golden"
 

@@ -46,7 +46,7 @@ mod tests {
     use super::*;
     use crate::handlers::fixture::{me, state, state_with, stranger};
     use crate::lease::Keeper;
-    use portbroker_proto::{LeaseId, Refusal, Transport};
+    use portbroker_proto::{EndReason, LeaseId, Refusal, Transport};
     use std::net::TcpListener;
 
     fn specs(text: &[&str]) -> Vec<SocketSpec> {
@@ -174,7 +174,7 @@ mod tests {
             }
         }
         // A lease that ends gives its sockets back.
-        state.table.end(first);
+        state.table.end(first, EndReason::Released);
         granted(lease(&mut state, &peer, &any(3)));
     }
 

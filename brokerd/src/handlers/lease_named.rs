@@ -1,8 +1,8 @@
 //! `LeaseNamed`: leases a named service of the policy, giving back the ports kept for the
 //! same user since its server ended.
 
-use portbroker_proto::{Event, Holder, LeaseId, Refusal, Response};
-use tracing::info;
+use portbroker_proto::{EndReason, Event, Holder, LeaseId, Refusal, Response};
+use tracing::debug;
 
 use super::lease::granted_or_refused;
 use super::Reply;
@@ -25,7 +25,9 @@ pub fn lease_named(state: &mut State, peer: &Peer, name: &str) -> Reply {
     let (specs, by_rules) = match checked {
         Ok(checked) => checked,
         Err(refusal) => {
-            info!("refused {}: {refusal}", peer.holder);
+            state
+                .refusals
+                .lease(format_args!("refused {}: {refusal}", peer.holder));
             state.watchers.emit(|| Event::Refused {
                 asker: Holder::clone(&peer.holder),
                 refusal: refusal.clone(),
@@ -44,9 +46,9 @@ pub fn lease_named(state: &mut State, peer: &Peer, name: &str) -> Reply {
         .map(|l| l.id)
         .collect();
     for lease in kept {
-        state.table.end(lease);
+        state.table.end(lease, EndReason::KeptReturned);
         state.watchers.emit(|| Event::Released { id: lease });
-        info!(
+        debug!(
             lease = lease.0,
             "kept ports of service {name:?} go back to uid {uid}"
         );
@@ -99,7 +101,7 @@ sticky_secs = 60
         };
         // Its server crashed: the sockets are closed (the fds were dropped) and the lease
         // is kept for uid 4242.
-        state.end_truthfully(id, "test crash");
+        state.end_truthfully(id, EndReason::ConnectionClosed, "test crash");
         assert_eq!(state.table.get(id).unwrap().state(), LeaseState::Kept);
         let Response::Granted { id: again, .. } = lease_named(&mut state, &peer, "web").response
         else {

@@ -5,6 +5,7 @@
 mod claim;
 mod handover;
 mod hello;
+mod history;
 mod lease;
 mod lease_named;
 mod list;
@@ -101,5 +102,6 @@ pub fn dispatch(state: &mut State, context: &Context<'_>, request: Request) -> R
         Request::Reattach { ids } => reattach::reattach(state, peer, &ids),
         Request::Renew { id, ttl_ms } => renew::renew(state, peer, id, ttl_ms),
         Request::Watch => watch::watch(state, peer),
+        Request::History { max } => history::history(state, max),
     }
 }

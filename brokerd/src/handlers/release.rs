@@ -1,7 +1,7 @@
 //! `Release`: ends a lease at its holder's (or an administrator's) request.
 
-use portbroker_proto::{Event, LeaseId, Response};
-use tracing::{info, warn};
+use portbroker_proto::{EndReason, Event, LeaseId, Response};
+use tracing::debug;
 
 use super::Reply;
 use crate::lease::Keeper;
@@ -15,23 +15,25 @@ pub fn release(state: &mut State, peer: &Peer, id: LeaseId) -> Reply {
         .map(|lease| lease.keeper)
     {
         Err(failure) => {
-            warn!("refused to release lease {id} for {asker}: {failure}");
+            state.refusals.request(format_args!(
+                "refused to release lease {id} for {asker}: {failure}"
+            ));
             Reply::failed(failure)
         }
         Ok(Keeper::Lingering) => {
             // Its holder is done with it already; the port returns when the last copy
             // closes, not before.
             state.counters.releases += 1;
-            info!(
+            debug!(
                 lease = id.0,
                 "release by {asker}: lingers until its last copy closes"
             );
             Reply::answer(Response::Released { id })
         }
         Ok(_) => {
-            state.table.end(id);
+            state.table.end(id, EndReason::Released);
             state.counters.releases += 1;
-            info!(lease = id.0, "released by {asker}");
+            debug!(lease = id.0, "released by {asker}");
             state.watchers.emit(|| Event::Released { id });
             Reply::answer(Response::Released { id })
         }

@@ -9,10 +9,10 @@ use crate::state::State;
 
 pub fn reload(state: &mut State, peer: &Peer) -> Reply {
     if !state.policy.is_admin(&peer.identity) {
-        warn!(
+        state.refusals.request(format_args!(
             "refused to reload the policy for {}: not an administrator",
             peer.holder
-        );
+        ));
         return Reply::failed(Failure::NotPermitted {
             reason: "reloading the policy needs root or a member of an [admin] group".into(),
         });

@@ -1,7 +1,7 @@
 //! `Revoke`: an administrator takes a lease away. Its sockets stop accepting wherever they
 //! are, the lease ends, and its holder's connection is told.
 
-use portbroker_proto::{Event, Failure, LeaseId, Response};
+use portbroker_proto::{EndReason, Event, Failure, LeaseId, Response};
 use tracing::warn;
 
 use super::Reply;
@@ -13,12 +13,14 @@ use crate::state::{Notice, State};
 pub fn revoke(state: &mut State, peer: &Peer, id: LeaseId) -> Reply {
     let asker = &peer.holder;
     if !state.policy.is_admin(&peer.identity) {
-        warn!("refused to revoke lease {id} for {asker}: not an administrator");
+        state.refusals.request(format_args!(
+            "refused to revoke lease {id} for {asker}: not an administrator"
+        ));
         return Reply::failed(Failure::NotPermitted {
             reason: "revoking a lease needs root or a member of an [admin] group".into(),
         });
     }
-    let Some(lease) = state.table.end(id) else {
+    let Some(lease) = state.table.end(id, EndReason::Revoked) else {
         return Reply::failed(Failure::UnknownLease { id });
     };
     state.counters.revokes += 1;

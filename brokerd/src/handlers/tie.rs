@@ -1,7 +1,7 @@
 //! `TieToProcess`: the lease ends when a process exits, not with the connection.
 
 use portbroker_proto::{Failure, Holder, LeaseId, Response};
-use tracing::info;
+use tracing::debug;
 
 use super::Reply;
 use crate::peer::Peer;
@@ -11,7 +11,7 @@ use crate::state::State;
 pub fn tie(state: &mut State, peer: &Peer, id: LeaseId, pid: i32) -> Reply {
     match tie_checked(state, peer, id, pid) {
         Ok(holder) => {
-            info!(lease = id.0, "tied to {holder} by {}", peer.holder);
+            debug!(lease = id.0, "tied to {holder} by {}", peer.holder);
             Reply::answer(Response::Tied { id, holder })
         }
         Err(failure) => Reply::failed(failure),

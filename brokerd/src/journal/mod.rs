@@ -1,14 +1,20 @@
 //! The lease table on disk, so that a restarted daemon knows every lease it had granted.
 //!
-//! An append-only log of lines `CRC32 JSON` (see `record`): `Grant` records a lease (again,
-//! with its new holder, after a tie or a handover), `End` its end, `NextId` the lowest id a new
-//! lease may take. The event loop gathers a turn's changes and writes them with one `write`
-//! (group commit), so no lease waits for a write of its own. The log is not fsynced: what it
-//! guards against is the daemon's own death, which leaves the page cache intact, while a machine
-//! crash ends every holder too, and with them every lease (and `/run` is a tmpfs). Measured: an
-//! fdatasync per turn on a disk-backed directory cut a single client's lease rate from ~17k/s to
-//! ~4k/s. When the log holds many times more records than live leases, it is rewritten as a
-//! snapshot (write, fsync, rename).
+//! An append-only log of lines `CRC32 JSON` (see `record`): `Leased` records a lease (again,
+//! with its new holder, after a tie or a handover) with when and what happened, `Ended` its end
+//! with when and why, `Grant` a lease as it stands (a snapshot's restatement), `NextId` the
+//! lowest id a new lease may take. The event loop gathers a turn's changes and writes them with
+//! one `write` (group commit), so no lease waits for a write of its own. The log is not
+//! fsynced: what it guards against is the daemon's own death, which leaves the page cache
+//! intact, while a machine crash ends every holder too, and with them every lease (and `/run`
+//! is a tmpfs). Measured: an fdatasync per turn on a disk-backed directory cut a single
+//! client's lease rate from ~17k/s to ~4k/s. When the log holds many times more records than
+//! live leases, it is rewritten as a snapshot (write, fsync, rename).
+//!
+//! The journal is also the broker's history (`portctl log`): the file a snapshot replaces is
+//! kept as a previous generation (`generations`), a bounded number of them, and `history` reads
+//! the last events back. Keeping the history costs no syscall per turn: its records are the
+//! journal's own, written by the same `write`.
 //!
 //! The daemon runs as root, so every file is reached through the state directory's fd with
 //! `O_NOFOLLOW`: a link or a special file in the place of the journal is refused, never followed,
@@ -22,11 +28,16 @@
 //!
 //! This module imports nothing from the crate: the journal fuzz target includes it as it is.
 
+mod generations;
+mod history;
+#[cfg(test)]
+mod history_tests;
 mod record;
 #[cfg(test)]
 mod tests;
 
-pub use record::{encode_snapshot, replay, Entry, Recovered};
+pub use history::{History, READ_BUDGET};
+pub use record::{encode_snapshot, replay, Change, Entry, Recovered};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsString;
@@ -39,6 +50,7 @@ use nix::errno::Errno;
 use nix::fcntl::{openat, renameat, OFlag, AT_FDCWD};
 use nix::sys::stat::{fstat, FileStat, Mode, SFlag};
 use nix::unistd::{fsync, ftruncate, geteuid, unlinkat, UnlinkatFlags};
+use portbroker_proto::EndReason;
 
 use record::{encode, Record};
 
@@ -53,6 +65,11 @@ pub const MAX_LINE: usize = 64 * 1024;
 /// The most sockets a lease holds: the same bound as `grant::MAX_SOCKETS_PER_LEASE` (a unit
 /// test keeps the two equal; this module imports nothing from the crate).
 pub const MAX_SOCKETS: usize = 64;
+
+/// The least a journal grows to before it is compacted, however few leases are live: each
+/// compaction makes a generation of the history, and a generation of this size holds about
+/// three thousand leases' grants and ends. Replaying it at a restart takes milliseconds.
+pub const MIN_COMPACTION_BYTES: u64 = 1 << 20;
 
 pub struct Journal {
     /// The state directory, opened once: every file of the journal is reached through it.
@@ -82,6 +99,9 @@ pub struct Journal {
     disk_next_id: u64,
     /// Records in the file, for compaction.
     records: usize,
+    /// Whether the file holds history records (`Leased`, `Ended`): a file that holds only a
+    /// snapshot is not worth keeping as a generation when it is replaced.
+    has_events: bool,
 }
 
 /// An error about `what`, keeping the kind of `err` (a full disk stays `StorageFull`).
@@ -142,7 +162,8 @@ fn open_dir(dir: &Path) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// Opens the journal for reading, if it exists, and only if it is a regular file.
+/// Opens the journal (or a generation of it) for reading, if it exists, and only if it is a
+/// regular file.
 fn open_existing(dir: &OwnedFd, name: &OsString, path: &Path) -> io::Result<Option<File>> {
     // O_NONBLOCK: a FIFO planted here must not block the open until a writer comes (it has no
     // effect on a regular file). O_NOCTTY: nor may a terminal become ours.
@@ -205,7 +226,9 @@ impl Journal {
             None => Recovered::default(),
         };
         let (bytes, next_id) = encode_snapshot(recovered.leases.iter(), recovered.next_id);
-        let file = write_snapshot(&dir, &tmp_name, &name, path, &bytes)?;
+        // The last life's events stay in the history.
+        let keep = recovered.events > 0;
+        let file = write_snapshot(&dir, &tmp_name, &name, path, &bytes, keep)?;
         let journal = Journal {
             dir,
             path: path.to_owned(),
@@ -221,6 +244,7 @@ impl Journal {
             next_id,
             disk_next_id: next_id,
             records: recovered.leases.len() + usize::from(next_id > 1),
+            has_events: false,
         };
         Ok((journal, recovered))
     }
@@ -232,29 +256,48 @@ impl Journal {
         seq
     }
 
-    /// Takes a lease's pending `Grant` out: a newer record of the lease supersedes it. Keeps a
+    /// Takes a lease's pending record out: a newer record of the lease supersedes it. Keeps a
     /// full disk from piling up the grants of leases that came and went meanwhile.
-    fn drop_pending_grant(&mut self, id: u64) {
-        if let Some(seq) = self.pending_grant.remove(&id) {
-            self.pending.remove(&seq);
-        }
+    fn take_pending_grant(&mut self, id: u64) -> Option<Record> {
+        let seq = self.pending_grant.remove(&id)?;
+        self.pending.remove(&seq)
     }
 
-    pub fn grant(&mut self, entry: Entry) {
+    /// Records lease `entry` as granted, or as changed holders, at `at_ms` (milliseconds since
+    /// the Unix epoch).
+    pub fn grant(&mut self, entry: Entry, change: Change, at_ms: u64) {
         self.next_id = self.next_id.max(entry.id.saturating_add(1));
         let id = entry.id;
-        self.drop_pending_grant(id);
-        let seq = self.push(Record::Grant(entry));
+        // A grant not written yet is superseded by this record, which then is the grant.
+        let (change, at_ms) = match self.take_pending_grant(id) {
+            Some(Record::Leased {
+                change: Some(Change::Granted),
+                at_ms: granted_at,
+                ..
+            }) => (Change::Granted, granted_at),
+            _ => (change, at_ms),
+        };
+        let seq = self.push(Record::Leased {
+            at_ms,
+            change: Some(change),
+            lease: entry,
+        });
         self.pending_grant.insert(id, seq);
     }
 
-    pub fn end(&mut self, id: u64) {
+    /// Records the end of lease `id` at `at_ms`, and why.
+    pub fn end(&mut self, id: u64, why: EndReason, at_ms: u64) {
         self.next_id = self.next_id.max(id.saturating_add(1));
-        self.drop_pending_grant(id);
+        self.take_pending_grant(id);
         // A lease the disk does not hold needs no end: its grant never got there (a refused
-        // grant on a full disk). The high-water mark keeps its id from coming back.
+        // grant on a full disk, or a lease that ended in the turn that granted it, before its
+        // answer left). The high-water mark keeps its id from coming back.
         if self.on_disk.contains(&id) {
-            self.push(Record::End(id));
+            self.push(Record::Ended {
+                id,
+                at_ms,
+                why: Some(why),
+            });
         }
     }
 
@@ -305,8 +348,16 @@ impl Journal {
                 Record::Grant(entry) => {
                     self.on_disk.insert(entry.id);
                 }
+                Record::Leased { lease, .. } => {
+                    self.on_disk.insert(lease.id);
+                    self.has_events = true;
+                }
                 Record::End(id) => {
                     self.on_disk.remove(&id);
+                }
+                Record::Ended { id, .. } => {
+                    self.on_disk.remove(&id);
+                    self.has_events = true;
                 }
                 Record::NextId(_) => {}
             }
@@ -331,21 +382,40 @@ impl Journal {
         Ok(())
     }
 
-    /// Whether the log has grown enough, against `live` leases, to be rewritten.
+    /// Whether the log has grown enough, against `live` leases, to be rewritten: many times
+    /// more records than live leases, and at least `MIN_COMPACTION_BYTES`.
     pub fn wants_compaction(&self, live: usize) -> bool {
         self.records + self.pending.len() > 4 * live + 1024
+            && self.committed_len >= MIN_COMPACTION_BYTES
+    }
+
+    /// Where the history lies, for reading it (see `History`).
+    pub fn history(&self) -> io::Result<History> {
+        let dir = self.dir.try_clone().map_err(|e| {
+            error(
+                e,
+                format!(
+                    "cannot duplicate the fd of the directory of {}",
+                    self.path.display()
+                ),
+            )
+        })?;
+        Ok(History::new(dir, self.path.clone(), self.name.clone()))
     }
 
     /// Replaces the log by a snapshot of `leases`: write, fsync, rename, so that a crash leaves
     /// either the old log or the new one. The snapshot starts with a `NextId` record of the
     /// higher of `next_id` and every id this journal has seen, so that ids of ended leases are
-    /// not handed out again after a restart. On failure nothing changes: the old log stays,
-    /// and so do the pending records.
+    /// not handed out again after a restart. The pending records are appended to the old log
+    /// first (so that the history has them), and the old log, if it holds events, is kept as
+    /// the newest generation of the history. On failure nothing changes: the old log stays,
+    /// and so do the pending records that could not be written.
     pub fn rewrite<'a>(
         &mut self,
         leases: impl Iterator<Item = &'a Entry>,
         next_id: u64,
     ) -> io::Result<()> {
+        self.commit()?;
         let mut ids = HashSet::new();
         let (bytes, next) = encode_snapshot(
             leases.inspect(|entry| {
@@ -353,7 +423,15 @@ impl Journal {
             }),
             next_id.max(self.next_id),
         );
-        self.file = write_snapshot(&self.dir, &self.tmp_name, &self.name, &self.path, &bytes)?;
+        self.file = write_snapshot(
+            &self.dir,
+            &self.tmp_name,
+            &self.name,
+            &self.path,
+            &bytes,
+            self.has_events,
+        )?;
+        self.has_events = false;
         self.committed_len = bytes.len() as u64;
         self.torn = false;
         self.records = ids.len() + usize::from(next > 1);
@@ -367,7 +445,8 @@ impl Journal {
 }
 
 /// Writes `bytes` as the new journal `name` in `dir`: to the temporary `tmp` first (created
-/// afresh, never through a link), fsynced, then renamed over `name`. Returns the new file, open
+/// afresh, never through a link), fsynced, then renamed over `name`; with `keep`, the journal
+/// it replaces becomes the newest generation of the history first. Returns the new file, open
 /// for appending.
 fn write_snapshot(
     dir: &OwnedFd,
@@ -375,6 +454,7 @@ fn write_snapshot(
     name: &OsString,
     path: &Path,
     bytes: &[u8],
+    keep: bool,
 ) -> io::Result<File> {
     let tmp_path = path.with_file_name(tmp);
     // A temporary left by a crash, or planted: unlinkat removes the link itself, never its
@@ -408,6 +488,17 @@ fn write_snapshot(
         .write_all(bytes)
         .and_then(|()| file.sync_all())
         .map_err(|e| error(e, format!("cannot write {}", tmp_path.display())))
+        .map(|()| {
+            // Only once the new journal is safe on disk; if it cannot be renamed after all,
+            // the next compaction finds the file kept already and does not keep it twice.
+            if keep {
+                if let Err(err) = generations::keep(dir, name, path) {
+                    tracing::warn!(
+                        "the journal is compacted without keeping its previous generation,                          whose events leave the history: {err}"
+                    );
+                }
+            }
+        })
         .and_then(|()| {
             renameat(dir, tmp.as_os_str(), dir, name.as_os_str()).map_err(|e| {
                 error(

@@ -10,8 +10,8 @@
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, Write};
 
-use portbroker_proto::GrantedSocket;
-use serde::{Deserialize, Serialize};
+use portbroker_proto::{EndReason, GrantedSocket};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::{MAX_LEASE_ID, MAX_LINE, MAX_SOCKETS};
 
@@ -35,23 +35,122 @@ pub struct Entry {
     pub cookies: Vec<u64>,
 }
 
+/// What a `Leased` record says happened to its lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// It was granted.
+    Granted,
+    /// It was tied to a process, its new holder.
+    Tied,
+    /// It was handed over to a new holder.
+    HandedOver,
+}
+
+impl Change {
+    fn name(self) -> &'static str {
+        match self {
+            Change::Granted => "granted",
+            Change::Tied => "tied",
+            Change::HandedOver => "handed_over",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Change> {
+        [Change::Granted, Change::Tied, Change::HandedOver]
+            .into_iter()
+            .find(|change| change.name() == name)
+    }
+}
+
+/// The JSON of a record. The history's records (`Leased`, `Ended`) came later than the others:
+/// a journal written before them holds `Grant` and `End` only, and reads as it always did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(super) enum Record {
-    /// A lease, new or with a new holder (after a tie or a handover).
+    /// A lease as it stands, without saying when or why: what a snapshot holds (and what every
+    /// grant, tie and handover wrote before the history was kept).
     Grant(Entry),
-    /// The end of a lease.
+    /// The end of a lease, in journals written before the history was kept.
     End(u64),
     /// The next lease id is at least this: written first in every snapshot, so that the ids
     /// of ended leases, which a snapshot no longer names, are never handed out again.
     NextId(u64),
+    /// A lease, new or with a new holder, written as it happened: when (milliseconds since the
+    /// Unix epoch) and what happened. Replays as `Grant`. A name this daemon does not know
+    /// (written by a later version) reads as `None`, never as damage.
+    Leased {
+        at_ms: u64,
+        #[serde(with = "by_name")]
+        change: Option<Change>,
+        lease: Entry,
+    },
+    /// The end of a lease, when and why. Replays as `End`; an unknown reason reads as `None`.
+    Ended {
+        id: u64,
+        at_ms: u64,
+        #[serde(with = "by_name")]
+        why: Option<EndReason>,
+    },
+}
+
+/// Names a `Change` or an `EndReason` by its `snake_case` name, as `portctl log --json` does,
+/// and reads back a name it does not know as `None`: a later daemon's new reason must not
+/// make this one's replay stop at its line.
+mod by_name {
+    use super::*;
+
+    pub trait Named: Sized + Copy {
+        fn name(self) -> &'static str;
+        fn from_name(name: &str) -> Option<Self>;
+    }
+
+    impl Named for Change {
+        fn name(self) -> &'static str {
+            Change::name(self)
+        }
+        fn from_name(name: &str) -> Option<Self> {
+            Change::from_name(name)
+        }
+    }
+
+    impl Named for EndReason {
+        fn name(self) -> &'static str {
+            EndReason::name(self)
+        }
+        fn from_name(name: &str) -> Option<Self> {
+            EndReason::from_name(name)
+        }
+    }
+
+    pub fn serialize<T: Named, S: Serializer>(value: &Option<T>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(value.map_or("unknown", T::name))
+    }
+
+    pub fn deserialize<'de, T: Named, D: Deserializer<'de>>(d: D) -> Result<Option<T>, D::Error> {
+        d.deserialize_str(NameVisitor(std::marker::PhantomData))
+    }
+
+    /// Reads the name where it lies, escaped or not, without a `String` of its own.
+    struct NameVisitor<T>(std::marker::PhantomData<T>);
+
+    impl<T: Named> serde::de::Visitor<'_> for NameVisitor<T> {
+        type Value = Option<T>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a name")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<Option<T>, E> {
+            Ok(T::from_name(name))
+        }
+    }
 }
 
 impl Record {
     /// The id this record names, for the high-water mark; `NextId` names none.
     fn lease_id(&self) -> Option<u64> {
         match self {
-            Record::Grant(entry) => Some(entry.id),
-            Record::End(id) => Some(*id),
+            Record::Grant(entry) | Record::Leased { lease: entry, .. } => Some(entry.id),
+            Record::End(id) | Record::Ended { id, .. } => Some(*id),
             Record::NextId(_) => None,
         }
     }
@@ -76,6 +175,9 @@ pub struct Recovered {
     pub next_id: u64,
     /// Records read whole but dropped for breaking a rule (each one logged with its line).
     pub dropped: usize,
+    /// History records read (`Leased`, `Ended`): whether the file is worth keeping as a
+    /// generation of the history when it is replaced.
+    pub events: usize,
 }
 
 impl Default for Recovered {
@@ -85,6 +187,7 @@ impl Default for Recovered {
             damage: None,
             next_id: 1,
             dropped: 0,
+            events: 0,
         }
     }
 }
@@ -121,7 +224,7 @@ pub fn encode_snapshot<'a>(
     (bytes, next)
 }
 
-fn decode(line: &[u8]) -> Option<Record> {
+pub(super) fn decode(line: &[u8]) -> Option<Record> {
     let space = line.iter().position(|&b| b == b' ')?;
     let (crc, json) = (&line[..space], &line[space + 1..]);
     let crc = u32::from_str_radix(std::str::from_utf8(crc).ok()?, 16).ok()?;
@@ -131,14 +234,14 @@ fn decode(line: &[u8]) -> Option<Record> {
     serde_json::from_slice(json).ok()
 }
 
-fn valid_id(id: u64) -> bool {
+pub(super) fn valid_id(id: u64) -> bool {
     (1..=MAX_LEASE_ID).contains(&id)
 }
 
 /// Why a whole record cannot be restored, if it cannot.
-fn invalid(record: &Record) -> Option<String> {
+pub(super) fn invalid(record: &Record) -> Option<String> {
     match record {
-        Record::Grant(entry) => {
+        Record::Grant(entry) | Record::Leased { lease: entry, .. } => {
             if !valid_id(entry.id) {
                 return Some(format!(
                     "lease id {} is outside 1..={MAX_LEASE_ID}",
@@ -167,7 +270,7 @@ fn invalid(record: &Record) -> Option<String> {
             }
             None
         }
-        Record::End(id) => {
+        Record::End(id) | Record::Ended { id, .. } => {
             (!valid_id(*id)).then(|| format!("end of lease id {id}, outside 1..={MAX_LEASE_ID}"))
         }
         Record::NextId(next) => (!(1..=MAX_LEASE_ID + 1).contains(next))
@@ -304,7 +407,15 @@ pub(super) fn replay_lines<R: BufRead>(lines: &mut Lines<R>) -> Recovered {
             Record::Grant(entry) => {
                 live.insert(entry.id, entry);
             }
+            Record::Leased { lease, .. } => {
+                recovered.events += 1;
+                live.insert(lease.id, lease);
+            }
             Record::End(id) => {
+                live.remove(&id);
+            }
+            Record::Ended { id, .. } => {
+                recovered.events += 1;
                 live.remove(&id);
             }
             Record::NextId(next) => recovered.next_id = recovered.next_id.max(next),

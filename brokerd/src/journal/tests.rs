@@ -2,11 +2,14 @@ use std::io::BufRead;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 
-use portbroker_proto::{GrantedSocket, Transport};
+use portbroker_proto::{EndReason, GrantedSocket, Transport};
 use proptest::prelude::*;
 
 use super::record::{encode, Lines, Record};
 use super::*;
+
+/// When the tests' events happen, in ms since the Unix epoch.
+const AT: u64 = 1_764_470_431_123;
 
 fn entry(id: u64) -> Entry {
     Entry {
@@ -67,9 +70,9 @@ fn grants_and_ends_replay_to_the_live_leases() {
     assert!(recovered.leases.is_empty());
     assert_eq!(recovered.next_id, 1);
     for id in 1..=3 {
-        journal.grant(entry(id));
+        journal.grant(entry(id), Change::Granted, AT);
     }
-    journal.end(2);
+    journal.end(2, EndReason::Released, AT);
     journal.commit().unwrap();
     let (_, recovered) = Journal::open(&path).unwrap();
     assert_eq!(ids(&recovered), [1, 3]);
@@ -83,7 +86,7 @@ fn damage_stops_recovery_at_its_line_and_is_reported() {
     let path = dir.path().join("leases.journal");
     let (mut journal, _) = Journal::open(&path).unwrap();
     for id in 1..=4 {
-        journal.grant(entry(id));
+        journal.grant(entry(id), Change::Granted, AT);
     }
     journal.commit().unwrap();
     let mut text = std::fs::read_to_string(&path).unwrap();
@@ -207,10 +210,10 @@ fn the_high_water_mark_outlives_ended_leases_and_compaction() {
     let path = dir.path().join("leases.journal");
     let (mut journal, _) = Journal::open(&path).unwrap();
     for id in 1..=5 {
-        journal.grant(entry(id));
+        journal.grant(entry(id), Change::Granted, AT);
     }
-    journal.end(5);
-    journal.end(4);
+    journal.end(5, EndReason::Released, AT);
+    journal.end(4, EndReason::Released, AT);
     journal.commit().unwrap();
     // The daemon does not know the table's counter here yet: 0 must not lose the mark.
     journal.rewrite([entry(1)].iter(), 0).unwrap();
@@ -232,19 +235,19 @@ fn a_lease_that_came_and_went_unwritten_leaves_only_its_id() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("leases.journal");
     let (mut journal, _) = Journal::open(&path).unwrap();
-    journal.grant(entry(1));
+    journal.grant(entry(1), Change::Granted, AT);
     journal.commit().unwrap();
     let before = std::fs::read(&path).unwrap().len();
     // Granted and ended before any commit (a grant refused because the disk was full): no
     // record of either, only the id's mark.
     for round in 0..100 {
-        journal.grant(entry(2 + round));
-        journal.end(2 + round);
+        journal.grant(entry(2 + round), Change::Granted, AT);
+        journal.end(2 + round, EndReason::Released, AT);
     }
     assert!(journal.pending.is_empty(), "{:?}", journal.pending);
     // A lease re-granted (tied) several times before a commit keeps its last grant only.
     for pid in 1..=3 {
-        journal.grant(Entry { pid, ..entry(1) });
+        journal.grant(Entry { pid, ..entry(1) }, Change::Granted, AT);
     }
     assert_eq!(journal.pending.len(), 1);
     journal.commit().unwrap();
@@ -292,7 +295,7 @@ fn a_stale_temporary_is_unlinked_never_followed() {
     std::os::unix::fs::symlink(&victim, &tmp).unwrap();
     let (mut journal, _) = Journal::open(&path).unwrap();
     std::os::unix::fs::symlink(&victim, &tmp).unwrap();
-    journal.grant(entry(1));
+    journal.grant(entry(1), Change::Granted, AT);
     journal.rewrite([entry(1)].iter(), 0).unwrap();
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root's data\n");
     assert!(std::fs::symlink_metadata(&tmp).is_err());
@@ -380,7 +383,7 @@ fn a_full_disk_leaves_no_torn_line_and_the_records_are_retried() {
     let mut id = 1;
     let failure = loop {
         assert!(id < 1000, "12 KiB never filled up");
-        journal.grant(entry(id));
+        journal.grant(entry(id), Change::Granted, AT);
         match journal.commit() {
             Ok(()) => committed.push(id),
             Err(err) => break err,
@@ -402,8 +405,8 @@ fn a_full_disk_leaves_no_torn_line_and_the_records_are_retried() {
 
     // A newer record waits behind the failed one; a second failure changes nothing on disk.
     let retried = id;
-    journal.grant(entry(retried + 1));
-    journal.end(1);
+    journal.grant(entry(retried + 1), Change::Granted, AT);
+    journal.end(1, EndReason::Released, AT);
     assert!(journal.commit().is_err(), "the disk is still full");
     assert_eq!(std::fs::read(&path).unwrap(), bytes);
     // A compaction needs room for a second file: it fails and leaves the old log and the

@@ -99,7 +99,7 @@ fn apply(table: &mut Table, start: Instant, op: Op) {
         }
         Op::End(i) => {
             if let Some(id) = nth(table, i) {
-                table.end(id);
+                table.end(id, EndReason::Released);
             }
         }
         Op::Tie(i, pid) => {

@@ -119,7 +119,7 @@ fn grant_indexes_the_lease_by_port_uid_and_connection() {
     assert_eq!(table.sockets_of_uid(1000), 1);
     assert_eq!(table.kept_by_connection(5), [id]);
     assert_eq!(state(&table, id), LeaseState::Connection);
-    assert_eq!(table.take_changes(), (vec![id], vec![]));
+    assert_eq!(table.take_changes(), (vec![(id, Change::Granted)], vec![]));
 }
 
 #[test]
@@ -131,7 +131,7 @@ fn end_frees_the_port_and_every_index() {
         Some(61004)
     );
     table.take_changes();
-    let lease = table.end(id).unwrap();
+    let lease = table.end(id, EndReason::Released).unwrap();
     assert_eq!(lease.id, id);
     assert!(table
         .conflict(Transport::Tcp, "0.0.0.0:61003".parse().unwrap())
@@ -140,8 +140,14 @@ fn end_frees_the_port_and_every_index() {
     assert_eq!(table.leases_of_uid(1000), 0);
     assert_eq!(table.sockets_of_uid(1000), 0);
     assert!(table.kept_by_connection(5).is_empty());
-    assert_eq!(table.take_changes(), (vec![], vec![id]));
-    assert!(table.end(id).is_none(), "a lease ends once");
+    assert_eq!(
+        table.take_changes(),
+        (vec![], vec![(id, EndReason::Released)])
+    );
+    assert!(
+        table.end(id, EndReason::Released).is_none(),
+        "a lease ends once"
+    );
 }
 
 #[test]
@@ -157,7 +163,7 @@ fn tie_moves_the_lease_from_its_connection_to_a_process() {
     assert_eq!(table.tied_to_process(200), [id]);
     assert_eq!(
         table.take_changes().0,
-        [id],
+        [(id, Change::Tied)],
         "the journal learns the new holder"
     );
 }
@@ -174,9 +180,9 @@ fn holder_exit_finds_exactly_the_leases_tied_to_that_process() {
     let mut exited = table.tied_to_process(200).to_vec();
     exited.sort();
     assert_eq!(exited, [a, b]);
-    table.end(a);
+    table.end(a, EndReason::Released);
     assert_eq!(table.tied_to_process(200), [b]);
-    table.end(b);
+    table.end(b, EndReason::Released);
     assert!(table.tied_to_process(200).is_empty());
     assert_eq!(table.tied_to_process(300), [c]);
 }
@@ -192,7 +198,7 @@ fn hand_over_gives_the_same_lease_to_the_claimants_connection() {
     assert_eq!((lease.holder.pid, lease.start_time), (300, 42));
     assert!(table.kept_by_connection(5).is_empty());
     assert_eq!(table.kept_by_connection(6), [id]);
-    assert_eq!(table.take_changes().0, [id]);
+    assert_eq!(table.take_changes().0, [(id, Change::HandedOver)]);
     // A tied lease handed over leaves its process.
     table.tie(id, Holder::clone(&holder(400, 1000)), 1);
     table.hand_over(id, 7, holder(500, 1000), 1);
@@ -210,7 +216,7 @@ fn an_offer_stands_until_claimed_replaced_or_ended() {
     table.hand_over(id, 6, holder(300, 1000), 1);
     assert_eq!(table.offered(12), None, "claimed");
     table.offer(id, 13);
-    table.end(id);
+    table.end(id, EndReason::Released);
     assert_eq!(table.offer_count(), 0, "ended with its lease");
     table.offer(LeaseId(999), 14);
     assert_eq!(
@@ -227,7 +233,7 @@ fn the_last_lease_leaving_a_process_untethers_it() {
     let b = grant_on(&mut table, 5, "127.0.0.1:8081");
     table.tie(a, Holder::clone(&holder(200, 1000)), 1);
     table.tie(b, Holder::clone(&holder(200, 1000)), 1);
-    table.end(a);
+    table.end(a, EndReason::Released);
     assert!(table.take_untied().is_empty());
     table.linger(b, None);
     assert_eq!(table.take_untied(), [200]);
@@ -242,7 +248,7 @@ fn a_claim_by_another_user_moves_the_quota_count() {
         (table.leases_of_uid(1000), table.leases_of_uid(2000)),
         (0, 1)
     );
-    table.end(id);
+    table.end(id, EndReason::Released);
     assert_eq!(
         (table.leases_of_uid(1000), table.leases_of_uid(2000)),
         (0, 0)
@@ -289,7 +295,7 @@ fn linger_keeps_the_port_names_the_survivor_and_drops_the_time_limit() {
     assert!(table
         .take_expired(Instant::now() + Duration::from_secs(120))
         .is_empty());
-    table.end(id);
+    table.end(id, EndReason::Released);
     assert_eq!(table.lingering().count(), 0);
 }
 
@@ -359,7 +365,7 @@ fn a_restored_lease_keeps_its_id_and_later_ids_are_higher() {
     );
     let next = grant_on(&mut table, 1, "127.0.0.1:8081");
     assert_eq!(next, LeaseId(42));
-    assert!(table.end(LeaseId(41)).is_some());
+    assert!(table.end(LeaseId(41), EndReason::Released).is_some());
 }
 
 #[test]
@@ -395,7 +401,7 @@ fn restoring_refuses_impossible_ids_and_overlaps_without_panicking() {
     // Later grants get fresh ids and find nothing missing.
     let next = grant_on(&mut table, 1, "127.0.0.1:8082");
     assert_eq!(next, LeaseId(6));
-    assert!(table.end(next).is_some());
+    assert!(table.end(next, EndReason::Released).is_some());
 }
 
 #[test]
@@ -439,6 +445,6 @@ fn the_per_uid_counts_follow_the_lease_to_another_user() {
         (counts(&table, 2000), counts(&table, 3000)),
         ((0, 0), (1, 2))
     );
-    table.end(id);
+    table.end(id, EndReason::Released);
     assert_eq!(counts(&table, 3000), (0, 0));
 }

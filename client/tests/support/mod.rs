@@ -142,6 +142,11 @@ impl Daemon {
         Self::launch(tempfile::tempdir().unwrap(), extra_args)
     }
 
+    /// A daemon that logs at its default level (info), as it ships, instead of the tests' `-v`.
+    pub fn start_at_default_level(extra_args: &[&str]) -> Daemon {
+        Self::launch_wrapped(tempfile::tempdir().unwrap(), &[], extra_args, false)
+    }
+
     /// A daemon that other users can reach: its directory (and so its socket's) is mode 0755,
     /// and, given a policy, it runs with `--config <dir>/portbroker.toml` holding that text.
     /// Without a policy it gets no `--config`; pass `--no-config` for the built-in defaults.
@@ -167,6 +172,7 @@ impl Daemon {
             tempfile::tempdir().unwrap(),
             &["unshare", "--net", "--"],
             extra_args,
+            true,
         )
     }
 
@@ -180,10 +186,16 @@ impl Daemon {
     }
 
     fn launch(dir: tempfile::TempDir, extra_args: &[&str]) -> Daemon {
-        Self::launch_wrapped(dir, &[], extra_args)
+        Self::launch_wrapped(dir, &[], extra_args, true)
     }
 
-    fn launch_wrapped(dir: tempfile::TempDir, wrapper: &[&str], extra_args: &[&str]) -> Daemon {
+    /// `verbose`: with `-v` (debug), as most tests want the whole story in a failure.
+    fn launch_wrapped(
+        dir: tempfile::TempDir,
+        wrapper: &[&str],
+        extra_args: &[&str],
+        verbose: bool,
+    ) -> Daemon {
         // Each daemon of a test binary gets its own slice of the pool space, so parallel tests
         // do not skip over each other's ports.
         static NEXT_SLICE: AtomicUsize = AtomicUsize::new(0);
@@ -191,7 +203,11 @@ impl Daemon {
         let lo = 61000 + 200 * slice as u16;
         let pool = (lo, lo + 199);
         let log = std::fs::File::create(dir.path().join("portbrokerd.log")).unwrap();
-        let mut args: Vec<String> = vec!["-v".into()];
+        let mut args: Vec<String> = if verbose {
+            vec!["-v".into()]
+        } else {
+            Vec::new()
+        };
         let socket = match extra_args.iter().position(|&a| a == "--socket") {
             Some(i) => PathBuf::from(extra_args[i + 1]),
             None => {

@@ -206,6 +206,61 @@ class StatusInfo:
     metrics: MetricsInfo
 
 
+class EndReason(enum.Enum):
+    """Why a lease ended, in a :class:`HistoryEvent.Ended`; the values are the names of
+    ``portctl log --json``."""
+
+    RELEASED = "released"
+    CONNECTION_CLOSED = "connection_closed"
+    PROCESS_EXITED = "process_exited"
+    COPIES_CLOSED = "copies_closed"
+    EXPIRED = "expired"
+    REVOKED = "revoked"
+    TAKEN_OVER = "taken_over"
+    KEPT_EXPIRED = "kept_expired"
+    KEPT_RETURNED = "kept_returned"
+    JOURNAL_FAILED = "journal_failed"
+    HOLDER_GONE_AT_RESTART = "holder_gone_at_restart"
+    DAEMON_STOPPED = "daemon_stopped"
+    METRICS_STOPPED = "metrics_stopped"
+
+    def __str__(self):
+        return self.value
+
+
+@enum_of
+class HistoryEvent:
+    """What happened to a lease, in a :class:`HistoryEntry`."""
+
+    @struct
+    class Granted:
+        pass
+
+    @struct
+    class Tied:
+        pass
+
+    @struct
+    class HandedOver:
+        pass
+
+    @struct
+    class Ended:
+        reason: EndReason
+
+
+@struct
+class HistoryEntry:
+    """One event of a lease's life, as ``History`` lists it; ``holder`` is None (and
+    ``sockets`` empty) for an end whose lease the broker no longer had a record of."""
+
+    at_unix_ms: U64Field
+    id: LeaseIdField
+    event: HistoryEvent
+    holder: field(Opt(Holder), Optional[Holder])
+    sockets: field(Vec(GrantedSocket), Tuple[GrantedSocket, ...])
+
+
 @enum_of
 class Request:
     """A request from a client."""
@@ -268,6 +323,10 @@ class Request:
     @struct
     class Watch:
         pass
+
+    @struct
+    class History:
+        max: U32Field
 
 
 @enum_of
@@ -478,6 +537,10 @@ class Response:
     @struct
     class Missed:
         count: U64Field
+
+    @struct
+    class History:
+        entries: field(Vec(HistoryEntry), Tuple[HistoryEntry, ...])
 
 
 def name_of(message):

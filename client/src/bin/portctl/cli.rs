@@ -97,6 +97,26 @@ pub enum Command {
     /// Prints the number of rules and services loaded. A file that does not load leaves the
     /// policy in force as it was; the error names the file's line.
     Reload,
+    /// Print the last events of leases from the broker's history, oldest first
+    ///
+    /// Grants, ties to a process, handovers, and ends with why each lease ended (released,
+    /// connection closed, process exited, expired, revoked, ...), of every user, with the
+    /// holder and the sockets. The broker keeps its history in its journal, a bounded number of
+    /// files; a broker run with --no-journal has none.
+    Log {
+        /// Print one JSON object per event, one per line
+        #[arg(long)]
+        json: bool,
+        /// How many of the last events, 1 to 10000
+        #[arg(
+            short = 'n',
+            long = "count",
+            value_name = "N",
+            default_value_t = 100,
+            value_parser = clap::value_parser!(u32).range(1..=10_000)
+        )]
+        count: u32,
+    },
     /// Print the broker's events as they happen, one line each, until interrupted
     ///
     /// Grants, refusals, releases, expiries, revokes, leases starting to linger, and reserved
@@ -371,6 +391,31 @@ mod tests {
         ));
         assert!(parse(&["who", "53", "--proto", "udp"]).is_ok());
         assert!(parse(&["who"]).is_err());
+    }
+
+    #[test]
+    fn log_takes_a_count_and_json() {
+        assert!(matches!(
+            parse(&["log"]).unwrap().command,
+            Command::Log {
+                json: false,
+                count: 100
+            }
+        ));
+        assert!(matches!(
+            parse(&["log", "-n", "5", "--json"]).unwrap().command,
+            Command::Log {
+                json: true,
+                count: 5
+            }
+        ));
+        assert!(matches!(
+            parse(&["log", "--count", "10000"]).unwrap().command,
+            Command::Log { count: 10_000, .. }
+        ));
+        for bad in ["0", "10001", "-1", "many"] {
+            assert!(parse(&["log", "-n", bad]).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -58,14 +58,26 @@ impl LocalTime {
     }
 }
 
-/// `2026-11-30 03:40:31 CET`; the offset (`+01:00`) where the zone has no abbreviation.
-impl std::fmt::Display for LocalTime {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl LocalTime {
+    /// `at_ms` (milliseconds since the Unix epoch) to the millisecond:
+    /// `2026-11-30 03:40:31.123 CET`; None as for [`LocalTime::of`].
+    pub fn show_millis(at_ms: u64) -> Option<String> {
+        let local = LocalTime::of(UNIX_EPOCH + std::time::Duration::from_secs(at_ms / 1000))?;
+        let mut text = String::new();
+        local.write(&mut text, Some(at_ms % 1000)).ok()?;
+        Some(text)
+    }
+
+    fn write(&self, f: &mut impl std::fmt::Write, millis: Option<u64>) -> std::fmt::Result {
         write!(
             f,
-            "{:04}-{:02}-{:02} {:02}:{:02}:{:02} ",
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
             self.year, self.month, self.day, self.hour, self.minute, self.second
         )?;
+        if let Some(millis) = millis {
+            write!(f, ".{millis:03}")?;
+        }
+        f.write_str(" ")?;
         if self.zone.is_empty() {
             let sign = if self.utc_offset < 0 { '-' } else { '+' };
             let off = self.utc_offset.unsigned_abs();
@@ -73,6 +85,13 @@ impl std::fmt::Display for LocalTime {
         } else {
             f.write_str(&self.zone)
         }
+    }
+}
+
+/// `2026-11-30 03:40:31 CET`; the offset (`+01:00`) where the zone has no abbreviation.
+impl std::fmt::Display for LocalTime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.write(f, None)
     }
 }
 
@@ -121,5 +140,15 @@ mod tests {
         assert_eq!(t.to_string(), "2026-11-30 03:04:05 +01:00");
         t.utc_offset = -(9 * 3600 + 30 * 60);
         assert_eq!(t.to_string(), "2026-11-30 03:04:05 -09:30");
+    }
+
+    #[test]
+    fn shows_milliseconds_when_asked() {
+        let at_ms = 1_764_470_506_007;
+        let local = LocalTime::of(UNIX_EPOCH + Duration::from_secs(1_764_470_506)).unwrap();
+        let shown = LocalTime::show_millis(at_ms).unwrap();
+        let second = local.to_string();
+        let (date_time, zone) = second.rsplit_once(' ').unwrap();
+        assert_eq!(shown, format!("{date_time}.007 {zone}"));
     }
 }

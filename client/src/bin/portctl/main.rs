@@ -6,6 +6,7 @@ mod cli;
 mod exit;
 #[allow(unsafe_code)]
 mod localtime;
+mod log;
 mod output;
 #[allow(unsafe_code)]
 mod relay;
@@ -137,6 +138,16 @@ fn run(cli: Cli) -> Result<u8> {
         }
         Command::Revoke { id } => {
             connect(cli.socket)?.revoke(LeaseId(id))?;
+            Ok(0)
+        }
+        Command::Log { json, count } => {
+            let entries = connect(cli.socket)?.history(count)?;
+            let mut users = users::Users::default();
+            output::print_stdout(&if json {
+                log::json_lines(&entries, &mut users)?
+            } else {
+                log::text(&entries, &mut users)
+            })?;
             Ok(0)
         }
         Command::Watch { json } => watch::watch(cli.socket, json),

@@ -1,0 +1,49 @@
+//! The daemon's log at its default level, as it ships: what a person should read. No line per
+//! lease (the history, `portctl log`, is the record of every lease); refusals, which anyone can
+//! provoke, at most one a second with a count of those left out.
+
+mod support;
+
+use std::time::Duration;
+
+use portbroker::SocketSpec;
+use support::{loopback_any, Daemon};
+
+#[test]
+fn leases_log_nothing_and_refusals_are_rate_limited_with_a_count() {
+    let daemon = Daemon::start_at_default_level(&[]);
+    let broker = daemon.broker();
+    for _ in 0..200 {
+        broker.lease([loopback_any()]).unwrap().release().unwrap();
+    }
+    let held = broker.lease([loopback_any()]).unwrap();
+    let taken = SocketSpec::tcp(Some(held.local_addr().ip()), held.local_addr().port());
+    for _ in 0..50 {
+        assert!(broker.lease([taken]).unwrap_err().is_in_use());
+    }
+    // A second later, one more refusal is logged, saying how many were left out.
+    std::thread::sleep(Duration::from_millis(1100));
+    assert!(broker.lease([taken]).unwrap_err().is_in_use());
+    daemon.assert_logged(
+        "(49 more refused since the last one logged)",
+        Duration::from_secs(2),
+        "the second refusal logged counts those left out",
+    );
+    // Lines reach the file in order: every earlier line is there too.
+    let log = daemon.log();
+    assert_eq!(log.matches("refused pid").count(), 2, "{log}");
+    for per_lease in ["granted", "released"] {
+        assert!(
+            !log.contains(per_lease),
+            "a line per lease ({per_lease}):\n{log}"
+        );
+    }
+    // The history has every one of them.
+    let output = daemon
+        .portctl()
+        .args(["log", "-n", "10000"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(text.matches("ended: released").count(), 200, "{text}");
+}
