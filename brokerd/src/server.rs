@@ -311,11 +311,7 @@ impl Server {
                 self.conns.release_answers(&mut self.state, None);
                 self.conns.settle_served(&self.epoll, &mut self.state);
             }
-            if self
-                .state
-                .next_linger_check
-                .is_some_and(|t| t <= now)
-            {
+            if self.state.next_linger_check.is_some_and(|t| t <= now) {
                 self.state.check_lingering();
             }
             self.conns.run_timers(&self.epoll, &mut self.state, now);
