@@ -4,6 +4,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime};
 
 use portbroker_proto::{GrantedSocket, Holder, LeaseId, LeaseInfo, LeaseState};
+use smallvec::SmallVec;
 
 use crate::socket_copies::Leased;
 
@@ -66,11 +67,12 @@ pub struct Lease {
     pub start_time: u64,
     /// When it was granted, in seconds since the Unix epoch.
     pub since: u64,
-    pub sockets: Vec<GrantedSocket>,
+    /// Inline for one socket, as nearly every lease has: no allocation of its own.
+    pub sockets: SmallVec<[GrantedSocket; 1]>,
     /// The `SO_COOKIE` of each socket, in the order of `sockets` (see `bind::cookie`): how the
     /// broker finds the leased sockets again. Empty for a lease recovered from a journal
     /// written before cookies were kept; such a lease's sockets are never acted on.
-    pub cookies: Vec<u64>,
+    pub cookies: SmallVec<[u64; 1]>,
     /// When it ends unless renewed; for a [`Keeper::Kept`] lease, when its ports go back.
     pub expires: Option<Deadline>,
     /// The named service it was leased as, if any.
@@ -107,7 +109,7 @@ impl Lease {
             id: self.id,
             holder: Holder::clone(&self.holder),
             since: self.since,
-            sockets: self.sockets.clone(),
+            sockets: self.sockets.to_vec(),
             expires_unix_ms: self.expires.map(|d| d.unix_ms),
             state: self.state(),
         }

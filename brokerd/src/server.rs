@@ -81,9 +81,9 @@ fn journal_entry(lease: &Lease) -> Entry {
         gid: lease.holder.gid,
         name: lease.holder.name.clone(),
         since: lease.since,
-        sockets: lease.sockets.clone(),
+        sockets: lease.sockets.to_vec(),
         service: lease.service.as_deref().map(str::to_owned),
-        cookies: lease.cookies.clone(),
+        cookies: lease.cookies.to_vec(),
     }
 }
 

@@ -22,7 +22,7 @@ pub fn claim(state: &mut State, peer: &Peer, token: u64) -> Reply {
         // the lease's address now.
         Some(Ok(lease)) => {
             socket_copies::copies_held_by(lease.holder.pid, lease.start_time, lease.leased())
-                .map(|fds| (lease.id, lease.sockets.clone(), fds))
+                .map(|fds| (lease.id, lease.sockets.to_vec(), fds))
                 .ok_or_else(|| Failure::NotPermitted {
                     reason: format!(
                         "{} no longer holds the sockets of lease {}; nothing to hand over",
