@@ -8,7 +8,7 @@
 //! naming its line, and recovery goes on.
 
 use std::collections::BTreeMap;
-use std::io::{self, BufRead, Write};
+use std::io::{self, BufRead};
 
 use portbroker_proto::{EndReason, GrantedSocket};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -193,11 +193,21 @@ impl Default for Recovered {
 }
 
 pub(super) fn encode(record: &Record, out: &mut Vec<u8>) {
-    // Serializing plain data into a Vec cannot fail; were it ever to, a line with a checksum of
-    // nothing would only be damage at the next start, never a panic in the event loop.
-    let json = serde_json::to_vec(record).unwrap_or_default();
-    let _ = write!(out, "{:08x} ", crc32fast::hash(&json));
-    out.extend_from_slice(&json);
+    // The JSON is written straight into `out` after room for its checksum, which is filled in
+    // once the JSON is there: no buffer of its own and no copy per record (this runs for every
+    // grant and end).
+    let line = out.len();
+    out.extend_from_slice(b"00000000 ");
+    let json = out.len();
+    if serde_json::to_writer(&mut *out, record).is_err() {
+        // Serializing plain data into a Vec cannot fail; were it ever to, a line with a checksum
+        // of nothing would only be damage at the next start, never a panic in the event loop.
+        out.truncate(json);
+    }
+    let crc = crc32fast::hash(&out[json..]);
+    for (i, digit) in out[line..line + 8].iter_mut().enumerate() {
+        *digit = b"0123456789abcdef"[((crc >> (28 - 4 * i)) & 0xf) as usize];
+    }
     out.push(b'\n');
 }
 

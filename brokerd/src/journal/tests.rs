@@ -49,6 +49,20 @@ fn grant_json(id: u64) -> String {
     json(&Record::Grant(entry(id)))
 }
 
+#[test]
+fn a_record_is_its_checksum_in_hex_a_space_its_json_and_a_newline() {
+    for record in [
+        Record::Grant(entry(7)),
+        Record::End(7),
+        Record::NextId(u64::MAX),
+    ] {
+        let mut out = b"earlier lines\n".to_vec();
+        encode(&record, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text, format!("earlier lines\n{}", line(&json(&record))));
+    }
+}
+
 fn replay_str(text: &str) -> Recovered {
     replay(text.as_bytes())
 }
