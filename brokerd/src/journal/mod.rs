@@ -71,6 +71,10 @@ pub const MAX_SOCKETS: usize = 64;
 /// three thousand leases' grants and ends. Replaying it at a restart takes milliseconds.
 pub const MIN_COMPACTION_BYTES: u64 = 1 << 20;
 
+/// The largest commit buffer kept for the next turn; a larger one (records that piled up on a
+/// full disk) is let go of.
+const MAX_KEPT_BATCH: usize = 1 << 20;
+
 pub struct Journal {
     /// The state directory, opened once: every file of the journal is reached through it.
     dir: OwnedFd,
@@ -86,6 +90,9 @@ pub struct Journal {
     /// A failed write may have left part of a batch after `committed_len` that could not be cut
     /// back yet; nothing is written until it is.
     torn: bool,
+    /// The bytes of the turn's commit: kept from one commit to the next, so that a turn does
+    /// not allocate them anew (emptied, and let go of once it grew past `MAX_KEPT_BATCH`).
+    batch: Vec<u8>,
     /// Records not yet written, by sequence number; a `BTreeMap` so that a superseded record can
     /// be taken out without leaving a hole behind while a full disk keeps them waiting.
     pending: BTreeMap<u64, Record>,
@@ -237,6 +244,7 @@ impl Journal {
             file,
             committed_len: bytes.len() as u64,
             torn: false,
+            batch: Vec::new(),
             pending: BTreeMap::new(),
             next_seq: 0,
             pending_grant: HashMap::new(),
@@ -308,23 +316,28 @@ impl Journal {
         if self.torn {
             self.cut_back()?;
         }
-        let mut batch = Vec::new();
+        if self.batch.capacity() > MAX_KEPT_BATCH {
+            // A full disk let records pile up once: do not keep that much memory for good.
+            self.batch = Vec::new();
+        }
+        let batch = &mut self.batch;
+        batch.clear();
         let mut batch_next = self.disk_next_id;
         for record in self.pending.values() {
-            encode(record, &mut batch);
+            encode(record, batch);
             batch_next = batch_next.max(record.next_id_floor());
         }
         let mut written = self.pending.len();
         // Ids whose records were dropped before reaching the disk still count.
         if self.next_id > batch_next {
-            encode(&Record::NextId(self.next_id), &mut batch);
+            encode(&Record::NextId(self.next_id), batch);
             batch_next = self.next_id;
             written += 1;
         }
         if batch.is_empty() {
             return Ok(());
         }
-        if let Err(err) = self.file.write_all(&batch) {
+        if let Err(err) = self.file.write_all(batch) {
             self.torn = true;
             // Cut back at once, so that even a daemon killed now leaves no torn line behind;
             // if that fails too, the next commit tries again before it writes anything.
@@ -339,7 +352,7 @@ impl Journal {
                 ),
             ));
         }
-        self.committed_len += batch.len() as u64;
+        self.committed_len += self.batch.len() as u64;
         self.records += written;
         self.disk_next_id = batch_next;
         self.pending_grant.clear();
