@@ -1,6 +1,9 @@
 //! portbrokerd: owns the authoritative table of port leases and hands out bound sockets.
 #![forbid(unsafe_code)]
 
+// portctl's generator of man pages and completions, the one file both binaries build, so that
+// the two cannot drift apart (brokerd does not depend on the client crate).
+#[path = "../../client/src/bin/portctl/assets.rs"]
 mod assets;
 mod bind;
 mod budget;

@@ -1,7 +1,8 @@
-//! `portctl --generate-assets DIR`: writes portctl's man pages and shell completions, generated
-//! from the clap definition that parses its command line, so that they cannot drift from it.
-//! `debian/build-deb` runs it for the package. The option is not part of that definition (and so
-//! of neither the help, the man pages nor the completions): `main` looks for it first.
+//! `portctl --generate-assets DIR` and `portbrokerd --generate-assets DIR` (which builds this
+//! very file): write the program's man pages and shell completions, generated from the clap
+//! definition that parses its command line, so that they cannot drift from it.
+//! `debian/build-deb` runs both for the package. The option is not part of that definition (and
+//! so of neither the help, the man pages nor the completions): `main` looks for it first.
 
 use std::ffi::OsString;
 use std::fs;
