@@ -508,10 +508,12 @@ fn a_client_that_never_reads_its_sockets_cannot_hoard_fds_in_the_broker() {
         (leases as usize) < LEASES,
         "the broker kept serving a client that reads nothing ({leases} leases)"
     );
-    // The hoarder's and the good client's connections, and at most one turn's batch of
-    // granted sockets (64, the most one lease may hold) waiting to be sent.
+    // The hoarder's and the good client's connections, at most one turn's batch of granted
+    // sockets (64, the most one lease may hold) waiting to be sent, the sockets of the next
+    // lease as they are bound, and the journal's new file while a compaction writes it (seen:
+    // 2 over the first three alone, once in several CI runs). Hoarding would be thousands.
     assert!(
-        most_fds <= idle_fds + 2 + 64,
+        most_fds <= idle_fds + 2 + 64 + SPECS_PER_LEASE + 1,
         "the broker held {most_fds} fds (idle: {idle_fds}) for a client that reads nothing"
     );
     lease_and_accept(&daemon, &broker);
