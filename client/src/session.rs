@@ -82,7 +82,7 @@ impl Shared {
     /// waits forever.
     pub(crate) fn set_timeout(&self, timeout: Option<Duration>) -> Result<(), Error> {
         let mut link = self.lock();
-        set_timeouts(link.conn.stream(), timeout).map_err(|source| Error::ConnectionLost {
+        link.conn.set_timeouts(timeout).map_err(|source| Error::ConnectionLost {
             path: self.path.to_path_buf(),
             source,
         })?;
@@ -328,7 +328,7 @@ pub(crate) fn open_connection(
     // Before a single byte goes out.
     trust::check_peer(&stream, path)?;
     let mut conn = Connection::new(stream, path.to_owned());
-    set_timeouts(conn.stream(), timeout).map_err(|source| Error::ConnectionLost {
+    conn.set_timeouts(timeout).map_err(|source| Error::ConnectionLost {
         path: path.to_owned(),
         source,
     })?;
@@ -354,7 +354,3 @@ pub(crate) fn open_connection(
     Ok((conn, daemon_version))
 }
 
-fn set_timeouts(stream: &UnixStream, timeout: Option<Duration>) -> std::io::Result<()> {
-    stream.set_read_timeout(timeout)?;
-    stream.set_write_timeout(timeout)
-}

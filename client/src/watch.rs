@@ -47,8 +47,7 @@ impl Watch {
             matches!(response, Response::Watching).then_some(())
         })?;
         // Events come when they come.
-        conn.stream()
-            .set_read_timeout(None)
+        conn.set_read_timeout(None)
             .map_err(|source| conn.lost(source))?;
         Ok(Watch {
             conn,
@@ -61,7 +60,6 @@ impl Watch {
     /// the watch can go on reading.
     pub fn set_timeout(&self, timeout: Option<Duration>) -> Result<(), Error> {
         self.conn
-            .stream()
             .set_read_timeout(timeout)
             .map_err(|source| self.conn.lost(source))
     }
