@@ -547,6 +547,17 @@ mod tests {
             .is_some_and(|(_, rest)| rest.starts_with('S'))
     }
 
+    fn wait_until_asleep(tid: i32) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !is_asleep(tid) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the client did not sleep in 10 s"
+            );
+            std::thread::yield_now();
+        }
+    }
+
     #[test]
     fn a_waiting_client_is_woken_by_its_answer_only() {
         // A reader blocked in recvmsg is also woken when the broker reads its request (the
@@ -562,24 +573,20 @@ mod tests {
             let mut request = [0u8; 256];
             for _ in 0..ROUND_TRIPS {
                 // Wait for the client to sleep on its answer, then read its request.
-                let deadline = std::time::Instant::now() + Duration::from_secs(10);
-                while !is_asleep(client) {
-                    assert!(std::time::Instant::now() < deadline, "the client never slept");
-                    std::thread::yield_now();
-                }
+                wait_until_asleep(client);
                 let read = io::Read::read(&mut broker, &mut request).unwrap();
                 assert!(read > 0);
                 // A client the read woke is runnable before the read returns: answer once it
                 // sleeps again.
-                while !is_asleep(client) {
-                    std::thread::yield_now();
-                }
+                wait_until_asleep(client);
                 io::Write::write_all(&mut broker, &answer).unwrap();
             }
         });
         let before = sleeps_of(client);
         for _ in 0..ROUND_TRIPS {
-            let reply = conn.round_trip(&Request::Release { id: LeaseId(7) }).unwrap();
+            let reply = conn
+                .round_trip(&Request::Release { id: LeaseId(7) })
+                .unwrap();
             assert_eq!(reply.response, Response::Released { id: LeaseId(7) });
         }
         let slept = sleeps_of(client) - before;

@@ -218,7 +218,7 @@ impl Broker {
     /// forever. It holds for every connection of this `Broker`, those made again after a break
     /// included. A request that times out fails with [`Error::ConnectionLost`] and leaves the
     /// connection unusable, because its answer may still arrive: the next request connects
-    /// again. `Some(Duration::ZERO)` is refused by the OS.
+    /// again. `Some(Duration::ZERO)` is refused.
     pub fn set_timeout(&self, timeout: Option<Duration>) -> Result<(), Error> {
         self.shared.set_timeout(timeout)
     }

@@ -82,10 +82,12 @@ impl Shared {
     /// waits forever.
     pub(crate) fn set_timeout(&self, timeout: Option<Duration>) -> Result<(), Error> {
         let mut link = self.lock();
-        link.conn.set_timeouts(timeout).map_err(|source| Error::ConnectionLost {
-            path: self.path.to_path_buf(),
-            source,
-        })?;
+        link.conn
+            .set_timeouts(timeout)
+            .map_err(|source| Error::ConnectionLost {
+                path: self.path.to_path_buf(),
+                source,
+            })?;
         link.timeout = timeout;
         Ok(())
     }
@@ -328,10 +330,11 @@ pub(crate) fn open_connection(
     // Before a single byte goes out.
     trust::check_peer(&stream, path)?;
     let mut conn = Connection::new(stream, path.to_owned());
-    conn.set_timeouts(timeout).map_err(|source| Error::ConnectionLost {
-        path: path.to_owned(),
-        source,
-    })?;
+    conn.set_timeouts(timeout)
+        .map_err(|source| Error::ConnectionLost {
+            path: path.to_owned(),
+            source,
+        })?;
     let hello = Request::Hello {
         protocol: PROTOCOL_VERSION,
         client: CLIENT_NAME.to_owned(),
@@ -353,4 +356,3 @@ pub(crate) fn open_connection(
     }
     Ok((conn, daemon_version))
 }
-
