@@ -39,7 +39,7 @@ mod tests;
 pub use history::{History, READ_BUDGET};
 pub use record::{encode_snapshot, replay, Change, Entry, Recovered};
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, BufReader, Write};
@@ -51,6 +51,8 @@ use nix::fcntl::{openat, renameat, OFlag, AT_FDCWD};
 use nix::sys::stat::{fstat, FileStat, Mode, SFlag};
 use nix::unistd::{fsync, ftruncate, geteuid, unlinkat, UnlinkatFlags};
 use portbroker_proto::EndReason;
+// Lease ids are the daemon's own counter, never a client's choice: a fast hash is safe here.
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use record::{encode, Record};
 
@@ -247,7 +249,7 @@ impl Journal {
             batch: Vec::new(),
             pending: BTreeMap::new(),
             next_seq: 0,
-            pending_grant: HashMap::new(),
+            pending_grant: HashMap::default(),
             on_disk: recovered.leases.iter().map(|e| e.id).collect(),
             next_id,
             disk_next_id: next_id,
@@ -429,7 +431,7 @@ impl Journal {
         next_id: u64,
     ) -> io::Result<()> {
         self.commit()?;
-        let mut ids = HashSet::new();
+        let mut ids = HashSet::default();
         let (bytes, next) = encode_snapshot(
             leases.inspect(|entry| {
                 ids.insert(entry.id);
