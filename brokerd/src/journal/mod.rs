@@ -32,6 +32,7 @@ mod generations;
 mod history;
 #[cfg(test)]
 mod history_tests;
+mod json;
 mod record;
 #[cfg(test)]
 mod tests;

@@ -47,7 +47,7 @@ pub enum Change {
 }
 
 impl Change {
-    fn name(self) -> &'static str {
+    pub(super) fn name(self) -> &'static str {
         match self {
             Change::Granted => "granted",
             Change::Tied => "tied",
@@ -199,11 +199,7 @@ pub(super) fn encode(record: &Record, out: &mut Vec<u8>) {
     let line = out.len();
     out.extend_from_slice(b"00000000 ");
     let json = out.len();
-    if serde_json::to_writer(&mut *out, record).is_err() {
-        // Serializing plain data into a Vec cannot fail; were it ever to, a line with a checksum
-        // of nothing would only be damage at the next start, never a panic in the event loop.
-        out.truncate(json);
-    }
+    super::json::write_record(record, out);
     let crc = crc32fast::hash(&out[json..]);
     for (i, digit) in out[line..line + 8].iter_mut().enumerate() {
         *digit = b"0123456789abcdef"[((crc >> (28 - 4 * i)) & 0xf) as usize];
