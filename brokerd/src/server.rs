@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 
 use crate::connections::{Connections, LISTENER_TOKEN};
 use crate::handlers;
-use crate::journal::{Entry, Journal, Recovered};
+use crate::journal::{Change, Entry, Journal, Recovered};
 use crate::lease::{Keeper, Lease};
 use crate::log_buffer;
 use crate::metrics;
@@ -122,6 +122,10 @@ pub struct Server {
     portserver_tried: Option<String>,
     /// The log's summary of leases granted, ended and refused, once a minute at most.
     summary: Summary,
+    /// The table's changes of the turn being journaled; kept, with their room, from turn to
+    /// turn (see `Table::swap_changes`).
+    turn_changed: Vec<(LeaseId, Change)>,
+    turn_ended: Vec<(LeaseId, EndReason)>,
 }
 
 impl Server {
@@ -179,6 +183,8 @@ impl Server {
             portserver: None,
             portserver_tried: None,
             summary: Summary::default(),
+            turn_changed: Vec::new(),
+            turn_ended: Vec::new(),
         };
         match journal {
             Some((journal, recovered)) => {
@@ -353,18 +359,19 @@ impl Server {
             return Ok(());
         };
         let table = &mut self.state.table;
-        let (changed, ended) = table.take_changes();
+        let (changed, ended) = (&mut self.turn_changed, &mut self.turn_ended);
+        table.swap_changes(changed, ended);
         // One clock read for the turn's records (a vDSO call, no syscall).
         let at_ms = match changed.is_empty() && ended.is_empty() {
             true => 0,
             false => unix_millis(),
         };
-        for (id, change) in changed {
+        for (id, change) in changed.drain(..) {
             if let Some(lease) = table.get(id) {
                 journal.grant(journal_entry(lease), change, at_ms);
             }
         }
-        for (id, why) in ended {
+        for (id, why) in ended.drain(..) {
             journal.end(id.0, why, at_ms);
         }
         let result = if journal.wants_compaction(table.lease_count()) {

@@ -86,8 +86,8 @@ pub struct Table {
     /// Live leased sockets per holder uid, for `sockets_per_uid` (a lease holds up to 64).
     sockets_per_uid: HashMap<u32, u64>,
     /// The leases each keeper keeps, kept in step by `set_keeper`.
-    by_conn: HashMap<ConnId, Vec<LeaseId>>,
-    by_process: HashMap<i32, Vec<LeaseId>>,
+    by_conn: HashMap<ConnId, Keeps>,
+    by_process: HashMap<i32, Keeps>,
     lingering: BTreeSet<LeaseId>,
     /// Standing handover offers: token to lease; an offer dies with its lease.
     offers: HashMap<u64, LeaseId>,
@@ -107,12 +107,11 @@ pub struct Table {
 }
 
 /// Adds or removes `id` in the list of one keeper, dropping lists that become empty.
-fn index<K: std::hash::Hash + Eq>(
-    map: &mut HashMap<K, Vec<LeaseId>>,
-    key: K,
-    id: LeaseId,
-    add: bool,
-) {
+/// The leases one connection or one process keeps: nearly always one or two, kept inline so
+/// that a lease, granted and ended, allocates no list of its own.
+type Keeps = SmallVec<[LeaseId; 2]>;
+
+fn index<K: std::hash::Hash + Eq>(map: &mut HashMap<K, Keeps>, key: K, id: LeaseId, add: bool) {
     if add {
         map.entry(key).or_default().push(id);
     } else if let Some(ids) = map.get_mut(&key) {
@@ -178,12 +177,12 @@ impl Table {
 
     /// The leases connection `conn` keeps alive.
     pub fn kept_by_connection(&self, conn: ConnId) -> &[LeaseId] {
-        self.by_conn.get(&conn).map_or(&[], Vec::as_slice)
+        self.by_conn.get(&conn).map_or(&[], |ids| ids.as_slice())
     }
 
     /// The leases tied to process `pid`.
     pub fn tied_to_process(&self, pid: i32) -> &[LeaseId] {
-        self.by_process.get(&pid).map_or(&[], Vec::as_slice)
+        self.by_process.get(&pid).map_or(&[], |ids| ids.as_slice())
     }
 
     /// How many leases linger.
@@ -550,12 +549,25 @@ impl Table {
     }
 
     /// What changed since the last call: leases granted or changed, and leases ended.
+    #[cfg(test)]
     #[allow(clippy::type_complexity)]
     pub fn take_changes(&mut self) -> (Vec<(LeaseId, Change)>, Vec<(LeaseId, EndReason)>) {
-        (
-            std::mem::take(&mut self.changed),
-            std::mem::take(&mut self.ended),
-        )
+        let (mut changed, mut ended) = (Vec::new(), Vec::new());
+        self.swap_changes(&mut changed, &mut ended);
+        (changed, ended)
+    }
+
+    /// Puts what changed since the last call into `changed` and `ended`, which must be empty,
+    /// and takes their room for the next changes: the caller keeps two buffers from turn to
+    /// turn instead of the table allocating two each turn.
+    pub fn swap_changes(
+        &mut self,
+        changed: &mut Vec<(LeaseId, Change)>,
+        ended: &mut Vec<(LeaseId, EndReason)>,
+    ) {
+        debug_assert!(changed.is_empty() && ended.is_empty());
+        std::mem::swap(&mut self.changed, changed);
+        std::mem::swap(&mut self.ended, ended);
     }
 
     fn set_keeper(&mut self, id: LeaseId, keeper: Keeper) {

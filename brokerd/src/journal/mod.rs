@@ -359,7 +359,8 @@ impl Journal {
         self.records += written;
         self.disk_next_id = batch_next;
         self.pending_grant.clear();
-        for record in std::mem::take(&mut self.pending).into_values() {
+        // Emptied one by one, not dropped: the map keeps its node for the next turn.
+        while let Some((_, record)) = self.pending.pop_first() {
             match record {
                 Record::Grant(entry) => {
                     self.on_disk.insert(entry.id);

@@ -147,7 +147,7 @@ fn apply(table: &mut Table, start: Instant, op: Op) {
 
 /// An index as sets, for comparing with a recount.
 fn recount<K: Copy + std::hash::Hash + Eq>(
-    map: &HashMap<K, Vec<LeaseId>>,
+    map: &HashMap<K, super::Keeps>,
 ) -> HashMap<K, BTreeSet<LeaseId>> {
     map.iter()
         .map(|(k, v)| (*k, v.iter().copied().collect()))
