@@ -10,7 +10,7 @@ use anyhow::{ensure, Result};
 use crate::harness::{release_holders, rss_kib, say, wait_until, Bench};
 use crate::portserver::Portserver;
 use crate::report::{ClientRow, ScaleRow};
-use crate::statistics::{median, RunStats};
+use crate::statistics::{median, median_stats, RunStats};
 
 /// Baseline (a): socket + bind + listen + close in this process, in ns per call; the median of
 /// the repetitions.
@@ -45,8 +45,8 @@ fn bare_bind_ns(seconds: f64) -> Result<f64> {
 }
 
 /// Lease round trips on persistent connections, by number of clients, against baselines (c) and
-/// (b), portbrokerd and (unless left out) portserver, one after the other for each number of
-/// clients so that the ratios compare minutes alike.
+/// (b), portbrokerd and (unless left out) portserver, taking turns run by run for each number
+/// of clients so that the ratios compare minutes alike.
 pub fn lease_round_trips(
     bench: &mut Bench,
     portserver: Option<&Portserver>,
@@ -69,26 +69,44 @@ pub fn lease_round_trips(
     let (daemon, daemon_socket) = bench.start_portbrokerd(pool)?;
     for (label, n, pinned) in &scenarios {
         say(&format!("lease round trip, {label} client(s)"));
-        let target = floor_socket.display().to_string();
-        let floor_stats =
-            bench.repeated(|| bench.run_clients("floor", &target, *n, *pinned, floor.pid()))?;
-        let target = minimal_socket.display().to_string();
-        let baseline =
-            bench.repeated(|| bench.run_clients("lease", &target, *n, *pinned, minimal.pid()))?;
-        let target = daemon_socket.display().to_string();
-        let broker =
-            bench.repeated(|| bench.run_clients("lease", &target, *n, *pinned, daemon.pid()))?;
-        let portserver =
-            match (portserver, pinned) {
-                (Some(peer), false) => {
-                    let name = format!("portbroker-bench-{}-{n}", std::process::id());
-                    let server = peer.start(&name)?;
-                    Some(bench.repeated(|| {
-                        bench.run_clients("portserver", &name, *n, false, server.pid())
-                    })?)
-                }
-                _ => None,
-            };
+        let peer = match (portserver, pinned) {
+            (Some(peer), false) => {
+                let name = format!("portbroker-bench-{}-{n}", std::process::id());
+                let server = peer.start(&name)?;
+                Some((name, server))
+            }
+            _ => None,
+        };
+        // The repetitions take turns, (c), (b), portbrokerd, portserver and again: a slow
+        // minute of the machine (a VM's steal time comes and goes) falls on each of them
+        // alike, instead of on all the runs of one.
+        let (floor_target, minimal_target, daemon_target) = (
+            floor_socket.display().to_string(),
+            minimal_socket.display().to_string(),
+            daemon_socket.display().to_string(),
+        );
+        let mut runs: [Vec<RunStats>; 4] = Default::default();
+        for _ in 0..bench.reps {
+            runs[0].push(bench.run_clients("floor", &floor_target, *n, *pinned, floor.pid())?);
+            runs[1].push(bench.run_clients(
+                "lease",
+                &minimal_target,
+                *n,
+                *pinned,
+                minimal.pid(),
+            )?);
+            runs[2].push(bench.run_clients("lease", &daemon_target, *n, *pinned, daemon.pid())?);
+            if let Some((name, server)) = &peer {
+                runs[3].push(bench.run_clients("portserver", name, *n, false, server.pid())?);
+            }
+        }
+        let [floor_runs, minimal_runs, daemon_runs, peer_runs] = runs;
+        let (floor_stats, baseline, broker) = (
+            median_stats(&floor_runs),
+            median_stats(&minimal_runs),
+            median_stats(&daemon_runs),
+        );
+        let portserver = peer.map(|_| median_stats(&peer_runs));
         clients.push(ClientRow {
             label: label.clone(),
             floor: floor_stats,

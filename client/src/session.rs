@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use portbroker_proto::{Holder, LeaseId, Request, Response, PROTOCOL_VERSION};
 
-use crate::book::{self, Ticket};
+use crate::book::{self, Place, Ticket};
 use crate::connection::{Connection, Delivery, Ended, Reply};
 use crate::error::Error;
 use crate::trust;
@@ -31,6 +31,8 @@ pub(crate) struct Shared {
     daemon_version: String,
     /// This session's number in the process's lease book.
     session: u64,
+    /// The broker's path as the book knows it.
+    place: Place,
 }
 
 /// The connection, and what outlives it when it is made again.
@@ -56,6 +58,7 @@ impl Shared {
                 conn,
                 timeout: Some(DEFAULT_TIMEOUT),
             }),
+            place: book::place(&path),
             path: Arc::from(path),
             daemon_version,
             session: book::new_session(),
@@ -133,7 +136,7 @@ impl Shared {
     /// [`Error::LeaseLost`] unless `handle` (if any) still holds its lease.
     fn check_held(&self, handle: Option<Handle>) -> Result<(), Error> {
         match handle {
-            Some(Handle { id, ticket }) if !book::holds(&self.path, id, ticket) => {
+            Some(Handle { id, ticket }) if !book::holds(self.place, id, ticket) => {
                 Err(Error::LeaseLost {
                     path: self.path.to_path_buf(),
                     id,
@@ -149,7 +152,7 @@ impl Shared {
     /// the leases it gives back.
     fn reconnect(&self, link: &mut Link) -> Result<(), Error> {
         let (mut fresh, _) = open_connection(&self.path, link.timeout)?;
-        let asked = book::held_by(&self.path, self.session);
+        let asked = book::held_by(self.place, self.session);
         if !asked.is_empty() {
             let request = Request::Reattach { ids: asked.clone() };
             let reply = fresh.round_trip(&request)?;
@@ -157,7 +160,7 @@ impl Shared {
                 Response::Reattached { ids } => Some(ids),
                 _ => None,
             })?;
-            book::keep_only(&self.path, self.session, &asked, &kept);
+            book::keep_only(self.place, self.session, &asked, &kept);
         }
         let old = std::mem::replace(&mut link.conn, fresh);
         link.conn.inherit_notices(old);
@@ -186,13 +189,13 @@ impl Shared {
 
     /// Records that this session was just granted lease `id`: the ticket of its new handle.
     pub(crate) fn enter(&self, id: LeaseId) -> Ticket {
-        book::enter(&self.path, id, self.session)
+        book::enter(self.place, id, self.session)
     }
 
     /// The handle lets go of its lease without a word to the broker (released, detached,
     /// handed over).
     pub(crate) fn leave(&self, handle: Handle) {
-        book::leave(&self.path, handle.id, handle.ticket);
+        book::leave(self.place, handle.id, handle.ticket);
     }
 
     /// How the broker ended the handle's lease by itself (revoked or expired), if it did,
@@ -273,7 +276,7 @@ impl Shared {
         let mut link = self.lock();
         // Under the connection's lock, so that no reconnect comes between the check and the
         // send.
-        let held = book::leave(&self.path, handle.id, handle.ticket);
+        let held = book::leave(self.place, handle.id, handle.ticket);
         if held && link.conn.is_usable() {
             let _ = link
                 .conn
