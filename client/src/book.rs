@@ -15,12 +15,13 @@
 //! the broker only knows the process, and gives a lease of one back to the other on a
 //! `Reattach`.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{LazyLock, Mutex, MutexGuard, PoisonError};
 
 use portbroker_proto::LeaseId;
+// Keys are this process's own numbers and the broker's lease ids: a fast hash is safe here.
+use rustc_hash::FxHashMap as HashMap;
 
 /// One handle's claim to one lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,6 +1,6 @@
 //! One connection to the broker: framed requests out, framed responses and fds in.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io::{self, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
@@ -16,6 +16,8 @@ use portbroker_proto::{
     decode_response, encode_request, peek_hello_protocol, Failure, FrameSplitter, LeaseId, Request,
     Response, MAX_RESPONSE_FRAME, PROTOCOL_VERSION,
 };
+// Lease ids come from a broker this process trusts (see `trust`): a fast hash is safe here.
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::error::Error;
 use crate::received_fds::adopt_scm_rights;
@@ -98,7 +100,7 @@ impl Connection {
             cmsg_buf: nix::cmsg_space!([RawFd; MAX_FDS_PER_READ]),
             out_of_step: false,
             unanswered: 0,
-            ended: HashMap::new(),
+            ended: HashMap::default(),
             read_timeout_ns: AtomicU64::new(WAIT_FOREVER),
         }
     }
