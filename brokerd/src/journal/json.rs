@@ -1,7 +1,7 @@
 //! A record's JSON, written by hand: byte for byte what `serde_json` writes for the `Serialize`
 //! derive of `Record` (a test holds the two together, and reading goes through serde as
-//! before), at a fifth of the cost. Every grant and end writes a record; through serde, the
-//! encoding was a third of the daemon's own instructions per lease, most of it escaping the
+//! before), at about a third of the cost. Every grant and end writes a record; through serde,
+//! the encoding was a third of the daemon's own instructions per lease, most of it escaping the
 //! field names and formatting the address (callgrind, README "Performance").
 //!
 //! Only the process name and the service name come from outside; they are escaped as
