@@ -24,6 +24,7 @@ mod portserver;
 mod procfs;
 mod refusals;
 mod server;
+mod side_conns;
 mod socket_copies;
 mod socket_file;
 mod state;

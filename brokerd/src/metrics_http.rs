@@ -7,7 +7,6 @@
 //! `SCRAPE_DEADLINE` to send its request and read the answer, after which it is closed. One
 //! request per connection; the answer says `Connection: close`.
 
-use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
@@ -22,6 +21,7 @@ use tracing::{debug, info, warn};
 use crate::bind;
 use crate::lease::{unix_now, Keeper};
 use crate::procfs;
+use crate::side_conns::{SideConn, SideConns};
 use crate::state::State;
 use crate::table::NewLease;
 
@@ -41,20 +41,21 @@ pub fn is_scrape(token: u64) -> bool {
     token & SCRAPE_BIT != 0
 }
 
+/// A scrape's progress.
+#[derive(Default)]
 struct Scrape {
-    stream: TcpStream,
     request: Vec<u8>,
     /// The answer, once the request head is in; then `written` of it is sent.
     answer: Option<Vec<u8>>,
     written: usize,
-    deadline: Instant,
 }
+
+type ScrapeConn = SideConn<TcpStream, Scrape>;
 
 pub struct Endpoint {
     listener: Option<TcpListener>,
     lease: LeaseId,
-    scrapes: HashMap<u64, Scrape>,
-    next_token: u64,
+    scrapes: SideConns<TcpStream, Scrape>,
 }
 
 /// The lease of the daemon's own listening socket: its holder is the daemon process.
@@ -113,8 +114,7 @@ impl Endpoint {
         Ok(Endpoint {
             listener: Some(listener),
             lease,
-            scrapes: HashMap::new(),
-            next_token: SCRAPE_BIT,
+            scrapes: SideConns::new(SCRAPE_BIT, MAX_SCRAPES, SCRAPE_DEADLINE),
         })
     }
 
@@ -123,15 +123,12 @@ impl Endpoint {
         if let Some(listener) = self.listener.take() {
             let _ = epoll.delete(listener.as_fd());
         }
-        let tokens: Vec<u64> = self.scrapes.keys().copied().collect();
-        for token in tokens {
-            self.close(epoll, token);
-        }
+        self.scrapes.close_all(epoll);
     }
 
     /// The earliest scrape deadline.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.scrapes.values().map(|s| s.deadline).min()
+        self.scrapes.next_deadline()
     }
 
     /// Accepts the waiting scrapes.
@@ -142,29 +139,11 @@ impl Endpoint {
             };
             match listener.accept() {
                 Ok((stream, _)) => {
-                    if self.scrapes.len() >= MAX_SCRAPES {
+                    if self.scrapes.is_full() {
                         debug!("too many scrapes open: closing a new one");
                         continue;
                     }
-                    if stream.set_nonblocking(true).is_err() {
-                        continue;
-                    }
-                    let token = self.next_token;
-                    self.next_token += 1;
-                    let event = EpollEvent::new(EpollFlags::EPOLLIN, token);
-                    if epoll.add(stream.as_fd(), event).is_err() {
-                        continue;
-                    }
-                    self.scrapes.insert(
-                        token,
-                        Scrape {
-                            stream,
-                            request: Vec::new(),
-                            answer: None,
-                            written: 0,
-                            deadline: Instant::now() + SCRAPE_DEADLINE,
-                        },
-                    );
+                    self.scrapes.add(epoll, stream, Scrape::default());
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
@@ -205,13 +184,13 @@ impl Endpoint {
         events: EpollFlags,
         render: impl FnOnce() -> String,
     ) {
-        let Some(scrape) = self.scrapes.get_mut(&token) else {
+        let Some(scrape) = self.scrapes.get_mut(token) else {
             return;
         };
-        let done = if scrape.answer.is_none() {
+        let done = if scrape.state.answer.is_none() {
             match read_head(scrape) {
                 Ok(true) => {
-                    scrape.answer = Some(answer(&scrape.request, render));
+                    scrape.state.answer = Some(answer(&scrape.state.request, render));
                     let event = EpollEvent::new(EpollFlags::EPOLLOUT, token);
                     let mut event = event;
                     let _ = epoll.modify(scrape.stream.as_fd(), &mut event);
@@ -224,44 +203,33 @@ impl Endpoint {
             write_answer(scrape)
         };
         if done {
-            self.close(epoll, token);
-        }
-    }
-
-    fn close(&mut self, epoll: &Epoll, token: u64) {
-        if let Some(scrape) = self.scrapes.remove(&token) {
-            let _ = epoll.delete(scrape.stream.as_fd());
+            self.scrapes.close(epoll, token);
         }
     }
 
     /// Closes the scrapes past their deadline.
     pub fn expire(&mut self, epoll: &Epoll, now: Instant) {
-        let late: Vec<u64> = self
-            .scrapes
-            .iter()
-            .filter(|(_, s)| s.deadline <= now)
-            .map(|(token, _)| *token)
-            .collect();
-        for token in late {
-            debug!("closing a metrics scrape past its deadline");
-            self.close(epoll, token);
+        let closed = self.scrapes.expire(epoll, now);
+        if closed > 0 {
+            debug!("closed {closed} metrics scrapes past their deadline");
         }
     }
 }
 
 /// Reads what the socket has; `Ok(true)` once the request head is complete, `Err` when the
 /// scrape is to be closed (peer closed, error, head too long).
-fn read_head(scrape: &mut Scrape) -> Result<bool, ()> {
+fn read_head(scrape: &mut ScrapeConn) -> Result<bool, ()> {
     let mut chunk = [0u8; 1024];
+    let request = &mut scrape.state.request;
     loop {
         match scrape.stream.read(&mut chunk) {
             Ok(0) => return Err(()),
             Ok(n) => {
-                scrape.request.extend_from_slice(&chunk[..n]);
-                if head_complete(&scrape.request) {
+                request.extend_from_slice(&chunk[..n]);
+                if head_complete(request) {
                     return Ok(true);
                 }
-                if scrape.request.len() > MAX_REQUEST {
+                if request.len() > MAX_REQUEST {
                     return Err(());
                 }
             }
@@ -277,14 +245,19 @@ fn head_complete(request: &[u8]) -> bool {
 }
 
 /// Writes what the socket takes; true when the answer is out (or cannot be sent).
-fn write_answer(scrape: &mut Scrape) -> bool {
-    let Some(answer) = &scrape.answer else {
+fn write_answer(scrape: &mut ScrapeConn) -> bool {
+    let Scrape {
+        answer: Some(answer),
+        written,
+        ..
+    } = &mut scrape.state
+    else {
         return false;
     };
-    while scrape.written < answer.len() {
-        match scrape.stream.write(&answer[scrape.written..]) {
+    while *written < answer.len() {
+        match scrape.stream.write(&answer[*written..]) {
             Ok(0) => return true,
-            Ok(n) => scrape.written += n,
+            Ok(n) => *written += n,
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => return false,
             Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => return true,

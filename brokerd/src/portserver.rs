@@ -15,7 +15,6 @@
 //! at most `MAX_CLIENTS` open at a time, each given `DEADLINE` to ask; one request per
 //! connection.
 
-use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
 use std::os::linux::net::SocketAddrExt;
@@ -32,6 +31,7 @@ use tracing::{debug, info, warn};
 use crate::grant;
 use crate::policy::Identity;
 use crate::procfs;
+use crate::side_conns::SideConns;
 use crate::state::State;
 
 /// The epoll token of the portserver's listening socket.
@@ -96,10 +96,10 @@ pub fn choose_pid(
     }
 }
 
+/// A client's progress.
+#[derive(Default)]
 struct Client {
-    stream: UnixStream,
     request: Vec<u8>,
-    deadline: Instant,
     /// Asked and decided: waits for the journal turn before its answer leaves.
     answered: bool,
 }
@@ -107,8 +107,7 @@ struct Client {
 pub struct PortServer {
     listener: UnixListener,
     address: String,
-    clients: HashMap<u64, Client>,
-    next_token: u64,
+    clients: SideConns<UnixStream, Client>,
     /// This turn's decisions, answered once the journal has recorded their leases: the
     /// client's token, and the lease and port (`None`: refused).
     pending: Vec<(u64, Option<(LeaseId, u16)>)>,
@@ -152,8 +151,7 @@ impl PortServer {
         Ok(PortServer {
             listener,
             address: address.to_owned(),
-            clients: HashMap::new(),
-            next_token: CLIENT_BIT,
+            clients: SideConns::new(CLIENT_BIT, MAX_CLIENTS, DEADLINE),
             pending: Vec::new(),
         })
     }
@@ -161,10 +159,7 @@ impl PortServer {
     /// Closes the listener (and its socket file) and every connection.
     pub fn stop(mut self, epoll: &Epoll) {
         let _ = epoll.delete(self.listener.as_fd());
-        let tokens: Vec<u64> = self.clients.keys().copied().collect();
-        for token in tokens {
-            self.close(epoll, token);
-        }
+        self.clients.close_all(epoll);
         if !self.address.starts_with('@') {
             let _ = std::fs::remove_file(&self.address);
         }
@@ -172,7 +167,7 @@ impl PortServer {
 
     /// The earliest client deadline.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.clients.values().map(|c| c.deadline).min()
+        self.clients.next_deadline()
     }
 
     /// Accepts the waiting clients.
@@ -180,28 +175,11 @@ impl PortServer {
         for _ in 0..MAX_CLIENTS {
             match self.listener.accept() {
                 Ok((stream, _)) => {
-                    if self.clients.len() >= MAX_CLIENTS {
+                    if self.clients.is_full() {
                         info!("portserver: {MAX_CLIENTS} clients open; closing a new one (it picks a port itself)");
                         continue;
                     }
-                    if stream.set_nonblocking(true).is_err() {
-                        continue;
-                    }
-                    let token = self.next_token;
-                    self.next_token += 1;
-                    let event = EpollEvent::new(EpollFlags::EPOLLIN, token);
-                    if epoll.add(stream.as_fd(), event).is_err() {
-                        continue;
-                    }
-                    self.clients.insert(
-                        token,
-                        Client {
-                            stream,
-                            request: Vec::with_capacity(MAX_REQUEST),
-                            deadline: Instant::now() + DEADLINE,
-                            answered: false,
-                        },
-                    );
+                    self.clients.add(epoll, stream, Client::default());
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
@@ -215,28 +193,28 @@ impl PortServer {
 
     /// Reads client `token`'s request and, once it is in, answers and closes.
     pub fn serve(&mut self, epoll: &Epoll, state: &mut State, token: u64) {
-        let Some(client) = self.clients.get_mut(&token) else {
+        let Some(client) = self.clients.get_mut(token) else {
             return;
         };
-        if client.answered {
+        if client.state.answered {
             return;
         }
         let mut buf = [0u8; MAX_REQUEST];
-        let room = MAX_REQUEST - client.request.len();
+        let room = MAX_REQUEST - client.state.request.len();
         let pid = loop {
             match client.stream.read(&mut buf[..room.max(1)]) {
                 Ok(0) => {
                     debug!("portserver: a client closed before asking");
-                    return self.close(epoll, token);
+                    return self.clients.close(epoll, token);
                 }
                 Ok(n) => {
-                    client.request.extend_from_slice(&buf[..n]);
-                    match parse_request(&client.request) {
+                    client.state.request.extend_from_slice(&buf[..n]);
+                    match parse_request(&client.state.request) {
                         Ok(Some(pid)) => break pid,
                         Ok(None) => return,
                         Err(why) => {
                             info!("portserver: a bad request ({why}); closing without a port");
-                            return self.close(epoll, token);
+                            return self.clients.close(epoll, token);
                         }
                     }
                 }
@@ -244,11 +222,11 @@ impl PortServer {
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
                 Err(err) => {
                     debug!("portserver read: {err}");
-                    return self.close(epoll, token);
+                    return self.clients.close(epoll, token);
                 }
             }
         };
-        client.answered = true;
+        client.state.answered = true;
         let granted = answer(state, &client.stream, pid);
         self.pending.push((token, granted));
     }
@@ -271,7 +249,7 @@ impl PortServer {
                 Some((_, port)) => port,
                 None => 0,
             };
-            if let Some(client) = self.clients.get_mut(&token) {
+            if let Some(client) = self.clients.get_mut(token) {
                 // The protocol's failure is `0`: portpicker then picks a port itself, quietly.
                 let line = format!("{port}\n");
                 // A few bytes into a fresh socket's empty buffer: one write takes them all.
@@ -283,27 +261,15 @@ impl PortServer {
                     }
                 }
             }
-            self.close(epoll, token);
+            self.clients.close(epoll, token);
         }
     }
 
     /// Closes the clients whose deadline passed.
     pub fn expire(&mut self, epoll: &Epoll, now: Instant) {
-        let late: Vec<u64> = self
-            .clients
-            .iter()
-            .filter(|(_, c)| c.deadline <= now)
-            .map(|(&t, _)| t)
-            .collect();
-        for token in late {
-            debug!("portserver: a client sent no request within {DEADLINE:?}");
-            self.close(epoll, token);
-        }
-    }
-
-    fn close(&mut self, epoll: &Epoll, token: u64) {
-        if let Some(client) = self.clients.remove(&token) {
-            let _ = epoll.delete(client.stream.as_fd());
+        let closed = self.clients.expire(epoll, now);
+        if closed > 0 {
+            debug!("portserver: closed {closed} clients that sent no request within {DEADLINE:?}");
         }
     }
 }
