@@ -352,3 +352,47 @@ fn a_restarted_daemon_serves_its_endpoint_again() {
     assert_eq!(own[0].holder.pid, restarted.pid() as i32);
     drop(kept);
 }
+
+#[test]
+fn silent_scrapes_are_bounded_and_closed_at_their_deadline_then_the_endpoint_serves_again() {
+    const MAX_SCRAPES: usize = 8;
+    const SCRAPE_DEADLINE: Duration = Duration::from_secs(5);
+    let port = free_port();
+    let listen = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let policy = format!("[metrics]\nlisten = \"{listen}\"\n");
+    let daemon = Daemon::start_for_all_users(Some(&policy), &[]);
+    // A served request first: the endpoint opens during start-up.
+    daemon.broker().status().unwrap();
+    assert_eq!(http_get(listen, "/metrics").0, "HTTP/1.0 200 OK");
+
+    // Connections that never ask: the endpoint keeps as many as it allows, each until its
+    // deadline, and closes one more at once (the backlog is accepted in order).
+    let connected = std::time::Instant::now();
+    let silent: Vec<TcpStream> = (0..MAX_SCRAPES)
+        .map(|_| TcpStream::connect(listen).unwrap())
+        .collect();
+    let mut one_more = TcpStream::connect(listen).unwrap();
+    one_more
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert_eq!(
+        one_more.read(&mut [0; 1]).unwrap(),
+        0,
+        "the connection past the limit is closed"
+    );
+    assert!(
+        connected.elapsed() < SCRAPE_DEADLINE,
+        "the connection past the limit was kept until a deadline instead of closed at once"
+    );
+    for mut stream in silent {
+        stream.set_read_timeout(Some(SCRAPE_DEADLINE * 3)).unwrap();
+        assert_eq!(
+            stream.read(&mut [0; 1]).unwrap(),
+            0,
+            "closed at its deadline"
+        );
+        // Not before: the deadline counts from the accept, which came after the connect.
+        assert!(connected.elapsed() >= SCRAPE_DEADLINE, "closed early");
+    }
+    assert_eq!(http_get(listen, "/metrics").0, "HTTP/1.0 200 OK");
+}

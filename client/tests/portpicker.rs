@@ -3,7 +3,8 @@
 //! daemon runs in a network namespace of the test's own, so `@portserver` and the ports are the
 //! test's alone. 16 processes pick 1,000 ports in all: every one distinct, in the pool, none a
 //! port of a lease the test holds; `list` shows them as `number` leases of those processes, and
-//! once the processes exit their leases end. A `SKIPPED` line if pip cannot reach PyPI.
+//! once the processes exit their leases end. A `SKIPPED` line if pip cannot reach PyPI. And a
+//! portserver client that never asks is closed at its deadline.
 
 mod support;
 
@@ -212,4 +213,38 @@ fn portpicker_clients_get_distinct_pool_ports_that_end_with_them() {
         "took {:?}",
         started.elapsed()
     );
+}
+
+/// A portserver client that never asks is closed at its deadline, not before, and does not
+/// stop the next one from getting a port.
+#[test]
+fn a_silent_portserver_client_is_closed_at_its_deadline() {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    const DEADLINE: Duration = Duration::from_secs(2);
+    let tmp = tempfile::tempdir().unwrap();
+    let address = tmp.path().join("portserver.sock");
+    let policy = format!("[portserver]\naddress = \"{}\"\n", address.display());
+    let daemon = Daemon::start_for_all_users(Some(&policy), &[]);
+    // A served request first: the portserver opens during start-up.
+    daemon.broker().status().unwrap();
+
+    let connected = Instant::now();
+    let mut silent = UnixStream::connect(&address).unwrap();
+    silent.set_read_timeout(Some(DEADLINE * 5)).unwrap();
+    assert_eq!(
+        silent.read(&mut [0; 16]).unwrap(),
+        0,
+        "closed at its deadline"
+    );
+    // The deadline counts from the accept, which came after the connect.
+    assert!(connected.elapsed() >= DEADLINE, "closed early");
+
+    let mut asking = UnixStream::connect(&address).unwrap();
+    asking.set_read_timeout(Some(DEADLINE * 5)).unwrap();
+    writeln!(asking, "{}", std::process::id()).unwrap();
+    let mut answer = String::new();
+    asking.read_to_string(&mut answer).unwrap();
+    let port: u16 = answer.trim().parse().unwrap();
+    assert_ne!(port, 0, "{answer:?}\n{}", daemon.log());
 }
