@@ -215,12 +215,7 @@ fn bind_and_send(sock: c_int, conn: c_int) -> Result<bool> {
         iov_base: answer.as_mut_ptr().cast(),
         iov_len: MESSAGE_LEN,
     };
-    // SAFETY: msghdr is plain old data, and all zeroes is a valid (empty) message.
-    let mut msg: libc::msghdr = unsafe { zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.0.as_mut_ptr().cast();
-    msg.msg_controllen = CONTROL_LEN as _;
+    let msg = one_fd_message(&mut iov, &mut control);
     // SAFETY: msg_control points to CONTROL_LEN aligned bytes, room for one header with one fd,
     // so the first header exists and its data holds a c_int; iov, answer and control outlive
     // the call.
@@ -235,6 +230,18 @@ fn bind_and_send(sock: c_int, conn: c_int) -> Result<bool> {
     // Whatever failed here (the client left: EPIPE; or it broke the one-request-at-a-time rule
     // and its buffer is full: EAGAIN) is the client's, and ends its connection only.
     Ok(sent == MESSAGE_LEN as isize)
+}
+
+/// The header of a one-part message at `iov` with room for one fd in `control`; it points
+/// into both, which the caller keeps alive while it is used.
+fn one_fd_message(iov: &mut libc::iovec, control: &mut Control) -> libc::msghdr {
+    // SAFETY: msghdr is plain old data, and all zeroes is a valid (empty) message.
+    let mut msg: libc::msghdr = unsafe { zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.0.as_mut_ptr().cast();
+    msg.msg_controllen = CONTROL_LEN as _;
+    msg
 }
 
 /// The client: asks the floor server at `path` for sockets, again and again, each timed.
@@ -280,12 +287,7 @@ fn request(conn: c_int) -> Result<()> {
         iov_base: answer.as_mut_ptr().cast(),
         iov_len: MESSAGE_LEN,
     };
-    // SAFETY: msghdr is plain old data, and all zeroes is a valid (empty) message.
-    let mut msg: libc::msghdr = unsafe { zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.0.as_mut_ptr().cast();
-    msg.msg_controllen = CONTROL_LEN as _;
+    let mut msg = one_fd_message(&mut iov, &mut control);
     // SAFETY: iov, answer and control are live and of the lengths msg gives.
     let got = unsafe { libc::recvmsg(conn, &mut msg, libc::MSG_CMSG_CLOEXEC) };
     if got < 0 {
