@@ -327,6 +327,36 @@ fn the_daemon_tells_systemd_its_life() {
     assert!(wait_exit(&mut daemon.0, &log).success(), "{}", log());
 }
 
+/// A test port must be free as a reservation sees it. A socket in TIME_WAIT (the server's end
+/// of a connection it closed first) keeps a reservation's bind, which has no SO_REUSEADDR, out
+/// for up to a minute; a probe with SO_REUSEADDR binds beside it. CI once failed so: the port
+/// the test reserved had served a connection of an earlier test binary.
+#[test]
+fn a_port_in_time_wait_is_not_a_free_test_port() {
+    let port = support::free_port();
+    assert!(support::port_is_free(port));
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let (served, _) = listener.accept().unwrap();
+    drop(served); // the server closes first: its end goes to TIME_WAIT
+    let mut byte = [0u8; 1];
+    assert_eq!(std::io::Read::read(&mut client, &mut byte).unwrap(), 0);
+    drop(client);
+    drop(listener);
+    let in_time_wait = || {
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        let local = format!("0100007F:{port:04X}");
+        table.lines().any(|l| {
+            l.split_whitespace().nth(1) == Some(&local) && l.split_whitespace().nth(3) == Some("06")
+        })
+    };
+    assert!(in_time_wait(), "no TIME_WAIT on 127.0.0.1:{port}");
+    assert!(
+        !support::port_is_free(port),
+        "port {port} is in TIME_WAIT, and a reservation of it would fail"
+    );
+}
+
 /// Socket activation as a socket unit does it: `systemd-socket-activate` listens, the first
 /// client's connection starts the daemon on the inherited listener, the lease is served, and
 /// the socket file, systemd's, outlives the daemon.

@@ -9,7 +9,8 @@ pub mod good_client;
 pub mod oracle;
 pub mod raw;
 
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -56,13 +57,33 @@ pub fn free_port() -> u16 {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         assert!(n < hi - lo, "no free test port left in {lo}-{hi}");
         let port = (lo + (start + n) % (hi - lo)) as u16;
-        let free = TcpListener::bind(("::", port)).is_ok()
-            && TcpListener::bind(("0.0.0.0", port)).is_ok()
-            && std::net::UdpSocket::bind(("0.0.0.0", port)).is_ok();
-        if free {
+        if port_is_free(port) {
             return port;
         }
     }
+}
+
+/// Whether `port` is free for TCP and UDP on every address, as the daemon's reservations need
+/// it: each probe binds without SO_REUSEADDR, so that a socket in TIME_WAIT counts as a holder.
+/// (std's `TcpListener::bind` sets SO_REUSEADDR, binds beside a TIME_WAIT and called such a
+/// port free; a reservation of it then failed with EADDRINUSE for up to a minute.)
+pub fn port_is_free(port: u16) -> bool {
+    use nix::sys::socket::{bind, socket, AddressFamily, SockFlag, SockType, SockaddrStorage};
+    use std::net::{Ipv6Addr, SocketAddr};
+    let any6 = SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
+    let any4 = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+    [SockType::Stream, SockType::Datagram]
+        .into_iter()
+        .all(|kind| {
+            [any6, any4].into_iter().all(|addr| {
+                let family = match addr {
+                    SocketAddr::V4(_) => AddressFamily::Inet,
+                    SocketAddr::V6(_) => AddressFamily::Inet6,
+                };
+                let fd = socket(family, kind, SockFlag::SOCK_CLOEXEC, None).expect("socket");
+                bind(fd.as_raw_fd(), &SockaddrStorage::from(addr)).is_ok()
+            })
+        })
 }
 
 /// The cargo profile directory this test binary was built in (`target/debug`).
