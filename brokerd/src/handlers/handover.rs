@@ -35,7 +35,9 @@ fn offer(
             );
             return Reply::failed(Failure::NotPermitted {
                 reason: format!(
-                    "the broker cannot draw a handover token from the kernel's random source                      (getrandom: {err}); the lease is not offered and stays yours; try again                      later"
+                    "the broker cannot draw a handover token from the kernel's random source \
+                     (getrandom: {err}); the lease is not offered and stays yours; try again \
+                     later"
                 ),
             });
         }

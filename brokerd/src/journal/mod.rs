@@ -511,7 +511,8 @@ fn write_snapshot(
             if keep {
                 if let Err(err) = generations::keep(dir, name, path) {
                     tracing::warn!(
-                        "the journal is compacted without keeping its previous generation,                          whose events leave the history: {err}"
+                        "the journal is compacted without keeping its previous generation, \
+                         whose events leave the history: {err}"
                     );
                 }
             }
