@@ -33,6 +33,7 @@ use crate::policy::Identity;
 use crate::procfs;
 use crate::side_conns::SideConns;
 use crate::state::State;
+use crate::throttle::Throttle;
 
 /// The epoll token of the portserver's listening socket.
 pub const LISTENER_TOKEN: u64 = 4;
@@ -111,6 +112,20 @@ pub struct PortServer {
     /// This turn's decisions, answered once the journal has recorded their leases: the
     /// client's token, and the lease and port (`None`: refused).
     pending: Vec<(u64, Option<(LeaseId, u16)>)>,
+    /// The lines any local process can provoke (a bad request, a full house, someone else's
+    /// pid named): at most one a second, as the lease refusals are.
+    provoked: Throttle,
+}
+
+/// Logs `line` at info if `throttle` lets a line through, saying how many it left out.
+fn log_provoked(throttle: &mut Throttle, line: std::fmt::Arguments) {
+    match throttle.admit() {
+        Some(0) => info!("portserver: {line}"),
+        Some(left_out) => {
+            info!("portserver: {line} ({left_out} more portserver lines left out since the last one logged)")
+        }
+        None => {}
+    }
 }
 
 /// The socket address of `address`: `@name` is abstract, anything else a path.
@@ -153,6 +168,7 @@ impl PortServer {
             address: address.to_owned(),
             clients: SideConns::new(CLIENT_BIT, MAX_CLIENTS, DEADLINE),
             pending: Vec::new(),
+            provoked: Throttle::default(),
         })
     }
 
@@ -176,7 +192,10 @@ impl PortServer {
             match self.listener.accept() {
                 Ok((stream, _)) => {
                     if self.clients.is_full() {
-                        info!("portserver: {MAX_CLIENTS} clients open; closing a new one (it picks a port itself)");
+                        log_provoked(
+                            &mut self.provoked,
+                            format_args!("{MAX_CLIENTS} clients open; closing a new one (it picks a port itself)"),
+                        );
                         continue;
                     }
                     self.clients.add(epoll, stream, Client::default());
@@ -213,7 +232,10 @@ impl PortServer {
                         Ok(Some(pid)) => break pid,
                         Ok(None) => return,
                         Err(why) => {
-                            info!("portserver: a bad request ({why}); closing without a port");
+                            log_provoked(
+                                &mut self.provoked,
+                                format_args!("a bad request ({why}); closing without a port"),
+                            );
                             return self.clients.close(epoll, token);
                         }
                     }
@@ -227,7 +249,7 @@ impl PortServer {
             }
         };
         client.state.answered = true;
-        let granted = answer(state, &client.stream, pid);
+        let granted = answer(state, &client.stream, pid, &mut self.provoked);
         self.pending.push((token, granted));
     }
 
@@ -257,7 +279,12 @@ impl PortServer {
                     Ok(n) if n == line.len() => {}
                     Ok(_) | Err(_) => {
                         // A lease stays tied to its process, which ends it.
-                        info!("portserver: could not send port {port}; its lease ends with its process");
+                        log_provoked(
+                            &mut self.provoked,
+                            format_args!(
+                                "could not send port {port}; its lease ends with its process"
+                            ),
+                        );
                     }
                 }
             }
@@ -276,18 +303,29 @@ impl PortServer {
 
 /// The port for a request naming `claimed`, leased to the process it is for; `None` (logged
 /// why) when refused: the client reads `0` and portpicker picks a port itself.
-fn answer(state: &mut State, stream: &UnixStream, claimed: i32) -> Option<(LeaseId, u16)> {
+fn answer(
+    state: &mut State,
+    stream: &UnixStream,
+    claimed: i32,
+    provoked: &mut Throttle,
+) -> Option<(LeaseId, u16)> {
     let creds = match getsockopt(stream, sockopt::PeerCredentials) {
         Ok(creds) => creds,
         Err(err) => {
-            info!("portserver: cannot read the peer's credentials: {err}; no port");
+            log_provoked(
+                provoked,
+                format_args!("cannot read the peer's credentials: {err}; no port"),
+            );
             return None;
         }
     };
     let (peer_pid, uid, gid) = (creds.pid(), creds.uid(), creds.gid());
     let (pid, why) = choose_pid(claimed, peer_pid, uid, procfs::process_uid);
     if let Some(why) = why {
-        info!("portserver: process {peer_pid} asked for process {claimed}, but {why}: the port is for {peer_pid}");
+        log_provoked(
+            provoked,
+            format_args!("process {peer_pid} asked for process {claimed}, but {why}: the port is for {peer_pid}"),
+        );
     }
     let holder = Rc::new(Holder {
         pid,
@@ -301,7 +339,10 @@ fn answer(state: &mut State, stream: &UnixStream, claimed: i32) -> Option<(Lease
         groups: procfs::groups(peer_pid, gid),
     };
     if let Err(err) = state.watches.watch(pid) {
-        info!("portserver: cannot watch process {pid}: {err}; no port for {holder}");
+        log_provoked(
+            provoked,
+            format_args!("cannot watch process {pid}: {err}; no port for {holder}"),
+        );
         return None;
     }
     let start_time = procfs::start_time(pid).unwrap_or(0);

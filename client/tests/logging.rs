@@ -1,6 +1,7 @@
 //! The daemon's log at its default level, as it ships: what a person should read. No line per
 //! lease (the history, `portctl log`, is the record of every lease); refusals, which anyone can
-//! provoke, at most one a second with a count of those left out.
+//! provoke, at most one a second with a count of those left out; the portserver's trouble, which
+//! anyone can provoke too, likewise.
 
 mod support;
 
@@ -49,4 +50,46 @@ fn leases_log_nothing_and_refusals_are_rate_limited_with_a_count() {
         .unwrap();
     let text = String::from_utf8(output.stdout).unwrap();
     assert_eq!(text.matches("ended: released").count(), 200, "{text}");
+}
+
+/// Bad portserver requests, which any local process can send, log one line a second with a
+/// count of those left out, as refusals do.
+#[test]
+fn portserver_trouble_is_rate_limited_with_a_count() {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    let tmp = tempfile::tempdir().unwrap();
+    let address = tmp.path().join("portserver.sock");
+    let config = tmp.path().join("portbroker.toml");
+    std::fs::write(
+        &config,
+        format!("[portserver]\naddress = \"{}\"\n", address.display()),
+    )
+    .unwrap();
+    let daemon = Daemon::start_at_default_level(&["--config", config.to_str().unwrap()]);
+    // A served request first: the portserver opens during start-up.
+    daemon.broker().status().unwrap();
+    let bad_request = || {
+        let mut client = UnixStream::connect(&address).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        client.write_all(b"not a pid\n").unwrap();
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).unwrap();
+        assert!(answer.is_empty(), "closed without a port: {answer:?}");
+    };
+    for _ in 0..50 {
+        bad_request();
+    }
+    // As above: the rate limit's own window of wall time.
+    std::thread::sleep(Duration::from_millis(1100));
+    bad_request();
+    daemon.assert_logged(
+        "(49 more portserver lines left out since the last one logged)",
+        Duration::from_secs(2),
+        "the second line logged counts those left out",
+    );
+    let log = daemon.log();
+    assert_eq!(log.matches("a bad request").count(), 2, "{log}");
 }
