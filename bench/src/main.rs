@@ -35,7 +35,9 @@ struct Args {
     /// Repetitions of each measurement; the report gives the median.
     #[arg(long, default_value_t = 3)]
     reps: usize,
-    /// A tiny run for CI: every scenario once, briefly, at a small scale. Its numbers mean nothing.
+    /// A tiny run for CI: one and two clients, a 1,000-port pool to fill, 400 leases to list and
+    /// recover. With `--seconds 0.1 --reps 1`, as CI runs it, every scenario once, briefly. Its
+    /// numbers mean nothing.
     #[arg(long)]
     smoke: bool,
     /// Leave out Google's portserver (it needs python3 and PyPI).

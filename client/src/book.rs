@@ -1,9 +1,10 @@
 //! Which [`Lease`](crate::Lease) handle of this process holds each lease of each broker.
 //!
-//! A lease id is unique for one life of a broker only: a broker restarted without its journal
-//! numbers leases from 1 again. So an id alone does not say whether a handle still holds its
-//! lease, and a handle that acts on an id it no longer holds may end, renew or take someone
-//! else's lease. Each handle gets a ticket of its own when its lease is granted, and it acts
+//! A lease id is unique for one life of a broker only. A broker restarted without its journal
+//! numbers leases afresh from its clock, which keeps them apart from the last life's only as
+//! long as the clock does not go back, and another broker on the same path is another life too.
+//! So an id alone does not say whether a handle still holds its lease, and a handle that acts on
+//! an id it no longer holds may end, renew or take someone else's lease. Each handle gets a ticket of its own when its lease is granted, and it acts
 //! only while the book still has its ticket for its lease. A ticket leaves the book when:
 //!
 //! - the handle lets go of the lease (release, drop, detach, handover);
