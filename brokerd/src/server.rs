@@ -84,6 +84,7 @@ fn journal_entry(lease: &Lease) -> Entry {
         sockets: lease.sockets.to_vec(),
         service: lease.service.as_deref().map(str::to_owned),
         cookies: lease.cookies.to_vec(),
+        number: lease.number,
     }
 }
 
@@ -407,10 +408,17 @@ impl Server {
             let cookies = held
                 .entry((entry.pid, entry.start_time))
                 .or_insert_with(|| socket_copies::cookies_held_by(entry.pid, entry.start_time));
-            let still_held = !entry.cookies.is_empty()
-                && cookies
-                    .as_ref()
-                    .is_some_and(|held| entry.cookies.iter().all(|c| held.contains(c)));
+            // A number has no socket to find: its holder's life is what keeps it, as it did
+            // before the restart (a process told a port binds it later, if at all).
+            let number = entry.number;
+            let still_held = if number {
+                cookies.is_some()
+            } else {
+                !entry.cookies.is_empty()
+                    && cookies
+                        .as_ref()
+                        .is_some_and(|held| entry.cookies.iter().all(|c| held.contains(c)))
+            };
             let restored = self.state.table.restore(
                 id,
                 NewLease {
@@ -433,12 +441,17 @@ impl Server {
                 dropped += 1;
                 continue;
             }
+            if number {
+                self.state.table.mark_number(id);
+            }
             let watched = still_held && self.state.watches.watch(entry.pid).is_ok();
             if watched {
                 kept += 1;
                 continue;
             }
-            let why = if cookies.is_some() {
+            let why = if still_held {
+                "its holder could not be watched"
+            } else if cookies.is_some() {
                 "its holder no longer holds its sockets"
             } else {
                 "its holder exited while the daemon was down"

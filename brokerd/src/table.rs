@@ -407,8 +407,6 @@ impl Table {
         }
     }
 
-    /// Tie: the lease is kept by process `holder.pid` (started at `start_time`) instead of
-    /// whoever kept it.
     /// Marks a lease as a port handed out as a number (see `Lease::number`).
     pub fn mark_number(&mut self, id: LeaseId) {
         if let Some(lease) = self.leases.get_mut(&id) {
@@ -416,6 +414,8 @@ impl Table {
         }
     }
 
+    /// Tie: the lease is kept by process `holder.pid` (started at `start_time`) instead of
+    /// whoever kept it.
     pub fn tie(&mut self, id: LeaseId, holder: Holder, start_time: u64) -> Option<&Lease> {
         let pid = holder.pid;
         let lease = self.leases.get_mut(&id)?;

@@ -214,3 +214,81 @@ fn sigterm_keeps_leases_unless_told_to_release_them() {
         drop(lease);
     }
 }
+
+/// A port the portserver told a living process stays that process's number through a restart
+/// of the daemon: the process may bind it later, and nobody else may be told it meanwhile.
+/// Once the process is gone, the restarted daemon gives the number back.
+#[test]
+fn a_number_of_a_living_process_survives_a_restart_as_a_number() {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    let config_dir = tempfile::tempdir().unwrap();
+    let address = config_dir.path().join("portserver.sock");
+    let config = config_dir.path().join("portbroker.toml");
+    std::fs::write(
+        &config,
+        format!("[portserver]\naddress = \"{}\"\n", address.display()),
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let mut daemon = Daemon::start_with(&["--pool", POOL_3, "--config", config]);
+    // A served request first: the portserver opens during start-up.
+    daemon.broker().status().unwrap();
+
+    // A process that asks for a port and waits, as a test of a farm does before it binds.
+    let (mut asker, line) = spawn_and_read_line(std::process::Command::new("python3").args([
+        "-c",
+        "import os, socket, sys\n\
+         s = socket.socket(socket.AF_UNIX)\n\
+         s.connect(sys.argv[1])\n\
+         s.sendall(b'%d\\n' % os.getpid())\n\
+         print(s.recv(64).decode().strip(), flush=True)\n\
+         sys.stdin.read()",
+        address.to_str().unwrap(),
+    ]));
+    let port: u16 = line
+        .parse()
+        .unwrap_or_else(|_| panic!("{line:?}\n{}", daemon.log()));
+    assert_ne!(port, 0, "{}", daemon.log());
+    let of_port = |listed: &[portbroker::LeaseInfo]| {
+        listed
+            .iter()
+            .find(|l| l.sockets.iter().any(|s| s.addr.port() == port))
+            .cloned()
+    };
+    let before = of_port(&daemon.broker().list().unwrap()).expect("the number is listed");
+    assert_eq!(before.state, portbroker::LeaseState::Number);
+
+    daemon.kill9();
+    let mut again = Daemon::start_with(&[
+        "--socket",
+        daemon.socket.to_str().unwrap(),
+        "--pool",
+        POOL_3,
+        "--config",
+        config,
+    ]);
+    let after = of_port(&again.broker().list().unwrap())
+        .unwrap_or_else(|| panic!("the number {port} was lost:\n{}", again.log()));
+    assert_eq!(after.id, before.id);
+    assert_eq!(after.state, portbroker::LeaseState::Number, "{after:?}");
+    assert_eq!(after.holder.pid, asker.id() as i32);
+
+    // Its holder exits: the number goes back to the pool.
+    asker.kill().unwrap();
+    asker.wait().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || of_port(
+            &again.broker().list().unwrap()
+        )
+        .is_none()),
+        "the number outlived its process:\n{}",
+        again.log()
+    );
+    let mut check = UnixStream::connect(&address).unwrap();
+    writeln!(check, "{}", std::process::id()).unwrap();
+    let mut answer = String::new();
+    check.read_to_string(&mut answer).unwrap();
+    assert_ne!(answer.trim(), "0", "the restarted portserver serves");
+    again.kill9();
+}

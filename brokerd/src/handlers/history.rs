@@ -91,6 +91,7 @@ mod tests {
             }],
             service: None,
             cookies: vec![1],
+            number: false,
         }
     }
 

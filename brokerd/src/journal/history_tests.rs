@@ -30,6 +30,7 @@ fn entry(id: u64, pid: i32) -> Entry {
         }],
         service: None,
         cookies: vec![77],
+        number: false,
     }
 }
 

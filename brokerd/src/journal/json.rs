@@ -92,7 +92,11 @@ fn write_entry(entry: &Entry, out: &mut Vec<u8>) {
         }
         write_number(*cookie, out);
     }
-    out.extend_from_slice(b"]}");
+    out.push(b']');
+    if entry.number {
+        out.extend_from_slice(b",\"number\":true");
+    }
+    out.push(b'}');
 }
 
 fn write_socket(socket: &GrantedSocket, out: &mut Vec<u8>) {
@@ -202,6 +206,7 @@ mod tests {
             cookies: (0..sockets.len() as u64).map(|i| 26_272_841 + i).collect(),
             sockets,
             service: service.map(str::to_owned),
+            number: false,
         }
     }
 
@@ -239,6 +244,11 @@ mod tests {
             Record::NextId(1),
             Record::Grant(entry("portbroker-benc", None, sockets.clone())),
             Record::Grant(entry("", Some(""), Vec::new())),
+            Record::Grant(Entry {
+                cookies: Vec::new(),
+                number: true,
+                ..entry("python3", None, sockets[..1].to_vec())
+            }),
         ];
         for change in [
             None,
@@ -281,7 +291,7 @@ mod tests {
             id: u64, pid: i32, start_time: u64, uid: u32, gid: u32, since: u64,
             name in any::<String>(), service in proptest::option::of(any::<String>()),
             addrs in proptest::collection::vec((any::<bool>(), any::<SocketAddr>(), any::<bool>(), any::<bool>()), 0..4),
-            at_ms: u64,
+            at_ms: u64, number: bool,
         ) {
             let sockets: Vec<GrantedSocket> = addrs
                 .into_iter()
@@ -297,6 +307,7 @@ mod tests {
                 cookies: sockets.iter().map(|s| u64::from(s.addr.port())).collect(),
                 sockets,
                 service,
+                number,
             };
             let record = Record::Leased { at_ms, change: Some(Change::Granted), lease };
             prop_assert_eq!(by_hand(&record), by_serde(&record));

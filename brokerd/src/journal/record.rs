@@ -33,6 +33,11 @@ pub struct Entry {
     /// itself (its address does not). Empty in journals written before cookies were kept.
     #[serde(default)]
     pub cookies: Vec<u64>,
+    /// A port handed out as a number (`Listen::Number`, or the portserver): no socket and no
+    /// cookies. Written only when true, so other leases' lines are as they were; journals
+    /// written before it was kept read as false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub number: bool,
 }
 
 /// What a `Leased` record says happened to its lease.
@@ -272,6 +277,12 @@ pub(super) fn invalid(record: &Record) -> Option<String> {
                     "lease {} has {} socket cookies for {n} sockets",
                     entry.id,
                     entry.cookies.len()
+                ));
+            }
+            if entry.number && !entry.cookies.is_empty() {
+                return Some(format!(
+                    "lease {} is a number, which has no socket, yet names socket cookies",
+                    entry.id
                 ));
             }
             None

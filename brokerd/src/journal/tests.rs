@@ -28,6 +28,7 @@ fn entry(id: u64) -> Entry {
         }],
         service: None,
         cookies: vec![77],
+        number: false,
     }
 }
 
@@ -186,6 +187,29 @@ fn a_lease_without_sockets_or_with_port_0_or_stray_cookies_is_dropped() {
     assert_eq!(recovered.dropped, 4);
     // Their ids were valid, and count for the next id all the same.
     assert_eq!(recovered.next_id, 7);
+}
+
+/// A number (a port told, no socket held) comes back a number; the flag is written only when
+/// set, so every other lease's line reads as before, and a line that says number and names
+/// socket cookies, which no daemon writes, is dropped.
+#[test]
+fn a_number_comes_back_a_number_and_only_a_number_says_so() {
+    let mut number = entry(1);
+    number.cookies.clear();
+    number.number = true;
+    let number = json(&Record::Grant(number));
+    assert!(
+        number.contains(r#","cookies":[],"number":true}"#),
+        "{number}"
+    );
+    assert!(!grant_json(2).contains("number"), "{}", grant_json(2));
+    let with_cookies = number.replace(r#""cookies":[]"#, r#""cookies":[77]"#);
+    let text = [line(&number), line(&grant_json(2)), line(&with_cookies)].concat();
+    let recovered = replay_str(&text);
+    assert_eq!(ids(&recovered), [1, 2]);
+    assert!(recovered.leases[0].number);
+    assert!(!recovered.leases[1].number);
+    assert_eq!(recovered.dropped, 1);
 }
 
 #[test]
@@ -471,9 +495,10 @@ fn valid_entry() -> impl Strategy<Value = Entry> {
         ".{0,20}",
         proptest::collection::vec(socket(), 1..=4),
         proptest::option::of("[a-z]{1,10}"),
-        any::<bool>(),
+        prop_oneof![Just(Some(true)), Just(Some(false)), Just(None)],
     )
         .prop_map(
+            // `cookies`: with cookies, without (an older journal), or `None`: a number.
             |(id, pid, start_time, (uid, gid, since), name, sockets, service, cookies)| Entry {
                 id,
                 pid,
@@ -482,13 +507,14 @@ fn valid_entry() -> impl Strategy<Value = Entry> {
                 gid,
                 name,
                 since,
-                cookies: if cookies {
+                cookies: if cookies == Some(true) {
                     (0..sockets.len() as u64).collect()
                 } else {
                     Vec::new()
                 },
                 sockets,
                 service,
+                number: cookies.is_none(),
             },
         )
 }
@@ -514,6 +540,7 @@ fn valid(entry: &Entry) -> bool {
         && (1..=MAX_SOCKETS).contains(&entry.sockets.len())
         && entry.sockets.iter().all(|s| s.addr.port() != 0)
         && (entry.cookies.is_empty() || entry.cookies.len() == entry.sockets.len())
+        && (!entry.number || entry.cookies.is_empty())
 }
 
 proptest! {
