@@ -223,14 +223,15 @@ fn bind_all(
             reason: "every spec of a lease is a number, or none is".into(),
         });
     }
-    check_quotas(state, who, specs.len())?;
+    check_quotas(
+        state,
+        who,
+        specs.len(),
+        &numbers_to_take_over(state, who, specs),
+    )?;
     let mut bound: Vec<(GrantedSocket, OwnedFd)> = Vec::with_capacity(specs.len());
     for (index, spec) in specs.iter().enumerate() {
-        let ip = spec.addr.unwrap_or(state.default_addr);
-        let at = BindAddr {
-            ip,
-            v6_only: ip.is_ipv6() && (spec.v6_only || !ip.is_unspecified()),
-        };
+        let at = bind_addr(state, spec);
         let taken_here = |port: u16| {
             bound.iter().position(|(g, _)| {
                 g.transport == spec.transport
@@ -306,10 +307,53 @@ fn check_spec(
     Ok(())
 }
 
-/// The quotas a new lease of `sockets` sockets must fit in.
-fn check_quotas(state: &State, who: &Identity, sockets: usize) -> Result<(), Refusal> {
+/// Where `spec` binds: its address, else the default one; IPv6-only if asked, or if it is a
+/// specific IPv6 address (which the kernel binds so anyway).
+fn bind_addr(state: &State, spec: &SocketSpec) -> BindAddr {
+    let ip = spec.addr.unwrap_or(state.default_addr);
+    BindAddr {
+        ip,
+        v6_only: ip.is_ipv6() && (spec.v6_only || !ip.is_unspecified()),
+    }
+}
+
+/// The numbers of `who`'s own user in the way of `specs`' explicit ports: if the lease is
+/// granted it takes them over (see `bind_fixed`), so it needs no room of its own in the quotas
+/// for what they count. A server told a number and then binding it under the shim would
+/// otherwise be refused at its quota for the very port it was promised.
+fn numbers_to_take_over(state: &State, who: &Identity, specs: &[SocketSpec]) -> Vec<LeaseId> {
+    let mut numbers = Vec::new();
+    for spec in specs {
+        if spec.port == 0 || spec.listen == Listen::Number {
+            continue;
+        }
+        let at = bind_addr(state, spec);
+        for conflict in state.table.conflicts(spec.transport, at, spec.port) {
+            let lease = conflict.lease;
+            if lease.number && lease.holder.uid == who.uid && !numbers.contains(&lease.id) {
+                numbers.push(lease.id);
+            }
+        }
+    }
+    numbers
+}
+
+/// The quotas a new lease of `sockets` sockets must fit in, once the numbers `replaced` (which
+/// the lease takes over) are gone.
+fn check_quotas(
+    state: &State,
+    who: &Identity,
+    sockets: usize,
+    replaced: &[LeaseId],
+) -> Result<(), Refusal> {
     let limits = &state.policy.limits;
-    let total = state.table.lease_count() as u64;
+    let replaced_sockets: u64 = replaced
+        .iter()
+        .filter_map(|&id| state.table.get(id))
+        .map(|lease| lease.sockets.len() as u64)
+        .sum();
+    let replaced = replaced.len() as u64;
+    let total = (state.table.lease_count() as u64).saturating_sub(replaced);
     if total >= limits.leases_total {
         return Err(Refusal::QuotaExceeded {
             quota: "leases_total".into(),
@@ -320,7 +364,7 @@ fn check_quotas(state: &State, who: &Identity, sockets: usize) -> Result<(), Ref
     if who.uid == 0 {
         return Ok(());
     }
-    let mine = state.table.leases_of_uid(who.uid);
+    let mine = state.table.leases_of_uid(who.uid).saturating_sub(replaced);
     if mine >= limits.leases_per_uid {
         return Err(Refusal::QuotaExceeded {
             quota: "leases_per_uid".into(),
@@ -328,7 +372,10 @@ fn check_quotas(state: &State, who: &Identity, sockets: usize) -> Result<(), Ref
             limit: limits.leases_per_uid,
         });
     }
-    let held = state.table.sockets_of_uid(who.uid);
+    let held = state
+        .table
+        .sockets_of_uid(who.uid)
+        .saturating_sub(replaced_sockets);
     if held + sockets as u64 > limits.sockets_per_uid {
         return Err(Refusal::QuotaExceeded {
             quota: "sockets_per_uid".into(),

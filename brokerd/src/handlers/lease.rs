@@ -353,4 +353,38 @@ mod tests {
         );
         assert_eq!(state.table.lease_count(), 1);
     }
+
+    /// A user at its quota, holding a number, may still bind that number: the lease takes the
+    /// number's place in the count. Another port stays refused.
+    #[test]
+    fn a_number_taken_over_makes_room_for_its_own_lease_in_the_quotas() {
+        let mut state = state_with(
+            "[limits]\nleases_per_uid = 1\nsockets_per_uid = 1\n\n\
+             [[rule]]\nwho = \"everyone\"\nports = [\"pool\", \"1024-65535\"]\n",
+        );
+        let owner = stranger(1, 4242);
+        let number = granted(lease(&mut state, &owner, &[number("tcp:127.0.0.1:0")]));
+        let port = state.table.get(number).unwrap().sockets[0].addr.port();
+        let quota = ("leases_per_uid".to_owned(), 1, 1);
+        assert_eq!(
+            refused_over_quota(lease(&mut state, &owner, &any(1))),
+            quota,
+            "the number counts"
+        );
+        let server = stranger(2, 4242);
+        let taken = granted(lease(
+            &mut state,
+            &server,
+            &specs(&[&format!("tcp:127.0.0.1:{port}")]),
+        ));
+        assert!(state.table.get(number).is_none(), "the number ended");
+        assert_eq!(state.table.leases_of_uid(4242), 1);
+        assert_eq!(state.table.sockets_of_uid(4242), 1);
+        assert_eq!(
+            refused_over_quota(lease(&mut state, &owner, &any(1))),
+            quota,
+            "the socket lease counts in its place"
+        );
+        assert!(state.table.get(taken).is_some());
+    }
 }
