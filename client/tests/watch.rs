@@ -94,6 +94,8 @@ fn watch_json_prints_one_line_per_event_in_order() {
         first.local_addr().to_string()
     );
     assert_eq!(granted["sockets"][0]["proto"], "tcp");
+    assert_eq!(granted["sockets"][0]["listening"], true);
+    assert_eq!(granted["sockets"][0]["v6_only"], false, "as in list --json");
     let seq = granted["seq"].as_u64().unwrap();
 
     let taken = SocketSpec::tcp(Some(first.local_addr().ip()), first.local_addr().port());

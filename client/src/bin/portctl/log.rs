@@ -8,7 +8,7 @@ use portbroker::{HistoryEntry, HistoryEvent};
 use serde::Serialize;
 
 use crate::localtime::LocalTime;
-use crate::output::table;
+use crate::output::{table, SocketJson};
 use crate::users::Users;
 
 /// One row per event, oldest first, under a header that is there even with no event. An end
@@ -39,13 +39,6 @@ pub fn text(entries: &[HistoryEntry], users: &mut Users) -> String {
         rows.push(row);
     }
     table(&rows)
-}
-
-#[derive(Serialize)]
-struct SocketJson {
-    proto: &'static str,
-    addr: String,
-    listening: bool,
 }
 
 #[derive(Serialize)]
@@ -82,15 +75,7 @@ pub fn json_lines(entries: &[HistoryEntry], users: &mut Users) -> Result<String>
             user: holder.and_then(|h| users.name(h.uid)),
             gid: holder.map(|h| h.gid),
             name: holder.map(|h| h.name.as_str()),
-            sockets: entry
-                .sockets
-                .iter()
-                .map(|s| SocketJson {
-                    proto: s.transport.as_str(),
-                    addr: s.addr.to_string(),
-                    listening: s.listening,
-                })
-                .collect(),
+            sockets: entry.sockets.iter().map(SocketJson::from).collect(),
         };
         out.push_str(&serde_json::to_string(&json)?);
         out.push('\n');
@@ -214,7 +199,8 @@ mod tests {
             lines[0],
             json!({"time_unix_ms": 1_764_470_506_007u64, "event": "granted", "reason": null,
                    "id": 7, "pid": 4242, "uid": 0, "user": "root", "gid": 0, "name": "nginx",
-                   "sockets": [{"proto": "tcp", "addr": "127.0.0.1:40123", "listening": true}]})
+                   "sockets": [{"proto": "tcp", "addr": "127.0.0.1:40123", "listening": true,
+                                "v6_only": false}]})
         );
         assert_eq!(lines[1]["event"], "ended");
         assert_eq!(lines[1]["reason"], "connection_closed");

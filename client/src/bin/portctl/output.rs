@@ -238,6 +238,28 @@ struct SocketRow<'a> {
     state: &'static str,
 }
 
+/// A socket in the JSON of `watch` and `log`: the fields of `list --json` that describe the
+/// socket itself.
+#[derive(Serialize)]
+pub struct SocketJson {
+    proto: &'static str,
+    addr: String,
+    listening: bool,
+    /// Whether an IPv6 socket takes IPv6 only, as in `list --json`.
+    v6_only: bool,
+}
+
+impl From<&GrantedSocket> for SocketJson {
+    fn from(socket: &GrantedSocket) -> SocketJson {
+        SocketJson {
+            proto: socket.transport.as_str(),
+            addr: socket.addr.to_string(),
+            listening: socket.listening,
+            v6_only: socket.v6_only,
+        }
+    }
+}
+
 pub fn leases_json(leases: &[LeaseInfo], users: &mut Users) -> Result<String> {
     let rows: Vec<SocketRow> = leases
         .iter()

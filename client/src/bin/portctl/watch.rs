@@ -6,9 +6,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use portbroker::{Event, Holder, Watched};
-use serde::Serialize;
 use serde_json::{json, Value};
 
+use crate::output::SocketJson;
 use crate::talk::{connect, warn};
 
 /// Subscribes and prints every event until the broker goes away, stdout closes or a signal
@@ -47,13 +47,6 @@ pub fn text_line(watched: &Watched) -> String {
     }
 }
 
-#[derive(Serialize)]
-struct SocketJson {
-    proto: &'static str,
-    addr: String,
-    listening: bool,
-}
-
 fn holder_json(holder: &Holder) -> Value {
     json!({"pid": holder.pid, "uid": holder.uid, "gid": holder.gid, "name": holder.name})
 }
@@ -67,15 +60,8 @@ pub fn json_line(watched: &Watched) -> Result<String> {
             let mut value = json!({"seq": seq, "event": event.name()});
             let fields = match event {
                 Event::Granted { lease } => {
-                    let sockets: Vec<SocketJson> = lease
-                        .sockets
-                        .iter()
-                        .map(|s| SocketJson {
-                            proto: s.transport.as_str(),
-                            addr: s.addr.to_string(),
-                            listening: s.listening,
-                        })
-                        .collect();
+                    let sockets: Vec<SocketJson> =
+                        lease.sockets.iter().map(SocketJson::from).collect();
                     let mut fields = holder_json(&lease.holder);
                     fields["id"] = json!(lease.id.0);
                     fields["since"] = json!(lease.since);
