@@ -185,6 +185,14 @@ fn run(args: Args) -> Result<()> {
         Some(path) => tracing::info!("policy: {} ({} rules)", path.display(), policy.rule_count()),
         None => tracing::info!("policy: built-in (no policy file)"),
     }
+    if let Err(err) = pidfd::can_copy_fds() {
+        tracing::warn!(
+            "cannot fetch sockets from other processes (pidfd_getfd: {err}): a revoke shuts \
+             nothing down, a handover finds no socket, and after a restart leases come back \
+             lingering instead of tied to their holders. Under systemd, SystemCallFilter= must \
+             allow pidfd_getfd (Linux 5.6 or later)"
+        );
+    }
     let socket = match args.socket.or_else(|| policy.socket_path.clone()) {
         Some(path) => path,
         None => portbroker_proto::default_socket_path()?,

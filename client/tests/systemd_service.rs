@@ -145,10 +145,14 @@ impl Container {
             }
         }
         let log = pkg.join(format!("{name}.console"));
+        // nspawn's own seccomp filter, under the unit's, denies pidfd_getfd to everything in
+        // the container (systemd 252 files it under @debug): let it through, as a host's
+        // systemd does, or the broker's fetches of leased sockets fail with EPERM here only.
         let script = format!(
             "for h in systemd unified; do [ -d /sys/fs/cgroup/$h/{name} ] && echo $$ > /sys/fs/cgroup/$h/{name}/cgroup.procs; done; \
              exec timeout -k 10 900 systemd-nspawn --quiet --boot --directory=/ --volatile=yes \
              --register=no --keep-unit --private-network --console=read-only --machine={name} \
+             --system-call-filter=pidfd_getfd \
              --overlay=/usr::/usr --overlay=/var::/var --overlay=/etc::/etc \
              --bind-ro={pkg}:/mnt/pkg systemd.firstboot=off systemd.unit=basic.target",
             pkg = pkg.display()
@@ -494,6 +498,34 @@ fn the_package_serves_users_through_socket_activation() {
         "python3 -c 'import urllib.request as u; print(u.urlopen(\"http://{addr}/\").status)'"
     ));
     assert_eq!(status.trim(), "200", "the wrapped server serves on {addr}");
+
+    // An administrator's revoke shuts the server's listener down where it lives (the daemon
+    // fetches it from the server with pidfd_getfd, which the unit's syscall filter must let
+    // through): nothing listens on the port any more.
+    let id = c
+        .leases()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == "python3")
+        .and_then(|x| x["id"].as_u64())
+        .unwrap();
+    let revoked = c.ok(&format!("portctl revoke {id}"));
+    let port = addr.rsplit(':').next().unwrap();
+    let shut = wait_until(Duration::from_secs(20), || {
+        c.ok(&format!("ss -Htln 'sport = :{port}'"))
+            .trim()
+            .is_empty()
+    });
+    assert!(
+        shut,
+        "after revoke the server still listens on {addr}: {revoked}\n{}",
+        c.journal()
+    );
+    let journal = c.journal();
+    assert!(
+        !journal.contains("cannot fetch sockets"),
+        "the unit keeps the broker from fetching sockets:\n{journal}"
+    );
     c.ok("systemctl stop wrapped");
     c.wait_leases(
         Duration::from_secs(20),
@@ -587,6 +619,20 @@ fn leases_and_reserved_ports_survive_restart_and_kill() {
             Duration::from_secs(20),
             &format!("lease {lease} is listed after {how}"),
             |l| l.iter().any(|x| x["id"].as_u64() == Some(lease)),
+        );
+        // Its holder still holds its socket, which the restarted daemon checks by fetching the
+        // holder's sockets (pidfd_getfd): tied to the holder again, not lingering.
+        let state = c
+            .leases()
+            .unwrap()
+            .iter()
+            .find(|x| x["id"].as_u64() == Some(lease))
+            .map(|x| x["state"].clone());
+        assert_eq!(
+            state,
+            Some(serde_json::json!("process")),
+            "lease {lease} after {how}:\n{}",
+            c.journal()
         );
         assert!(
             c.reserved_port_is_bound(),
