@@ -223,13 +223,7 @@ fn a_number_of_a_living_process_survives_a_restart_as_a_number() {
     use std::io::{Read, Write};
     use std::os::unix::net::UnixStream;
     let config_dir = tempfile::tempdir().unwrap();
-    let address = config_dir.path().join("portserver.sock");
-    let config = config_dir.path().join("portbroker.toml");
-    std::fs::write(
-        &config,
-        format!("[portserver]\naddress = \"{}\"\n", address.display()),
-    )
-    .unwrap();
+    let (config, address) = support::portserver_policy(config_dir.path());
     let config = config.to_str().unwrap();
     let mut daemon = Daemon::start_with(&["--pool", POOL_3, "--config", config]);
     // A served request first: the portserver opens during start-up.

@@ -59,13 +59,7 @@ fn portserver_trouble_is_rate_limited_with_a_count() {
     use std::io::{Read, Write};
     use std::os::unix::net::UnixStream;
     let tmp = tempfile::tempdir().unwrap();
-    let address = tmp.path().join("portserver.sock");
-    let config = tmp.path().join("portbroker.toml");
-    std::fs::write(
-        &config,
-        format!("[portserver]\naddress = \"{}\"\n", address.display()),
-    )
-    .unwrap();
+    let (config, address) = support::portserver_policy(tmp.path());
     let daemon = Daemon::start_at_default_level(&["--config", config.to_str().unwrap()]);
     // A served request first: the portserver opens during start-up.
     daemon.broker().status().unwrap();

@@ -86,6 +86,20 @@ pub fn port_is_free(port: u16) -> bool {
         })
 }
 
+/// A policy file in `dir` that serves the portserver at a path of its own in `dir`, so that
+/// the test's daemon is the only one there (the default, `@portserver`, is one per network
+/// namespace); the policy file's path and the portserver's.
+pub fn portserver_policy(dir: &Path) -> (PathBuf, PathBuf) {
+    let address = dir.join("portserver.sock");
+    let config = dir.join("portbroker.toml");
+    std::fs::write(
+        &config,
+        format!("[portserver]\naddress = \"{}\"\n", address.display()),
+    )
+    .unwrap();
+    (config, address)
+}
+
 /// The cargo profile directory this test binary was built in (`target/debug`).
 pub fn target_dir() -> PathBuf {
     // target/debug/deps/<test binary> -> target/debug
