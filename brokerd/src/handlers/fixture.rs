@@ -12,7 +12,7 @@ use crate::policy::{Identity, Policy};
 use crate::state::State;
 
 /// A state on the built-in policy (root may lease anything, others the pool and ports from
-/// 1024 up), with a pool of 200 ports no other fixture state uses.
+/// 1024 up), with a pool of 100 ports no other fixture state uses.
 pub fn state() -> State {
     with_policy(Policy::defaults(1024))
 }
@@ -33,11 +33,25 @@ fn with_policy(policy: Policy) -> State {
     on_address(policy, "127.0.0.1".parse().unwrap())
 }
 
+/// Pool slices of 100 ports from 10000 up to the default ephemeral range (32768): room for a
+/// lease that skips `POOL_TRIES` (64) ports held outside, and for 227 states.
+const SLICE: u16 = 100;
+const SLICES: u16 = (32_768 - 10_000) / SLICE;
+
 fn on_address(policy: Policy, default_addr: std::net::IpAddr) -> State {
     static NEXT_SLICE: AtomicU16 = AtomicU16::new(0);
-    let slice = NEXT_SLICE.fetch_add(1, Ordering::Relaxed) % 50;
-    let lo = 20_000 + slice * 200;
-    let pool = PortRange { lo, hi: lo + 199 };
+    // Never two states on one slice: tests run in parallel, and one's lease would sit on a
+    // port another expects free (a lingering lease, a "free fixture port" held).
+    let slice = NEXT_SLICE.fetch_add(1, Ordering::Relaxed);
+    assert!(
+        slice < SLICES,
+        "more than {SLICES} fixture states in one test binary: make the slices narrower"
+    );
+    let lo = 10_000 + slice * SLICE;
+    let pool = PortRange {
+        lo,
+        hi: lo + SLICE - 1,
+    };
     State::new(pool, default_addr, policy).expect("epoll for process watches")
 }
 
