@@ -593,9 +593,10 @@ mod tests {
         }
         let slept = sleeps_of(client) - before;
         broker.join().unwrap();
-        // One sleep per answer; a little room for the allocator or a page fault.
+        // One sleep per answer; room for the allocator, a page fault or another test's thread
+        // on a lock, well short of the two per answer of a spurious wake-up.
         assert!(
-            slept < ROUND_TRIPS + ROUND_TRIPS / 4,
+            slept < ROUND_TRIPS * 3 / 2,
             "{slept} sleeps for {ROUND_TRIPS} answers"
         );
     }

@@ -15,7 +15,8 @@ use support::{loopback_any, spawn_and_read_line, wait_until, Daemon};
 const POOL: &str = "65000-65299";
 const POOL_2: &str = "65300-65379";
 const POOL_3: &str = "65380-65459";
-const POOL_4: &str = "65460-65499";
+const POOL_4: &str = "65460-65479";
+const POOL_6: &str = "65480-65499";
 const POOL_5: &str = "65500-65535";
 
 fn restart(old: &Daemon, pool: &str) -> Daemon {
@@ -225,7 +226,7 @@ fn a_number_of_a_living_process_survives_a_restart_as_a_number() {
     let config_dir = tempfile::tempdir().unwrap();
     let (config, address) = support::portserver_policy(config_dir.path());
     let config = config.to_str().unwrap();
-    let mut daemon = Daemon::start_with(&["--pool", POOL_3, "--config", config]);
+    let mut daemon = Daemon::start_with(&["--pool", POOL_6, "--config", config]);
     // A served request first: the portserver opens during start-up.
     daemon.broker().status().unwrap();
 
@@ -258,7 +259,7 @@ fn a_number_of_a_living_process_survives_a_restart_as_a_number() {
         "--socket",
         daemon.socket.to_str().unwrap(),
         "--pool",
-        POOL_3,
+        POOL_6,
         "--config",
         config,
     ]);

@@ -12,7 +12,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use portbroker::{Broker, ErrorKind as BrokerErrorKind, Refusal};
-use support::{free_port, kill_all, wait_until, Daemon};
+use support::{free_port, kill_all, lease_again, wait_until, Daemon};
 
 const CONTENDER_SOCKET: &str = "PORTBROKER_TEST_CONTENDER_SOCKET";
 const CONTENDER_SPEC: &str = "PORTBROKER_TEST_CONTENDER_SPEC";
@@ -330,21 +330,6 @@ fn a_multi_socket_lease_is_granted_or_refused_as_one_unit() {
             .all(|p| (daemon.pool.0..=daemon.pool.1).contains(p)),
         "{ports:?}"
     );
-}
-
-/// Leases `spec`, which this test binary may have released a moment ago. A released socket
-/// lives on briefly in any child forked meanwhile (other tests spawn processes) until it execs,
-/// and the kernel then rightly says "in use outside the broker": ask again until that copy is
-/// gone (within 2 s).
-fn lease_again(broker: &Broker, spec: &str) -> Result<portbroker::Lease, portbroker::Error> {
-    let mut outcome = None;
-    wait_until(Duration::from_secs(2), || {
-        let result = broker.lease_str(&[spec]);
-        let outside = matches!(&result, Err(e) if e.kind() == BrokerErrorKind::InUseOutside);
-        outcome = Some(result);
-        !outside
-    });
-    outcome.expect("wait_until tries at least once")
 }
 
 /// Eight clients lease and release a handful of ports for 20 rounds. A registry records each

@@ -242,24 +242,32 @@ fn five_hundred_idle_connections_do_not_slow_a_good_client() {
     let status = broker.status().unwrap();
     assert_eq!(status.connections, IDLE as u64 + 1, "{status:?}");
 
-    let crowded = round_trips(&format!("beside {IDLE} idle connections"));
+    let median = |took: &[Duration]| took[took.len() / 2];
+    let alone_median = median(&alone);
+    let bound = alone_median * 3 + Duration::from_micros(200);
+    // Up to three batches: a burst of another test's load can slow one batch, but an event loop
+    // that scans its connections per request is slow in every one.
+    let mut medians = Vec::new();
+    let mut slowest = *alone.last().unwrap();
+    for batch in 1..=3 {
+        let crowded = round_trips(&format!("beside {IDLE} idle connections, batch {batch}"));
+        slowest = slowest.max(*crowded.last().unwrap());
+        medians.push(median(&crowded));
+        if median(&crowded) < bound {
+            break;
+        }
+    }
     assert!(daemon.is_running(), "the daemon died:\n{}", daemon.log());
     drop(crowd);
-
-    let median = |took: &[Duration]| took[took.len() / 2];
-    let (alone_median, crowded_median) = (median(&alone), median(&crowded));
-    let slowest = *alone.last().unwrap().max(crowded.last().unwrap());
     eprintln!(
         "lease+release over {ROUND_TRIPS} round trips: median {alone_median:?} alone (max {:?}), \
-         {crowded_median:?} beside {IDLE} idle connections (max {:?})",
+         {medians:?} beside {IDLE} idle connections (slowest of all {slowest:?})",
         alone.last().unwrap(),
-        crowded.last().unwrap()
     );
-    let bound = alone_median * 3 + Duration::from_micros(200);
     assert!(
-        crowded_median < bound,
-        "beside {IDLE} idle connections a round trip takes {crowded_median:?} (median), alone \
-         {alone_median:?}: over the bound of {bound:?}"
+        medians.iter().any(|m| *m < bound),
+        "beside {IDLE} idle connections a round trip takes {medians:?} (medians of each batch), \
+         alone {alone_median:?}: over the bound of {bound:?}"
     );
     assert!(
         slowest < Duration::from_secs(1),

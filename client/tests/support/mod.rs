@@ -35,6 +35,21 @@ pub fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool 
     }
 }
 
+/// Leases `spec`, which this test binary may have released a moment ago. A released socket
+/// lives on briefly in any child forked meanwhile (other tests spawn processes) until it execs,
+/// and the kernel then rightly says "in use outside the broker": ask again until that copy is
+/// gone (within 2 s).
+pub fn lease_again(broker: &Broker, spec: &str) -> Result<portbroker::Lease, portbroker::Error> {
+    let mut outcome = None;
+    wait_until(Duration::from_secs(2), || {
+        let result = broker.lease_str(&[spec]);
+        let outside = matches!(&result, Err(e) if e.kind() == portbroker::ErrorKind::InUseOutside);
+        outcome = Some(result);
+        !outside
+    });
+    outcome.expect("wait_until tries at least once")
+}
+
 /// TCP on 127.0.0.1, any port of the pool: the lease most tests need.
 pub fn loopback_any() -> SocketSpec {
     SocketSpec::tcp(Some(Ipv4Addr::LOCALHOST.into()), 0)
@@ -234,7 +249,11 @@ impl Daemon {
         // Each daemon of a test binary gets its own slice of the pool space, so parallel tests
         // do not skip over each other's ports.
         static NEXT_SLICE: AtomicUsize = AtomicUsize::new(0);
-        let slice = NEXT_SLICE.fetch_add(1, Ordering::Relaxed) % 20;
+        let slice = NEXT_SLICE.fetch_add(1, Ordering::Relaxed);
+        assert!(
+            slice < 20,
+            "more than 20 daemons in one test binary: their pools would overlap"
+        );
         let lo = 61000 + 200 * slice as u16;
         let pool = (lo, lo + 199);
         let log = std::fs::File::create(dir.path().join("portbrokerd.log")).unwrap();
