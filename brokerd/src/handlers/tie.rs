@@ -76,6 +76,13 @@ mod tests {
         }
         assert_eq!(exited, [pid]);
         state.process_exited(pid);
+        // At once, unless a child another test forked this very moment still has a copy of
+        // the socket until it execs: then it lingers, and ends when that copy closes.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while state.table.get(id).is_some() && std::time::Instant::now() < deadline {
+            state.check_lingering();
+            std::thread::park_timeout(std::time::Duration::from_millis(5));
+        }
         assert!(state.table.get(id).is_none(), "ended with its process");
     }
 
