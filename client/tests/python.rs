@@ -39,7 +39,65 @@ fn the_python_package_and_its_pytest_plugin_under_pytest_xdist() {
     };
     unit_tests(&python);
     the_plugin_says_what_to_do_without_a_broker(&python);
+    a_broker_keeps_its_lease_through_a_daemon_restart(&python);
     example_suite(&python);
+}
+
+/// A `portbroker.Broker` holding a lease while the daemon is killed and started again (with
+/// its journal): its next request connects again by itself, the lease is taken back, and it
+/// renews and releases as before.
+fn a_broker_keeps_its_lease_through_a_daemon_restart(python: &Path) {
+    use std::io::{BufRead, BufReader, Write};
+    const SCRIPT: &str = "import sys, portbroker\n\
+                          broker = portbroker.connect(sys.argv[1])\n\
+                          lease = broker.lease('tcp:127.0.0.1:0')\n\
+                          print(lease.id, flush=True)\n\
+                          sys.stdin.readline()\n\
+                          print(sorted(l.id for l in broker.list()), flush=True)\n\
+                          print(lease.renew(60) is not None, flush=True)\n\
+                          print(lease.release(), flush=True)\n";
+    let mut daemon = Daemon::start();
+    let mut child = Command::new(python)
+        .args(["-c", SCRIPT])
+        .arg(&daemon.socket)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next = || lines.next().map(Result::unwrap).unwrap_or_default();
+    let id: u64 = next()
+        .parse()
+        .unwrap_or_else(|e| panic!("no lease id: {e}"));
+
+    daemon.kill9();
+    let again = Daemon::start_with(&["--socket", daemon.socket.to_str().unwrap()]);
+    writeln!(child.stdin.as_mut().unwrap()).unwrap();
+    let listed = next();
+    let renewed = next();
+    let released = next();
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "the script failed ({status}):\n{}",
+        again.log()
+    );
+    assert_eq!(
+        listed,
+        format!("[{id}]"),
+        "the lease is back on the new connection"
+    );
+    assert_eq!(renewed, "True", "renewed after the restart");
+    assert_eq!(released, "True", "released after the restart");
+    assert!(
+        again.broker().list().unwrap().is_empty(),
+        "the release reached the restarted daemon"
+    );
+    again.assert_logged(
+        "re-attached 1 of 1 leases",
+        Duration::from_secs(2),
+        "the Python package re-attached its lease",
+    );
 }
 
 /// Fails under CI; otherwise says why the test does nothing.

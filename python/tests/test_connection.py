@@ -226,14 +226,17 @@ def test_a_broker_that_hangs_up_mid_frame_loses_the_connection(scripted):
 
 
 def test_a_request_that_failed_half_way_leaves_the_connection_refusing_requests():
+    # The connection itself: a Broker connects again instead (test_reconnect.py).
     scripted = ScriptedBroker(timeout=0.2)
+    connection = scripted.broker._conn
     try:
         with pytest.raises(portbroker.ConnectionLost, match="did not answer in time"):
-            scripted.broker.list()
+            connection.round_trip(Request.List())
         # The late answer must never pass for the answer of the next request.
         scripted.send(Response.Leases(()))
         with pytest.raises(portbroker.ConnectionLost, match="connect again"):
-            scripted.broker.list()
+            connection.round_trip(Request.List())
+        assert not connection.usable
     finally:
         scripted.close()
 

@@ -1,13 +1,15 @@
-"""A session with the broker: one connection, kept open, that leases, releases, renews and
-lists. Leases granted on it last until they are released or the connection closes."""
+"""A session with the broker: one connection, kept open (and made again when it breaks), that
+leases, releases, renews and lists. Leases granted on it last until they are released or the
+session is closed."""
 
 import dataclasses
 import datetime
 import os
 import socket
+import threading
 
 from .connection import Connection, expect
-from .errors import ProtocolError, Unreachable, UnknownLease
+from .errors import ConnectionLost, LeaseLost, ProtocolError, Unreachable, UnknownLease
 from .lease import Lease
 from .paths import client_socket_paths
 from .protocol import Listen, Request, Response, SocketSpec, Transport
@@ -24,13 +26,33 @@ CLIENT_NAME = f"portbroker-py/{__version__}"
 _U32_MAX = 0xFFFF_FFFF
 
 
+# Requests that change nothing, which may be sent again on a new connection when the old one
+# broke under them.
+_READS = (Request.List, Request.Status)
+
+
 class Broker:
     """A connection to ``portbrokerd``. Use :meth:`connect`; close it (or use ``with``) when
     done: closing ends every lease still held on it. Safe to share between threads (one request
-    at a time); not across ``fork()``."""
+    at a time); not across ``fork()``.
 
-    def __init__(self, connection):
+    When the connection breaks (a restarted broker), the next request connects again by itself
+    and takes this Broker's leases back (``Reattach``). A lease the broker gives back goes on;
+    one it does not is lost: :meth:`release` of it returns False and :meth:`renew` raises
+    :class:`LeaseLost`, and neither sends anything. A request that may have been carried out
+    when the connection broke under it (a lease, a release, a renewal) is not sent again: it
+    raises :class:`ConnectionLost`, and the next request connects again. ``list()`` and
+    ``status()`` are simply asked again."""
+
+    def __init__(self, connection, timeout=DEFAULT_TIMEOUT):
         self._conn = connection
+        self._timeout = timeout
+        # One request (or reconnect) at a time; guards the lease sets too.
+        self._lock = threading.Lock()
+        # Leases granted through this Broker and not let go, and those a reconnect lost.
+        self._held = set()
+        self._lost = set()
+        self._closed = False
 
     @classmethod
     def connect(cls, path=None, timeout=DEFAULT_TIMEOUT):
@@ -46,7 +68,7 @@ class Broker:
         tried = []
         for candidate in paths:
             try:
-                return cls(Connection.open(candidate, timeout, CLIENT_NAME))
+                return cls(Connection.open(candidate, timeout, CLIENT_NAME), timeout)
             except Unreachable as error:
                 tried.extend(error.tried)
         raise Unreachable(tried)
@@ -63,11 +85,57 @@ class Broker:
 
     @property
     def closed(self):
-        return self._conn.closed
+        """Whether :meth:`close` was called (a broken connection is made again instead)."""
+        return self._closed
 
     def close(self):
         """Closes the connection; the broker ends every lease still held on it."""
-        self._conn.close()
+        with self._lock:
+            self._closed = True
+            self._conn.close()
+
+    def _exchange(self, request):
+        """Sends ``request`` and returns its reply, connecting again first if the connection
+        broke, and after a break under the request if it was not carried out (it never left
+        whole, or it changes nothing)."""
+        with self._lock:
+            if self._closed:
+                raise ConnectionLost(self.path, "this Broker was closed: connect again")
+            if not self._conn.usable:
+                self._reconnect()
+            try:
+                return self._conn.round_trip(request)
+            except ConnectionLost:
+                if self._conn.delivered and not isinstance(request, _READS):
+                    raise
+            self._reconnect()
+            return self._conn.round_trip(request)
+
+    def _ask(self, request, expected):
+        reply = self._exchange(request)
+        for fd in reply.fds:
+            os.close(fd)
+        return expect(request, reply.response, expected)
+
+    def _reconnect(self):
+        """Connects again and takes this Broker's leases back onto the new connection; those
+        the broker does not give back are lost. The old connection closes only then, so that a
+        broker still running keeps the leases it gives back."""
+        fresh = Connection.open(self._conn.path, self._timeout, CLIENT_NAME)
+        try:
+            asked = tuple(sorted(self._held))
+            if asked:
+                kept = fresh.ask(Request.Reattach(ids=asked), Response.Reattached).ids
+                lost = set(asked) - set(kept)
+                self._held -= lost
+                self._lost |= lost
+        except BaseException:
+            fresh.close()
+            raise
+        old, self._conn = self._conn, fresh
+        # What the broker said of ended leases before the break still holds.
+        fresh.ended = {**old.ended, **fresh.ended}
+        old.close()
 
     def __enter__(self):
         return self
@@ -119,10 +187,13 @@ class Broker:
         return self._granted(Request.Lease(sockets=tuple(specs)))
 
     def _granted(self, request):
-        reply = self._conn.round_trip(request)
+        reply = self._exchange(request)
         fds, sockets = list(reply.fds), []
         try:
             granted = expect(request, reply.response, Response.Granted)
+            with self._lock:
+                self._held.add(granted.id)
+                self._lost.discard(granted.id)
             while fds:
                 try:
                     sockets.append(socket.socket(fileno=fds[0]))
@@ -142,26 +213,36 @@ class Broker:
         """Ends a lease (a :class:`Lease` or its id). True if the broker released it; False if
         no live lease had that id (released, expired or revoked already, or, for a number,
         taken over). A lingering lease's port stays out of the pool until its last copy of
-        the socket closes: close the sockets first (:meth:`Lease.release` does)."""
+        the socket closes: close the sockets first (:meth:`Lease.release` does). A lease lost
+        when the connection was made again is not asked for: False."""
         lease_id = _id(lease)
+        if lease_id in self._lost:
+            return False
         request = Request.Release(id=lease_id)
         try:
-            self._conn.ask(request, Response.Released)
+            self._ask(request, Response.Released)
         except UnknownLease:
-            return False
-        return True
+            released = False
+        else:
+            released = True
+        with self._lock:
+            self._held.discard(lease_id)
+        return released
 
     def renew(self, lease, ttl):
         """Gives a lease (a :class:`Lease` or its id) a time limit of ``ttl`` (seconds, or a
         ``timedelta``) from now, or extends it; 0 removes the limit. Returns when it now
-        expires (an aware UTC ``datetime``), or ``None`` without a limit."""
+        expires (an aware UTC ``datetime``), or ``None`` without a limit. Raises
+        :class:`LeaseLost` for a lease lost when the connection was made again."""
         if isinstance(ttl, datetime.timedelta):
             ttl = ttl.total_seconds()
         if ttl < 0:
             raise ValueError(f"a time limit cannot be negative: {ttl}")
         lease_id = _id(lease)
+        if lease_id in self._lost:
+            raise LeaseLost(self.path, lease_id)
         ttl_ms = min(round(ttl * 1000), _U32_MAX)
-        answer = self._conn.ask(Request.Renew(id=lease_id, ttl_ms=ttl_ms), Response.Renewed)
+        answer = self._ask(Request.Renew(id=lease_id, ttl_ms=ttl_ms), Response.Renewed)
         if answer.expires_unix_ms is None:
             return None
         return datetime.datetime.fromtimestamp(answer.expires_unix_ms / 1000, datetime.timezone.utc)
@@ -169,11 +250,11 @@ class Broker:
     def list(self):
         """Every live lease, lingering, kept and number ones included, ordered by id: a list of
         :class:`LeaseInfo`."""
-        return list(self._conn.ask(Request.List(), Response.Leases).leases)
+        return list(self._ask(Request.List(), Response.Leases).leases)
 
     def status(self):
         """The broker's state: a :class:`StatusInfo`."""
-        return self._conn.ask(Request.Status(), Response.Status).status
+        return self._ask(Request.Status(), Response.Status).status
 
     def ended(self, lease):
         """``"revoked"`` or ``"expired"`` if the broker said it ended this lease by itself (it

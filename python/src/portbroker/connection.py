@@ -47,6 +47,9 @@ class Connection:
         self._out_of_step = None
         self._lock = threading.Lock()
         self.daemon_version = None
+        # Whether the last request left whole (so the broker may have carried it out), for a
+        # caller deciding whether to send it again on a new connection.
+        self.delivered = False
         # Leases the broker ended by itself and said so between answers: id -> "revoked" or
         # "expired".
         self.ended = {}
@@ -89,6 +92,11 @@ class Connection:
     def closed(self):
         return self._sock.fileno() == -1
 
+    @property
+    def usable(self):
+        """Whether it takes requests: open, and no request failed half-way on it."""
+        return not self.closed and not self._out_of_step
+
     def ask(self, request, expected):
         """Sends ``request`` and returns its answer, which must be an ``expected`` response
         (a ``Response.*`` class); the broker's refusal or failure raises its exception (see
@@ -109,7 +117,9 @@ class Connection:
                 )
             frame = frames.encode_request(request)
             self._out_of_step = f"a {protocol.name_of(request)} request failed half-way"
+            self.delivered = False
             self._send(frame)
+            self.delivered = True
             reply = self._receive()
             self._out_of_step = None
             if self._frames.buffered() == 0:

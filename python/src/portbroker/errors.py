@@ -68,12 +68,27 @@ class VersionMismatch(PortbrokerError):
 
 
 class ConnectionLost(PortbrokerError):
-    """The connection broke, or the broker did not answer in time. Leases held on the
-    connection end when it closes; the request may or may not have been carried out."""
+    """The connection broke, or the broker did not answer in time, under a request that may or
+    may not have been carried out. A :class:`Broker`'s next request connects again and takes
+    its leases back."""
 
     def __init__(self, path, reason):
         self.path, self.reason = path, reason
         super().__init__(f"lost the connection to the broker at {path}: {reason}")
+
+
+class LeaseLost(PortbrokerError):
+    """The connection was made again (the broker restarted, say) and the broker did not give
+    this lease back: it restarted without its journal, or the lease ended meanwhile. Nothing
+    was sent: after a restart without the journal its id may name another process's lease."""
+
+    def __init__(self, path, lease_id):
+        self.path, self.id = path, lease_id
+        super().__init__(
+            f"lease {lease_id} was lost when the connection to the broker at {path} was made "
+            "again: the broker did not give it back (it restarted without its journal, or the "
+            "lease ended meanwhile)"
+        )
 
 
 class ProtocolError(PortbrokerError):
