@@ -167,6 +167,10 @@ struct FileReserve {
 /// The most ports a policy may reserve: each is an fd the daemon holds.
 const MAX_RESERVED: usize = 4096;
 
+/// The longest service name, in bytes. A name asked for that is longer names no service, and
+/// the refusal (which every watcher is told of) repeats only this much of it.
+pub const MAX_SERVICE_NAME: usize = 255;
+
 /// Whom a rule or service names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Who {
@@ -484,6 +488,11 @@ impl Policy {
         let mut services = BTreeMap::new();
         for (name, service) in &file.services {
             let context = |e: String| invalid(format!("[services.{name}]: {e}"));
+            if name.len() > MAX_SERVICE_NAME {
+                return Err(context(format!(
+                    "a service name is at most {MAX_SERVICE_NAME} bytes"
+                )));
+            }
             if service.sockets.is_empty() {
                 return Err(context("sockets must name at least one socket".into()));
             }

@@ -4,9 +4,12 @@
 //! its connection. When the queue is full, further events are only counted, and the watcher
 //! gets one `Missed { count }` before the next event that fits, or once it has read everything
 //! queued, whichever comes first. With no watcher, emitting an
-//! event costs one check of an empty map: the event is not even built.
+//! event costs one check of an empty map: the event is not even built. An event is kept once,
+//! however many watchers wait for it: a queue holds a reference, so that watchers who never
+//! read cost a few bytes per event each, not a copy of it (an event can carry a client's text).
 
 use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
 
 use portbroker_proto::{Event, Response};
 
@@ -15,9 +18,27 @@ use crate::lease::ConnId;
 /// Frames (events, and `Missed`) queued per watcher at most.
 pub const WATCH_QUEUE: usize = 1024;
 
+/// A frame waiting for a watcher, built into its `Response` when it is sent.
+enum Queued {
+    Event { seq: u64, event: Rc<Event> },
+    Missed { count: u64 },
+}
+
+impl Queued {
+    fn into_response(self) -> Response {
+        match self {
+            Queued::Event { seq, event } => Response::Event {
+                seq,
+                event: Rc::unwrap_or_clone(event),
+            },
+            Queued::Missed { count } => Response::Missed { count },
+        }
+    }
+}
+
 #[derive(Default)]
 struct Queue {
-    frames: VecDeque<Response>,
+    frames: VecDeque<Queued>,
     /// Events that did not fit since the last one that did.
     missed: u64,
 }
@@ -66,7 +87,7 @@ impl Watchers {
         if self.queues.is_empty() {
             return;
         }
-        let event = make();
+        let event = Rc::new(make());
         let seq = self.seq;
         for queue in self.queues.values_mut() {
             let room = self.capacity - queue.frames.len();
@@ -77,11 +98,11 @@ impl Watchers {
             }
             if queue.missed > 0 {
                 let count = std::mem::take(&mut queue.missed);
-                queue.frames.push_back(Response::Missed { count });
+                queue.frames.push_back(Queued::Missed { count });
             }
-            queue.frames.push_back(Response::Event {
+            queue.frames.push_back(Queued::Event {
                 seq,
-                event: event.clone(),
+                event: Rc::clone(&event),
             });
         }
     }
@@ -98,16 +119,29 @@ impl Watchers {
     /// the events it missed since, so that a watcher is told even if no event follows.
     pub fn next_for(&mut self, conn: ConnId) -> Option<Response> {
         let queue = self.queues.get_mut(&conn)?;
-        queue.frames.pop_front().or_else(|| {
-            (queue.missed > 0).then(|| Response::Missed {
+        match queue.frames.pop_front() {
+            Some(queued) => Some(queued.into_response()),
+            None => (queue.missed > 0).then(|| Response::Missed {
                 count: std::mem::take(&mut queue.missed),
-            })
-        })
+            }),
+        }
     }
 
     /// Frames waiting for watcher `conn`.
     #[cfg(test)]
     pub fn queued(&self, conn: ConnId) -> usize {
         self.queues.get(&conn).map_or(0, |q| q.frames.len())
+    }
+
+    /// How many events the queues hold, each counted once however many watchers wait for it.
+    #[cfg(test)]
+    pub fn distinct_events(&self) -> usize {
+        let mut seen = std::collections::HashSet::new();
+        for queued in self.queues.values().flat_map(|q| &q.frames) {
+            if let Queued::Event { event, .. } = queued {
+                seen.insert(Rc::as_ptr(event));
+            }
+        }
+        seen.len()
     }
 }

@@ -9,14 +9,25 @@ use super::Reply;
 use crate::grant::grant;
 use crate::lease::Keeper;
 use crate::peer::Peer;
+use crate::policy::MAX_SERVICE_NAME;
 use crate::state::State;
+
+/// `name` as a refusal repeats it: at most `MAX_SERVICE_NAME` bytes of it, and "..." if cut.
+fn shown(name: &str) -> String {
+    if name.len() <= MAX_SERVICE_NAME {
+        return name.to_owned();
+    }
+    let mut end = MAX_SERVICE_NAME;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &name[..end])
+}
 
 pub fn lease_named(state: &mut State, peer: &Peer, name: &str) -> Reply {
     let policy = &state.policy;
     let checked = match policy.services.get(name) {
-        None => Err(Refusal::UnknownService {
-            name: name.to_owned(),
-        }),
+        None => Err(Refusal::UnknownService { name: shown(name) }),
         Some(service) => match policy.may_use_service(&peer.identity, name, service) {
             Ok(admitted) => Ok((service.sockets.clone(), !admitted)),
             Err(reason) => Err(Refusal::NotPermitted { reason }),
@@ -89,6 +100,25 @@ sticky_secs = 60
         assert!(matches!(
             unknown.response,
             Response::Refused(Refusal::UnknownService { .. })
+        ));
+    }
+
+    /// A client's name comes back in the refusal, which every watcher is told of: a long one
+    /// is cut, so that it cannot make each watcher's queue hold a frame's worth per event.
+    #[test]
+    fn a_long_unknown_name_comes_back_cut() {
+        let mut state = state_with(POLICY);
+        let long = "é".repeat(30_000);
+        let reply = lease_named(&mut state, &me(1), &long);
+        let Response::Refused(Refusal::UnknownService { name }) = reply.response else {
+            panic!("not refused as unknown: {:?}", reply.response);
+        };
+        assert!(name.len() <= MAX_SERVICE_NAME + 3, "{} bytes", name.len());
+        assert!(name.ends_with("...") && long.starts_with(name.trim_end_matches("...")));
+        let short = lease_named(&mut state, &me(1), "db");
+        assert!(matches!(
+            short.response,
+            Response::Refused(Refusal::UnknownService { name }) if name == "db"
         ));
     }
 

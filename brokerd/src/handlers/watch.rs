@@ -66,6 +66,28 @@ mod tests {
         assert_eq!(state.watchers.pending().count(), 0);
     }
 
+    /// Watchers that never read share each event: a hundred of them hold one copy.
+    #[test]
+    fn an_event_is_kept_once_however_many_watch() {
+        let mut watchers = Watchers::default();
+        for conn in 0..100 {
+            watchers.add(conn);
+        }
+        for id in 1..=10 {
+            watchers.emit(|| Event::Released { id: LeaseId(id) });
+        }
+        assert_eq!(watchers.queued(42), 10);
+        assert_eq!(watchers.distinct_events(), 10);
+        // Each gets its own frame all the same.
+        assert_eq!(
+            watchers.next_for(42),
+            Some(Response::Event {
+                seq: 1,
+                event: Event::Released { id: LeaseId(1) }
+            })
+        );
+    }
+
     #[test]
     fn a_full_queue_counts_what_it_misses_and_says_so_once() {
         let mut watchers = Watchers::with_capacity(4);
