@@ -521,7 +521,24 @@ impl Table {
         if let Some(deadline) = limit {
             self.deadlines.push(Reverse((deadline.at, id)));
         }
+        // A deadline replaced (renewed, removed, or of an ended lease) stays in the heap until
+        // it is due, which a far one may not be for weeks: renewing in a loop would grow the
+        // heap without end. Rebuilt from the leases once stale entries outnumber live ones;
+        // the cost is spread over as many renewals as it removes.
+        if self.deadlines.len() > 2 * self.leases.len() + 64 {
+            self.deadlines = self
+                .leases
+                .values()
+                .filter_map(|l| l.expires.map(|d| Reverse((d.at, l.id))))
+                .collect();
+        }
         self.leases.get(&id)
+    }
+
+    /// Entries in the deadline heap, stale ones included.
+    #[cfg(test)]
+    pub fn deadline_entries(&self) -> usize {
+        self.deadlines.len()
     }
 
     /// Expire: ends and returns the leases whose time limit is at or before `now`.

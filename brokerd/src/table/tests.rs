@@ -448,3 +448,28 @@ fn the_per_uid_counts_follow_the_lease_to_another_user() {
     table.end(id, EndReason::Released);
     assert_eq!(counts(&table, 3000), (0, 0));
 }
+
+/// A lease renewed in a loop with a far deadline: the replaced deadlines do not pile up in
+/// the heap until they are due (weeks away), and the one that counts still ends the lease.
+#[test]
+fn renewing_in_a_loop_keeps_the_deadline_heap_small() {
+    let mut table = table();
+    let id = grant_on(&mut table, 1, "127.0.0.1:61000");
+    let far = Duration::from_secs(49 * 24 * 3600);
+    for _ in 0..10_000 {
+        table.set_time_limit(id, Some(Deadline::after(far)));
+    }
+    assert!(
+        table.deadline_entries() <= 2 * table.lease_count() + 64 + 1,
+        "{} entries for one lease",
+        table.deadline_entries()
+    );
+    let soon = Deadline::after(Duration::ZERO);
+    table.set_time_limit(id, Some(soon));
+    let ended = table.take_expired(soon.at);
+    assert_eq!(
+        ended.len(),
+        1,
+        "the last deadline set is the one that counts"
+    );
+}
