@@ -26,7 +26,7 @@ use crate::peer::Peer;
 use crate::policy::Policy;
 use crate::socket_file::SocketFile;
 use crate::state::{Notice, State};
-use crate::throttle::Throttle;
+use crate::throttle::{Throttle, Throttled};
 
 /// The epoll token of the listening socket; connection ids start above the loop's tokens.
 pub const LISTENER_TOKEN: u64 = 0;
@@ -98,6 +98,9 @@ pub struct Connections {
     encoded: Vec<u8>,
     full_warning: Throttle,
     accept_warning: Throttle,
+    /// What a client's connection did wrong (over its uid's limit, no Hello, a broken frame,
+    /// closed mid-frame): any local process can do it at every connect.
+    troubles: Throttled,
 }
 
 impl Connections {
@@ -121,6 +124,7 @@ impl Connections {
             encoded: Vec::with_capacity(256),
             full_warning: Throttle::default(),
             accept_warning: Throttle::default(),
+            troubles: Throttled::new("connection"),
         }
     }
 
@@ -212,10 +216,10 @@ impl Connections {
         let limit = policy.limits.connections_per_uid;
         let open = self.per_uid.get(&uid).copied().unwrap_or(0);
         if uid != 0 && open >= limit {
-            warn!(
+            self.troubles.warn(format_args!(
                 "refusing a connection of {}: it has {open} open, the limit (connections_per_uid)",
                 peer.holder
-            );
+            ));
             let refusal = Response::Failed(Failure::NotPermitted {
                 reason: format!(
                     "uid {uid} has {open} connections open, the limit (connections_per_uid)"
@@ -250,10 +254,10 @@ impl Connections {
             }
             self.hello_deadlines.pop_front();
             if let Some(conn) = self.conns.get(&id).filter(|c| !c.greeted) {
-                warn!(
-                    conn = id,
-                    "closing the connection of {}: no Hello within {timeout:?}", conn.peer.holder
-                );
+                self.troubles.warn(format_args!(
+                    "closing the connection of {}: no Hello within {timeout:?} (connection {id})",
+                    conn.peer.holder
+                ));
                 self.close(epoll, state, id);
             }
         }
@@ -425,10 +429,10 @@ impl Connections {
             match conn.stream.read(&mut self.read_chunk) {
                 Ok(0) => {
                     if !frames.is_empty() {
-                        warn!(
-                            conn = id,
-                            "{} closed the connection in the middle of a frame", conn.peer.holder
-                        );
+                        self.troubles.warn(format_args!(
+                            "{} closed the connection in the middle of a frame (connection {id})",
+                            conn.peer.holder
+                        ));
                     }
                     // Every whole request before the end is served by now: send the answers
                     // (a client may close only its sending side), then close.
@@ -525,10 +529,10 @@ impl Connections {
             if let (Some(conn), Response::Failed(failure)) =
                 (self.conns.get_mut(&id), &reply.response)
             {
-                warn!(
-                    conn = id,
-                    "closing the connection of {}: {failure}", conn.peer.holder
-                );
+                self.troubles.warn(format_args!(
+                    "closing the connection of {}: {failure} (connection {id})",
+                    conn.peer.holder
+                ));
                 conn.closing = true;
             }
         }

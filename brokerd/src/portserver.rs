@@ -33,7 +33,7 @@ use crate::policy::Identity;
 use crate::procfs;
 use crate::side_conns::SideConns;
 use crate::state::State;
-use crate::throttle::Throttle;
+use crate::throttle::Throttled;
 
 /// The epoll token of the portserver's listening socket.
 pub const LISTENER_TOKEN: u64 = 4;
@@ -114,18 +114,7 @@ pub struct PortServer {
     pending: Vec<(u64, Option<(LeaseId, u16)>)>,
     /// The lines any local process can provoke (a bad request, a full house, someone else's
     /// pid named): at most one a second, as the lease refusals are.
-    provoked: Throttle,
-}
-
-/// Logs `line` at info if `throttle` lets a line through, saying how many it left out.
-fn log_provoked(throttle: &mut Throttle, line: std::fmt::Arguments) {
-    match throttle.admit() {
-        Some(0) => info!("portserver: {line}"),
-        Some(left_out) => {
-            info!("portserver: {line} ({left_out} more portserver lines left out since the last one logged)")
-        }
-        None => {}
-    }
+    provoked: Throttled,
 }
 
 /// The socket address of `address`: `@name` is abstract, anything else a path.
@@ -168,7 +157,7 @@ impl PortServer {
             address: address.to_owned(),
             clients: SideConns::new(CLIENT_BIT, MAX_CLIENTS, DEADLINE),
             pending: Vec::new(),
-            provoked: Throttle::default(),
+            provoked: Throttled::new("portserver"),
         })
     }
 
@@ -192,9 +181,7 @@ impl PortServer {
             match self.listener.accept() {
                 Ok((stream, _)) => {
                     if self.clients.is_full() {
-                        log_provoked(
-                            &mut self.provoked,
-                            format_args!("{MAX_CLIENTS} clients open; closing a new one (it picks a port itself)"),
+                        self.provoked.info(format_args!("portserver: {MAX_CLIENTS} clients open; closing a new one (it picks a port itself)"),
                         );
                         continue;
                     }
@@ -232,10 +219,9 @@ impl PortServer {
                         Ok(Some(pid)) => break pid,
                         Ok(None) => return,
                         Err(why) => {
-                            log_provoked(
-                                &mut self.provoked,
-                                format_args!("a bad request ({why}); closing without a port"),
-                            );
+                            self.provoked.info(format_args!(
+                                "portserver: a bad request ({why}); closing without a port"
+                            ));
                             return self.clients.close(epoll, token);
                         }
                     }
@@ -279,10 +265,7 @@ impl PortServer {
                     Ok(n) if n == line.len() => {}
                     Ok(_) | Err(_) => {
                         // A lease stays tied to its process, which ends it.
-                        log_provoked(
-                            &mut self.provoked,
-                            format_args!(
-                                "could not send port {port}; its lease ends with its process"
+                        self.provoked.info(format_args!("portserver: could not send port {port}; its lease ends with its process"
                             ),
                         );
                     }
@@ -307,24 +290,21 @@ fn answer(
     state: &mut State,
     stream: &UnixStream,
     claimed: i32,
-    provoked: &mut Throttle,
+    provoked: &mut Throttled,
 ) -> Option<(LeaseId, u16)> {
     let creds = match getsockopt(stream, sockopt::PeerCredentials) {
         Ok(creds) => creds,
         Err(err) => {
-            log_provoked(
-                provoked,
-                format_args!("cannot read the peer's credentials: {err}; no port"),
-            );
+            provoked.info(format_args!(
+                "portserver: cannot read the peer's credentials: {err}; no port"
+            ));
             return None;
         }
     };
     let (peer_pid, uid, gid) = (creds.pid(), creds.uid(), creds.gid());
     let (pid, why) = choose_pid(claimed, peer_pid, uid, procfs::process_uid);
     if let Some(why) = why {
-        log_provoked(
-            provoked,
-            format_args!("process {peer_pid} asked for process {claimed}, but {why}: the port is for {peer_pid}"),
+        provoked.info(format_args!("portserver: process {peer_pid} asked for process {claimed}, but {why}: the port is for {peer_pid}"),
         );
     }
     let holder = Rc::new(Holder {
@@ -339,10 +319,9 @@ fn answer(
         groups: procfs::groups(peer_pid, gid),
     };
     if let Err(err) = state.watches.watch(pid) {
-        log_provoked(
-            provoked,
-            format_args!("cannot watch process {pid}: {err}; no port for {holder}"),
-        );
+        provoked.info(format_args!(
+            "portserver: cannot watch process {pid}: {err}; no port for {holder}"
+        ));
         return None;
     }
     let start_time = procfs::start_time(pid).unwrap_or(0);

@@ -22,7 +22,7 @@ use crate::refusals::RefusalLog;
 use crate::socket_copies;
 use crate::systemd::{self, Notifier};
 use crate::table::Table;
-use crate::throttle::Throttle;
+use crate::throttle::{Throttle, Throttled};
 use crate::watchers::Watchers;
 use crate::watches::ProcessWatches;
 
@@ -66,6 +66,10 @@ pub struct State {
     pub refusals: RefusalLog,
     /// Trouble reading the history, logged at most once a second.
     pub history_trouble: Throttle,
+    /// Lines a client's requests make at will (a re-attach, a handover offered or claimed),
+    /// and leases left lingering (a client can make one per lease): throttled, each kind.
+    pub request_lines: Throttled,
+    lingering_lines: Throttled,
 }
 
 impl State {
@@ -86,6 +90,8 @@ impl State {
             history: None,
             refusals: RefusalLog::default(),
             history_trouble: Throttle::default(),
+            request_lines: Throttled::new("request"),
+            lingering_lines: Throttled::new("lingering"),
         })
     }
 
@@ -155,12 +161,11 @@ impl State {
             )
         });
         if let Some(lease) = self.table.linger(lease_id, survivor) {
-            warn!(
-                lease = lease_id.0,
-                "lingering: {why}, but {} still holds a copy of {}",
+            self.lingering_lines.warn(format_args!(
+                "lease {lease_id} lingering: {why}, but {} still holds a copy of {}",
                 lease.holder,
                 SocketList(&lease.sockets)
-            );
+            ));
             let holder = &lease.holder;
             self.watchers.emit(|| Event::Lingering {
                 id: lease_id,

@@ -1,7 +1,10 @@
 //! Rate-limited log lines: a flood of the same trouble logs one line a second, not one per
 //! event, and the line that is logged can say how many were left out.
 
+use std::fmt;
 use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
 
 #[derive(Debug, Default)]
 pub struct Throttle {
@@ -29,6 +32,77 @@ impl Throttle {
     }
 }
 
+/// Log lines of one kind that any local process can provoke (a bad request, a connection over
+/// its limit): at most `BURST` a second, so that a few troubles at once are each logged and a
+/// flood is not; the first line after a flood says how many of its kind were left out.
+#[derive(Debug)]
+pub struct Throttled {
+    /// When the current second began, and how many lines it has logged.
+    window: Option<(Instant, u32)>,
+    /// Lines left out since the last one logged.
+    left_out: u64,
+    /// What the lines are, in the count: "(3 more portserver lines left out ...)".
+    kind: &'static str,
+}
+
+/// Lines of one kind logged in one second at most.
+pub const BURST: u32 = 10;
+
+/// ` (3 more KIND lines left out since the last one logged)`, or nothing.
+struct LeftOut(u64, &'static str);
+
+impl fmt::Display for LeftOut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            0 => Ok(()),
+            n => write!(
+                f,
+                " ({n} more {} lines left out since the last one logged)",
+                self.1
+            ),
+        }
+    }
+}
+
+impl Throttled {
+    pub fn new(kind: &'static str) -> Throttled {
+        Throttled {
+            window: None,
+            left_out: 0,
+            kind,
+        }
+    }
+
+    /// `Some(n)` when a line may be logged, `n` being how many were left out before it;
+    /// `None` (and one more left out) when this second's `BURST` is spent.
+    fn admit(&mut self, now: Instant) -> Option<u64> {
+        let (start, logged) = match self.window {
+            Some((start, logged)) if now - start < Duration::from_secs(1) => (start, logged),
+            _ => (now, 0),
+        };
+        if logged >= BURST {
+            self.left_out += 1;
+            return None;
+        }
+        self.window = Some((start, logged + 1));
+        Some(std::mem::take(&mut self.left_out))
+    }
+
+    /// `line` at info, if one is due.
+    pub fn info(&mut self, line: fmt::Arguments<'_>) {
+        if let Some(left_out) = self.admit(Instant::now()) {
+            info!("{line}{}", LeftOut(left_out, self.kind));
+        }
+    }
+
+    /// `line` at warn, if one is due.
+    pub fn warn(&mut self, line: fmt::Arguments<'_>) {
+        if let Some(left_out) = self.admit(Instant::now()) {
+            warn!("{line}{}", LeftOut(left_out, self.kind));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -38,6 +112,22 @@ mod tests {
         let mut throttle = Throttle::default();
         assert!(throttle.due());
         assert!(!throttle.due());
+    }
+
+    #[test]
+    fn a_few_lines_at_once_are_logged_and_a_flood_is_counted() {
+        let mut lines = Throttled::new("test");
+        let start = Instant::now();
+        for _ in 0..BURST {
+            assert_eq!(lines.admit(start), Some(0));
+        }
+        for _ in 0..5 {
+            assert_eq!(lines.admit(start + Duration::from_millis(900)), None);
+        }
+        // The next second: the first line counts the five left out.
+        let next = start + Duration::from_secs(1);
+        assert_eq!(lines.admit(next), Some(5));
+        assert_eq!(lines.admit(next), Some(0));
     }
 
     #[test]

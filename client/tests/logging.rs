@@ -52,8 +52,8 @@ fn leases_log_nothing_and_refusals_are_rate_limited_with_a_count() {
     assert_eq!(text.matches("ended: released").count(), 200, "{text}");
 }
 
-/// Bad portserver requests, which any local process can send, log one line a second with a
-/// count of those left out, as refusals do.
+/// Bad portserver requests, which any local process can send, log at most ten lines a second,
+/// the first line after a flood counting those left out.
 #[test]
 fn portserver_trouble_is_rate_limited_with_a_count() {
     use std::io::{Read, Write};
@@ -80,10 +80,45 @@ fn portserver_trouble_is_rate_limited_with_a_count() {
     std::thread::sleep(Duration::from_millis(1100));
     bad_request();
     daemon.assert_logged(
-        "(49 more portserver lines left out since the last one logged)",
+        "(40 more portserver lines left out since the last one logged)",
         Duration::from_secs(2),
-        "the second line logged counts those left out",
+        "the line after the flood counts those left out",
     );
     let log = daemon.log();
-    assert_eq!(log.matches("a bad request").count(), 2, "{log}");
+    assert_eq!(log.matches("a bad request").count(), 11, "{log}");
+}
+
+/// Connections that break the protocol (a request before Hello), which any local process can
+/// open as fast as it likes: a few are each logged, a flood is not, and the first line after
+/// it counts those left out.
+#[test]
+fn connection_troubles_are_rate_limited_with_a_count() {
+    use portbroker_proto::{encode_request, Failure, Request, Response};
+    use std::io::Write;
+    use support::raw::{raw, read_until_closed, responses};
+    let daemon = Daemon::start_at_default_level(&[]);
+    let rude = || {
+        let mut stream = raw(&daemon);
+        stream
+            .write_all(&encode_request(&Request::Status).unwrap())
+            .unwrap();
+        let received = read_until_closed(&mut stream, Duration::from_secs(10));
+        assert_eq!(
+            responses(&received, false, "a request before Hello"),
+            [Response::Failed(Failure::HelloRequired)]
+        );
+    };
+    for _ in 0..30 {
+        rude();
+    }
+    // As above: the rate limit's own window of wall time.
+    std::thread::sleep(Duration::from_millis(1100));
+    rude();
+    daemon.assert_logged(
+        "(20 more connection lines left out since the last one logged)",
+        Duration::from_secs(2),
+        "the line after the flood counts those left out",
+    );
+    let log = daemon.log();
+    assert_eq!(log.matches("must be Hello").count(), 11, "{log}");
 }

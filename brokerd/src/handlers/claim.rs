@@ -4,7 +4,6 @@
 use std::rc::Rc;
 
 use portbroker_proto::{Failure, Response};
-use tracing::info;
 
 use super::Reply;
 use crate::peer::Peer;
@@ -40,7 +39,10 @@ pub fn claim(state: &mut State, peer: &Peer, token: u64) -> Reply {
             .table
             .hand_over(id, peer.conn, Rc::clone(&peer.holder), peer.start_time)
     {
-        info!(lease = id.0, "handed over from {from} to {}", peer.holder);
+        state.request_lines.info(format_args!(
+            "lease {id} handed over from {from} to {}",
+            peer.holder
+        ));
     }
     Reply {
         fds,

@@ -5,7 +5,7 @@ use std::io;
 
 use portbroker_proto::{Failure, LeaseId, Response};
 use rustix::rand::{getrandom, GetRandomFlags};
-use tracing::{info, warn};
+use tracing::warn;
 
 use super::Reply;
 use crate::peer::Peer;
@@ -44,7 +44,10 @@ fn offer(
     };
     // One offer per lease: a new one replaces the last.
     state.table.offer(id, token);
-    info!(lease = id.0, "offered for handover by {}", peer.holder);
+    state.request_lines.info(format_args!(
+        "lease {id} offered for handover by {}",
+        peer.holder
+    ));
     Reply::answer(Response::HandoverOffered { id, token })
 }
 

@@ -1,7 +1,6 @@
 //! `Reattach`: a client that reconnected takes its leases onto the new connection.
 
 use portbroker_proto::{LeaseId, Response};
-use tracing::info;
 
 use super::Reply;
 use crate::peer::Peer;
@@ -24,11 +23,11 @@ pub fn reattach(state: &mut State, peer: &Peer, ids: &[LeaseId]) -> Reply {
         state.table.reattach(id, peer.conn);
         taken.push(id);
     }
-    info!(
+    state.request_lines.info(format_args!(
         "re-attached {} of {} leases to {asker}",
         taken.len(),
         ids.len()
-    );
+    ));
     Reply::answer(Response::Reattached { ids: taken })
 }
 
