@@ -1,11 +1,14 @@
-//! Every read of `/proc`, in one place.
+//! The event loop's reads of `/proc`, in one place (`main.rs` reads three `/proc/sys/net`
+//! settings once at start-up).
 //!
 //! Each of these is a blocking read on the event loop. The per-connection ones
-//! ([`process_name`], [`start_time`], [`groups`]) run once when a client connects; the scans
-//! ([`socket_inodes`], [`visit_socket_fds`]) read every socket or fd of the host and run only for
-//! rare requests (revoke, claim) and for leases whose holder is gone; the one that names who
-//! holds a port outside the broker ([`inodes_in_the_way`], [`visit_socket_fds_within`]) runs
-//! after a refused fixed-port bind, and is bounded in time and processes.
+//! ([`process_name`], [`start_time`], [`groups`]) run once when a client connects. The scans
+//! ([`socket_inodes`], [`visit_socket_fds_within`]) read every socket or fd of the host: a
+//! revoke's is whole (an administrator asks), and the others give up at a deadline and a count
+//! of processes, checked within a process too, since its owner decides how many fds it holds:
+//! naming who holds a lingering lease's copy, and who holds a port outside the broker after a
+//! refused fixed-port bind ([`inodes_in_the_way`]). [`socket_fds_of_within`] reads one
+//! process's fds (a claim's holder) up to a deadline.
 
 use std::io::{BufRead as _, BufReader};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -197,12 +200,6 @@ fn parse_proc_addr(text: &str) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, port))
 }
 
-/// Calls `visit(pid, fd, inode)` for every fd of every other process (`/proc/*/fd`) that is
-/// one of the sockets `inodes`, until it returns true.
-pub fn visit_socket_fds(inodes: &[u64], visit: impl FnMut(i32, i32, u64) -> bool) {
-    visit_socket_fds_within(inodes, None, visit);
-}
-
 /// How much of the host a bounded scan may read: it stops at the deadline or after this many
 /// processes, whichever comes first.
 #[derive(Clone, Copy, Debug)]
@@ -211,8 +208,14 @@ pub struct ScanLimit {
     pub processes: usize,
 }
 
-/// [`visit_socket_fds`] that gives up at `limit`; returns false if it gave up before it had
-/// seen every process (and `visit` had not returned true).
+/// How many fd links a scan reads between two looks at its deadline: one process may hold
+/// hundreds of thousands of fds, and its owner decides how many.
+const FDS_BETWEEN_CHECKS: usize = 256;
+
+/// Calls `visit(pid, fd, inode)` for every fd of every other process (`/proc/*/fd`) that is
+/// one of the sockets `inodes`, until it returns true, or until `limit` (checked between
+/// processes, and within one every `FDS_BETWEEN_CHECKS` fds); returns false if it gave up
+/// before it had seen every process (and `visit` had not returned true).
 pub fn visit_socket_fds_within(
     inodes: &[u64],
     limit: Option<ScanLimit>,
@@ -246,7 +249,14 @@ pub fn visit_socket_fds_within(
         let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else {
             continue;
         };
-        for fd in fds.flatten() {
+        for (read, fd) in fds.flatten().enumerate() {
+            if let Some(limit) = limit {
+                if read % FDS_BETWEEN_CHECKS == FDS_BETWEEN_CHECKS - 1
+                    && Instant::now() >= limit.deadline
+                {
+                    return false;
+                }
+            }
             let Some(inode) = std::fs::read_link(fd.path())
                 .ok()
                 .and_then(|target| socket_inode(&target.to_string_lossy()))
@@ -267,16 +277,30 @@ pub fn visit_socket_fds_within(
 
 /// The socket fds of process `pid` (`/proc/PID/fd`): each fd's number and its socket's inode.
 pub fn socket_fds_of(pid: i32) -> Vec<(i32, u64)> {
+    socket_fds_of_within(pid, None)
+}
+
+/// [`socket_fds_of`] that stops reading at `deadline` (checked every `FDS_BETWEEN_CHECKS`
+/// fds), with what it found by then.
+pub fn socket_fds_of_within(pid: i32, deadline: Option<Instant>) -> Vec<(i32, u64)> {
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
         return Vec::new();
     };
-    fds.flatten()
-        .filter_map(|fd| {
-            let inode = socket_inode(&std::fs::read_link(fd.path()).ok()?.to_string_lossy())?;
-            let number = fd.file_name().to_str()?.parse::<i32>().ok()?;
-            Some((number, inode))
-        })
-        .collect()
+    let mut found = Vec::new();
+    for (read, fd) in fds.flatten().enumerate() {
+        if read % FDS_BETWEEN_CHECKS == FDS_BETWEEN_CHECKS - 1
+            && deadline.is_some_and(|deadline| Instant::now() >= deadline)
+        {
+            break;
+        }
+        let link = std::fs::read_link(fd.path());
+        let inode = link.ok().and_then(|l| socket_inode(&l.to_string_lossy()));
+        let number = fd.file_name().to_str().and_then(|n| n.parse::<i32>().ok());
+        if let (Some(inode), Some(number)) = (inode, number) {
+            found.push((number, inode));
+        }
+    }
+    found
 }
 
 /// The inode of an fd link such as `socket:[123]`.
@@ -357,6 +381,23 @@ mod tests {
             Some(limit),
             |_, _, _| { panic!("visited past the limit") }
         ));
+    }
+
+    /// A process's owner decides how many fds it holds: a bounded read of them stops at its
+    /// deadline however many there are.
+    #[test]
+    fn a_bounded_read_of_a_process_fds_stops_at_its_deadline() {
+        let sockets: Vec<std::net::UdpSocket> = (0..600)
+            .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let pid = std::process::id() as i32;
+        assert!(socket_fds_of(pid).len() >= sockets.len());
+        let bounded = socket_fds_of_within(pid, Some(Instant::now()));
+        assert!(
+            bounded.len() < FDS_BETWEEN_CHECKS,
+            "{} fds read",
+            bounded.len()
+        );
     }
 
     #[test]

@@ -33,21 +33,35 @@ fn which(cookies: &[u64], copy: &OwnedFd) -> Option<usize> {
     cookies.iter().position(|&c| c == cookie)
 }
 
+/// How long a search of one holder's fds may take on the event loop: its owner decides how
+/// many it has. A claim is charged one request per `FDS_PER_REQUEST` fds read.
+const HOLDER_SEARCH_TIME: Duration = Duration::from_millis(50);
+pub const FDS_PER_REQUEST: usize = 16;
+
 /// Copies of every leased socket held by process `pid` (which must still be the process that
 /// started at `start_time`), in the order of the lease's sockets; `None` unless it holds them
-/// all. Only that process is searched: this is what a handover takes.
-pub fn copies_held_by(pid: i32, start_time: u64, leased: Leased<'_>) -> Option<Vec<OwnedFd>> {
+/// all (among the fds read within `HOLDER_SEARCH_TIME`). Only that process is searched: this
+/// is what a handover takes. Also how many of its socket fds were read, the work done.
+pub fn copies_held_by(
+    pid: i32,
+    start_time: u64,
+    leased: Leased<'_>,
+) -> (Option<Vec<OwnedFd>>, usize) {
     if leased.cookies.is_empty() || leased.cookies.len() != leased.sockets.len() {
-        return None;
+        return (None, 0);
     }
     // The pidfd pins the process; a start time read after it was opened is that process's.
-    let pidfd = pidfd::open(pid).ok()?;
+    let Ok(pidfd) = pidfd::open(pid) else {
+        return (None, 0);
+    };
     if procfs::start_time(pid) != Some(start_time) {
-        return None;
+        return (None, 0);
     }
     let hint = procfs::socket_inodes(leased.sockets);
     let mut copies: Vec<Option<OwnedFd>> = leased.cookies.iter().map(|_| None).collect();
-    for (number, inode) in procfs::socket_fds_of(pid) {
+    let fds = procfs::socket_fds_of_within(pid, Some(Instant::now() + HOLDER_SEARCH_TIME));
+    let read = fds.len();
+    for (number, inode) in fds {
         if !hint.is_empty() && !hint.contains(&inode) {
             continue;
         }
@@ -61,7 +75,7 @@ pub fn copies_held_by(pid: i32, start_time: u64, leased: Leased<'_>) -> Option<V
             break;
         }
     }
-    copies.into_iter().collect()
+    (copies.into_iter().collect(), read)
 }
 
 /// The cookies of every socket process `pid` holds (it must still be the process that started
@@ -82,14 +96,18 @@ pub fn cookies_held_by(pid: i32, start_time: u64) -> Option<HashSet<u64>> {
 }
 
 /// Calls `visit(pid, index, copy)` for copies of leased sockets found in any process other
-/// than the broker, until it returns true.
-fn visit_copies(leased: Leased<'_>, mut visit: impl FnMut(i32, usize, OwnedFd) -> bool) {
+/// than the broker, until it returns true, or until `limit`.
+fn visit_copies(
+    leased: Leased<'_>,
+    limit: Option<procfs::ScanLimit>,
+    mut visit: impl FnMut(i32, usize, OwnedFd) -> bool,
+) {
     if leased.cookies.is_empty() {
         return;
     }
     let inodes = procfs::socket_inodes(leased.sockets);
     let mut pidfd_of: Option<(i32, OwnedFd)> = None;
-    procfs::visit_socket_fds(&inodes, |pid, number, _inode| {
+    procfs::visit_socket_fds_within(&inodes, limit, |pid, number, _inode| {
         if pidfd_of.as_ref().is_none_or(|(of, _)| *of != pid) {
             pidfd_of = pidfd::open(pid).ok().map(|fd| (pid, fd));
         }
@@ -110,7 +128,7 @@ fn visit_copies(leased: Leased<'_>, mut visit: impl FnMut(i32, usize, OwnedFd) -
 /// pending and future `accept()` on any of its copies fail; returns how many were found.
 pub fn shut_down_everywhere(leased: Leased<'_>) -> usize {
     let mut done = vec![false; leased.cookies.len()];
-    visit_copies(leased, |pid, index, copy| {
+    visit_copies(leased, None, |pid, index, copy| {
         if !done[index] {
             match shutdown(copy.as_raw_fd(), Shutdown::Read) {
                 Ok(()) => done[index] = true,
@@ -122,10 +140,15 @@ pub fn shut_down_everywhere(leased: Leased<'_>) -> usize {
     done.iter().filter(|&&d| d).count()
 }
 
-/// A process that holds a copy of one of the leased sockets, if any can be seen.
+/// A process that holds a copy of one of the leased sockets, if any can be seen within a
+/// bounded scan (`OUTSIDE_SCAN_TIME`, `OUTSIDE_SCAN_PROCESSES`).
 pub fn a_holder_of(leased: Leased<'_>) -> Option<i32> {
     let mut found = None;
-    visit_copies(leased, |pid, _, _| {
+    let limit = procfs::ScanLimit {
+        deadline: Instant::now() + OUTSIDE_SCAN_TIME,
+        processes: OUTSIDE_SCAN_PROCESSES,
+    };
+    visit_copies(leased, Some(limit), |pid, _, _| {
         found = Some(pid);
         true
     });

@@ -22,7 +22,7 @@ use crate::refusals::RefusalLog;
 use crate::socket_copies;
 use crate::systemd::{self, Notifier};
 use crate::table::Table;
-use crate::throttle::{Throttle, Throttled};
+use crate::throttle::{Burst, Throttle, Throttled};
 use crate::watchers::Watchers;
 use crate::watches::ProcessWatches;
 
@@ -70,7 +70,13 @@ pub struct State {
     /// and leases left lingering (a client can make one per lease): throttled, each kind.
     pub request_lines: Throttled,
     lingering_lines: Throttled,
+    /// Scans for who holds a lingering lease's copy, at most `HOLDER_SCANS` a second.
+    holder_scans: Burst,
 }
+
+/// Scans of every process for a lingering lease's holder, a second at most (each one bounded
+/// by `socket_copies`' scan limit): at most a fifth of the event loop's time.
+const HOLDER_SCANS: u32 = 20;
 
 impl State {
     pub fn new(pool: PortRange, default_addr: IpAddr, policy: Policy) -> nix::Result<State> {
@@ -92,6 +98,7 @@ impl State {
             history_trouble: Throttle::default(),
             request_lines: Throttled::new("request"),
             lingering_lines: Throttled::new("lingering"),
+            holder_scans: Burst::new(HOLDER_SCANS),
         })
     }
 
@@ -153,13 +160,19 @@ impl State {
             }
             return;
         }
-        let survivor = socket_copies::a_holder_of(lease.leased()).map(|pid| {
-            (
-                pid,
-                procfs::process_name(pid).unwrap_or_default(),
-                procfs::start_time(pid).unwrap_or(0),
-            )
-        });
+        // Who holds a copy is only named: a bounded scan, and at most `HOLDER_SCANS` a second,
+        // since a client makes lingering leases at will (lease, keep a copy, hang up).
+        let named = self.holder_scans.admit(Instant::now());
+        let survivor = named
+            .then(|| socket_copies::a_holder_of(lease.leased()))
+            .flatten()
+            .map(|pid| {
+                (
+                    pid,
+                    procfs::process_name(pid).unwrap_or_default(),
+                    procfs::start_time(pid).unwrap_or(0),
+                )
+            });
         if let Some(lease) = self.table.linger(lease_id, survivor) {
             self.lingering_lines.warn(format_args!(
                 "lease {lease_id} lingering: {why}, but {} still holds a copy of {}",

@@ -1,5 +1,6 @@
-//! Rate-limited log lines: a flood of the same trouble logs one line a second, not one per
-//! event, and the line that is logged can say how many were left out.
+//! Rate limits: log lines of a flood of the same trouble (one a second with `Throttle`, ten with
+//! `Throttled`), not one per event, the line that is logged saying how many were left out; and
+//! `Burst`, for work anyone can ask for at will.
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -32,13 +33,43 @@ impl Throttle {
     }
 }
 
+/// At most `per_second` of something in any one second (counted in windows of a second from
+/// the first): a few at once pass, a flood does not.
+#[derive(Debug)]
+pub struct Burst {
+    per_second: u32,
+    /// When the current second began, and how many it has let through.
+    window: Option<(Instant, u32)>,
+}
+
+impl Burst {
+    pub fn new(per_second: u32) -> Burst {
+        Burst {
+            per_second,
+            window: None,
+        }
+    }
+
+    /// Whether one more may go at `now`; if so, it is counted.
+    pub fn admit(&mut self, now: Instant) -> bool {
+        let (start, passed) = match self.window {
+            Some((start, passed)) if now - start < Duration::from_secs(1) => (start, passed),
+            _ => (now, 0),
+        };
+        if passed >= self.per_second {
+            return false;
+        }
+        self.window = Some((start, passed + 1));
+        true
+    }
+}
+
 /// Log lines of one kind that any local process can provoke (a bad request, a connection over
 /// its limit): at most `BURST` a second, so that a few troubles at once are each logged and a
 /// flood is not; the first line after a flood says how many of its kind were left out.
 #[derive(Debug)]
 pub struct Throttled {
-    /// When the current second began, and how many lines it has logged.
-    window: Option<(Instant, u32)>,
+    burst: Burst,
     /// Lines left out since the last one logged.
     left_out: u64,
     /// What the lines are, in the count: "(3 more portserver lines left out ...)".
@@ -67,7 +98,7 @@ impl fmt::Display for LeftOut {
 impl Throttled {
     pub fn new(kind: &'static str) -> Throttled {
         Throttled {
-            window: None,
+            burst: Burst::new(BURST),
             left_out: 0,
             kind,
         }
@@ -76,15 +107,10 @@ impl Throttled {
     /// `Some(n)` when a line may be logged, `n` being how many were left out before it;
     /// `None` (and one more left out) when this second's `BURST` is spent.
     fn admit(&mut self, now: Instant) -> Option<u64> {
-        let (start, logged) = match self.window {
-            Some((start, logged)) if now - start < Duration::from_secs(1) => (start, logged),
-            _ => (now, 0),
-        };
-        if logged >= BURST {
+        if !self.burst.admit(now) {
             self.left_out += 1;
             return None;
         }
-        self.window = Some((start, logged + 1));
         Some(std::mem::take(&mut self.left_out))
     }
 
@@ -112,6 +138,18 @@ mod tests {
         let mut throttle = Throttle::default();
         assert!(throttle.due());
         assert!(!throttle.due());
+    }
+
+    #[test]
+    fn a_burst_lets_so_many_through_a_second() {
+        let mut burst = Burst::new(3);
+        let start = Instant::now();
+        assert_eq!(
+            (0..5).map(|_| burst.admit(start)).collect::<Vec<_>>(),
+            [true, true, true, false, false]
+        );
+        assert!(!burst.admit(start + Duration::from_millis(999)));
+        assert!(burst.admit(start + Duration::from_secs(1)));
     }
 
     #[test]

@@ -12,6 +12,8 @@ use crate::state::State;
 
 pub fn claim(state: &mut State, peer: &Peer, token: u64) -> Reply {
     let offered = state.table.offered(token);
+    // The holder's fds read in the search, charged to the asker: its owner decides how many.
+    let mut read = 0;
     let found = match offered.map(|id| state.may_act_on(&peer.identity, id)) {
         None => Err(Failure::NotPermitted {
             reason: "no lease is offered with this token".into(),
@@ -20,7 +22,10 @@ pub fn claim(state: &mut State, peer: &Peer, token: u64) -> Reply {
         // Only the holder's own copies, known by their cookies: never whatever socket sits on
         // the lease's address now.
         Some(Ok(lease)) => {
-            socket_copies::copies_held_by(lease.holder.pid, lease.start_time, lease.leased())
+            let (copies, fds_read) =
+                socket_copies::copies_held_by(lease.holder.pid, lease.start_time, lease.leased());
+            read = fds_read;
+            copies
                 .map(|fds| (lease.id, lease.sockets.to_vec(), fds))
                 .ok_or_else(|| Failure::NotPermitted {
                     reason: format!(
@@ -30,9 +35,15 @@ pub fn claim(state: &mut State, peer: &Peer, token: u64) -> Reply {
                 })
         }
     };
+    let work = u32::try_from(1 + read / socket_copies::FDS_PER_REQUEST).unwrap_or(u32::MAX);
     let (id, sockets, fds) = match found {
         Ok(found) => found,
-        Err(failure) => return Reply::failed(failure),
+        Err(failure) => {
+            return Reply {
+                work,
+                ..Reply::failed(failure)
+            }
+        }
     };
     if let Some(from) =
         state
@@ -46,6 +57,7 @@ pub fn claim(state: &mut State, peer: &Peer, token: u64) -> Reply {
     }
     Reply {
         fds,
+        work,
         ..Reply::answer(Response::Granted {
             id,
             fds: sockets.len() as u32,
