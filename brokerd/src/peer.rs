@@ -37,7 +37,7 @@ impl Peer {
             }),
             identity: Rc::new(Identity {
                 uid: creds.uid(),
-                groups: procfs::groups(pid, creds.gid()),
+                groups: procfs::groups(pid, creds.uid(), creds.gid()),
             }),
             start_time: procfs::start_time(pid).unwrap_or(0),
         })

@@ -316,7 +316,7 @@ fn answer(
     // The policy decides by the peer: its uid, and its groups.
     let identity = Identity {
         uid,
-        groups: procfs::groups(peer_pid, gid),
+        groups: procfs::groups(peer_pid, uid, gid),
     };
     if let Err(err) = state.watches.watch(pid) {
         provoked.info(format_args!(

@@ -62,16 +62,29 @@ pub fn start_time(pid: i32) -> Option<u64> {
         .ok()
 }
 
-/// A process's groups: `gid` (its primary group) and the supplementary ones of
-/// `/proc/PID/status`, sorted, without duplicates.
-pub fn groups(pid: i32, gid: u32) -> Vec<u32> {
+/// The groups of the process `pid` that connected as `uid` and `gid` (`SO_PEERCRED`): `gid`
+/// and its supplementary groups from `/proc/PID/status`, which decide what the policy lets it
+/// do (an administrator is a member of an admin group). Only while that pid is a process of
+/// the same effective uid and gid: the peer may have exited since it connected and its pid
+/// gone to another user's process, whose groups are not the peer's; then `gid` alone.
+pub fn groups(pid: i32, uid: u32, gid: u32) -> Vec<u32> {
     let mut groups = vec![gid];
     if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
-        if let Some(line) = status.lines().find_map(|l| l.strip_prefix("Groups:")) {
-            groups.extend(
-                line.split_whitespace()
-                    .filter_map(|g| g.parse::<u32>().ok()),
-            );
+        // "Uid:\treal\teffective\tsaved\tfs": SO_PEERCRED gives the effective ids.
+        let effective = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|ids| ids.split_whitespace().nth(1))
+                .and_then(|id| id.parse::<u32>().ok())
+        };
+        if effective("Uid:") == Some(uid) && effective("Gid:") == Some(gid) {
+            if let Some(line) = status.lines().find_map(|l| l.strip_prefix("Groups:")) {
+                groups.extend(
+                    line.split_whitespace()
+                        .filter_map(|g| g.parse::<u32>().ok()),
+                );
+            }
         }
     }
     groups.sort_unstable();
@@ -400,6 +413,38 @@ mod tests {
         );
     }
 
+    /// The groups of a pid are the peer's only while the pid is a process of the peer's ids:
+    /// one of another user (a reused pid) lends none of its groups.
+    #[test]
+    fn a_pid_of_other_ids_lends_no_groups() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPED: needs root to start a process of other ids and groups");
+            return;
+        }
+        let mut child = std::process::Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--groups=4242",
+                "--",
+                "sleep",
+                "30",
+            ])
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        // setpriv execs sleep once it has changed ids: wait for that.
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while process_name(pid).as_deref() != Some("sleep") && Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+        assert!(groups(pid, 65534, 65534).contains(&4242));
+        assert_eq!(groups(pid, 0, 0), [0], "root's peer is not this process");
+        assert_eq!(groups(pid, 65534, 0), [0]);
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
     #[test]
     fn socket_links_name_their_inode() {
         assert_eq!(socket_inode("socket:[123456]"), Some(123_456));
@@ -413,8 +458,9 @@ mod tests {
         assert_eq!(process_uid(pid), Some(nix::unistd::getuid().as_raw()));
         assert!(start_time(pid).is_some_and(|t| t > 0));
         assert!(process_name(pid).is_some_and(|n| !n.is_empty()));
-        let gid = nix::unistd::getgid().as_raw();
-        assert!(groups(pid, gid).contains(&gid));
+        let gid = nix::unistd::getegid().as_raw();
+        let uid = nix::unistd::geteuid().as_raw();
+        assert!(groups(pid, uid, gid).contains(&gid));
         assert_eq!(process_uid(-1), None);
         assert_eq!(
             process_ids(pid),
