@@ -140,12 +140,17 @@ pub fn shut_down_everywhere(leased: Leased<'_>) -> usize {
     done.iter().filter(|&&d| d).count()
 }
 
+/// How long the search for who holds a lingering lease's copy may take: it reads every fd of
+/// the host, and a busy one (a loaded CI machine) needed more than 10 ms for a few hundred
+/// processes. Its callers also limit how often it runs (`state::HOLDER_SCANS`).
+const HOLDER_SCAN_TIME: Duration = Duration::from_millis(100);
+
 /// A process that holds a copy of one of the leased sockets, if any can be seen within a
-/// bounded scan (`OUTSIDE_SCAN_TIME`, `OUTSIDE_SCAN_PROCESSES`).
+/// bounded scan (`HOLDER_SCAN_TIME`, `OUTSIDE_SCAN_PROCESSES`).
 pub fn a_holder_of(leased: Leased<'_>) -> Option<i32> {
     let mut found = None;
     let limit = procfs::ScanLimit {
-        deadline: Instant::now() + OUTSIDE_SCAN_TIME,
+        deadline: Instant::now() + HOLDER_SCAN_TIME,
         processes: OUTSIDE_SCAN_PROCESSES,
     };
     visit_copies(leased, Some(limit), |pid, _, _| {
