@@ -18,7 +18,6 @@ use portbroker_proto::{
 use rustc_hash::FxHashMap as HashMap;
 use tracing::{debug, info, warn};
 
-use crate::budget::RequestBudgets;
 use crate::conn::{Conn, IDLE_BUFFER};
 use crate::handlers::{dispatch, Context, Reply};
 use crate::lease::ConnId;
@@ -90,7 +89,6 @@ pub struct Connections {
     held: Vec<Answer>,
     /// Open connections per uid, for `connections_per_uid`.
     per_uid: HashMap<u32, u64>,
-    budgets: RequestBudgets,
     next_idle_sweep: Instant,
     /// Set while accept() fails for lack of fds: the listener is unwatched until then.
     accept_paused_until: Option<Instant>,
@@ -117,7 +115,6 @@ impl Connections {
             unsettled: Vec::new(),
             held: Vec::new(),
             per_uid: HashMap::default(),
-            budgets: RequestBudgets::default(),
             next_idle_sweep: Instant::now() + IDLE_SWEEP,
             accept_paused_until: None,
             read_chunk: vec![0; READ_CHUNK].into_boxed_slice(),
@@ -488,7 +485,7 @@ impl Connections {
                 conn.last_request = now;
                 let rate = state.policy.limits.requests_per_sec_per_uid;
                 let uid = conn.peer.identity.uid;
-                match self.budgets.take(uid, rate, now) {
+                match state.budgets.take(uid, rate, now) {
                     Some(failure) => Reply::failed(failure),
                     None => {
                         let context = Context {
@@ -500,7 +497,8 @@ impl Connections {
                         let reply = dispatch(state, &context, request);
                         // The binds beyond the first are paid for after the fact, from the
                         // same budget: it may go below zero, refusing what comes next.
-                        self.budgets
+                        state
+                            .budgets
                             .charge(uid, rate, reply.work.saturating_sub(1), now);
                         reply
                     }

@@ -108,21 +108,21 @@ pub fn grant(
 /// Grants one pool port as a number (the portserver protocol): drawn exactly as a `tcp:0`
 /// lease of `identity` would be (rules, quotas, a probe bind on the default address), then the
 /// socket is closed: the broker holds nothing. The lease is tied to `holder`'s process, which
-/// the caller watches.
+/// the caller watches. `binds` counts the binds attempted, the work the asker is charged for.
 pub fn grant_number(
     state: &mut State,
     holder: Rc<Holder>,
     identity: &Identity,
     start_time: u64,
+    binds: &mut u32,
 ) -> Result<(LeaseId, u16), Refusal> {
     let spec = SocketSpec {
         listen: Listen::Number,
         ..SocketSpec::tcp(None, 0)
     };
-    let mut binds = 0;
     // A pool port is never held as a number by anyone, so nothing is taken over.
     let mut taken_over = Vec::new();
-    let bound = match bind_all(state, identity, &[spec], true, &mut binds, &mut taken_over) {
+    let bound = match bind_all(state, identity, &[spec], true, binds, &mut taken_over) {
         Ok(bound) => bound,
         Err(refusal) => {
             state.refusals.lease(format_args!(

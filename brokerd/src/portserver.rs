@@ -302,6 +302,14 @@ fn answer(
         }
     };
     let (peer_pid, uid, gid) = (creds.pid(), creds.uid(), creds.gid());
+    // The same budget as the broker's socket: the portserver is no way around it.
+    let rate = state.policy.limits.requests_per_sec_per_uid;
+    if let Some(failure) = state.budgets.take(uid, rate, Instant::now()) {
+        provoked.info(format_args!(
+            "portserver: no port for process {peer_pid}: {failure}"
+        ));
+        return None;
+    }
     let (pid, why) = choose_pid(claimed, peer_pid, uid, procfs::process_uid);
     if let Some(why) = why {
         provoked.info(format_args!("portserver: process {peer_pid} asked for process {claimed}, but {why}: the port is for {peer_pid}"),
@@ -325,7 +333,13 @@ fn answer(
         return None;
     }
     let start_time = procfs::start_time(pid).unwrap_or(0);
-    match grant::grant_number(state, holder, &identity, start_time) {
+    let mut binds = 0;
+    let granted = grant::grant_number(state, holder, &identity, start_time, &mut binds);
+    // The binds beyond the first are paid for after the fact, as for a lease.
+    state
+        .budgets
+        .charge(uid, rate, binds.saturating_sub(1), Instant::now());
+    match granted {
         Ok(granted) => Some(granted),
         Err(refusal) => {
             // Logged (rate-limited) with the refusal.

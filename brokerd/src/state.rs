@@ -13,6 +13,7 @@ use portbroker_proto::{
 use tracing::{debug, info, warn};
 
 use crate::bind;
+use crate::budget::RequestBudgets;
 use crate::journal::History;
 use crate::lease::{ConnId, Deadline, Keeper, Lease, SocketList};
 use crate::metrics::Counters;
@@ -64,6 +65,9 @@ pub struct State {
     pub history: Option<History>,
     /// Refusals, logged at most once a second and counted.
     pub refusals: RefusalLog,
+    /// Each uid's request budget (`requests_per_sec_per_uid`), spent by its requests on the
+    /// broker's socket and on the portserver alike.
+    pub budgets: RequestBudgets,
     /// Trouble reading the history, logged at most once a second.
     pub history_trouble: Throttle,
     /// Lines a client's requests make at will (a re-attach, a handover offered or claimed),
@@ -96,6 +100,7 @@ impl State {
             watchers: Watchers::default(),
             history: None,
             refusals: RefusalLog::default(),
+            budgets: RequestBudgets::default(),
             history_trouble: Throttle::default(),
             request_lines: Throttled::new("request"),
             lingering_lines: Throttled::new("lingering"),
@@ -501,7 +506,8 @@ mod tests {
         let mut state = fixture::state();
         let peer = fixture::me(1);
         let (id, port) =
-            crate::grant::grant_number(&mut state, peer.holder.clone(), &peer.identity, 0).unwrap();
+            crate::grant::grant_number(&mut state, peer.holder.clone(), &peer.identity, 0, &mut 0)
+                .unwrap();
         let lease = state.table.get(id).unwrap();
         assert_eq!(lease.state(), LeaseState::Number);
         assert!(lease.cookies.is_empty());
@@ -511,7 +517,8 @@ mod tests {
         // other leases.
         assert!(bind::is_free(Transport::Tcp, addr, false));
         let (_, other) =
-            crate::grant::grant_number(&mut state, peer.holder.clone(), &peer.identity, 0).unwrap();
+            crate::grant::grant_number(&mut state, peer.holder.clone(), &peer.identity, 0, &mut 0)
+                .unwrap();
         assert_ne!(other, port);
         // Its process binds the port, then exits: the lease lingers while the socket lives.
         let socket = bind::bind_socket(Transport::Tcp, addr, false, Listen::Default).unwrap();

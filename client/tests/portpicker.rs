@@ -248,3 +248,64 @@ fn a_silent_portserver_client_is_closed_at_its_deadline() {
     let port: u16 = answer.trim().parse().unwrap();
     assert_ne!(port, 0, "{answer:?}\n{}", daemon.log());
 }
+
+/// The portserver spends the asker's request budget (`requests_per_sec_per_uid`), as the
+/// broker's socket does: a user flooding it is answered `0` (portpicker then picks a port
+/// itself) once the budget is spent, and is no way around the budget.
+#[test]
+fn portserver_requests_spend_the_users_request_budget() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: needs root to ask as another user (root has no budget)");
+        return;
+    }
+    const RATE: usize = 5;
+    const ASKED: usize = 30;
+    let tmp = tempfile::tempdir().unwrap();
+    let address = tmp.path().join("portserver.sock");
+    std::fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let policy = format!(
+        "[portserver]\naddress = \"{}\"\n\n[limits]\nrequests_per_sec_per_uid = {RATE}\n\n\
+         [[rule]]\nwho = \"everyone\"\nports = [\"pool\"]\n",
+        address.display()
+    );
+    let daemon = Daemon::start_for_all_users(Some(&policy), &[]);
+    daemon.broker().status().unwrap();
+    // As uid 65534, ASKED requests in a row, each on its own connection, as portpicker makes
+    // them; each answer on a line of its own.
+    let script = format!(
+        "import os, socket\n\
+         for _ in range({ASKED}):\n\
+         \x20   s = socket.socket(socket.AF_UNIX)\n\
+         \x20   s.connect({:?})\n\
+         \x20   s.sendall(b'%d\\n' % os.getpid())\n\
+         \x20   print(s.recv(64).decode().strip(), flush=True)\n\
+         \x20   s.close()\n",
+        address.display().to_string()
+    );
+    let started = Instant::now();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .args(["/usr/bin/python3", "-c", &script])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}\n{}", daemon.log());
+    let answers: Vec<u16> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.parse().unwrap_or_else(|_| panic!("answer {l:?}")))
+        .collect();
+    assert_eq!(answers.len(), ASKED);
+    let granted = answers.iter().filter(|&&port| port != 0).count();
+    assert!(granted >= 1, "nothing granted: {answers:?}");
+    // The budget holds RATE requests and refills at RATE a second while the script runs.
+    let took = started.elapsed().as_secs_f64();
+    let most = RATE + (RATE as f64 * took).ceil() as usize;
+    assert!(
+        granted <= most,
+        "{granted} of {ASKED} granted in {took:.2} s with a budget of {RATE} a second \
+         (at most {most}): {answers:?}"
+    );
+}
