@@ -1,21 +1,37 @@
-//! Rate limits: log lines of a flood of the same trouble (one a second with `Throttle`, ten with
-//! `Throttled`), not one per event, the line that is logged saying how many were left out; and
-//! `Burst`, for work anyone can ask for at will.
+//! Rate limits: log lines of a flood of the same trouble (`Throttle`, one a second unless told
+//! otherwise; `Throttled`, ten a second, logged with its count), not one per event, the line
+//! that is logged saying how many were left out; and `Burst`, for work anyone can ask for at
+//! will, which both count by.
 
 use std::fmt;
 use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-#[derive(Debug, Default)]
+/// Lines of one kind, so many a second at most (one unless made with `per_second`), counting
+/// those left out.
+#[derive(Debug)]
 pub struct Throttle {
-    last: Option<Instant>,
+    burst: Burst,
     /// Lines left out since the last one that was due.
     suppressed: u64,
 }
 
+impl Default for Throttle {
+    fn default() -> Self {
+        Throttle::per_second(1)
+    }
+}
+
 impl Throttle {
-    /// Whether a line is due (at most one a second); if so, the next one waits a second.
+    pub fn per_second(lines: u32) -> Throttle {
+        Throttle {
+            burst: Burst::new(lines),
+            suppressed: 0,
+        }
+    }
+
+    /// Whether a line is due; if not, it is counted as left out.
     pub fn due(&mut self) -> bool {
         self.admit().is_some()
     }
@@ -23,12 +39,14 @@ impl Throttle {
     /// `Some(n)` when a line is due, `n` being how many were not since the last one that was;
     /// `None` (and one more left out) when not.
     pub fn admit(&mut self) -> Option<u64> {
-        let now = Instant::now();
-        if self.last.is_some_and(|t| now - t < Duration::from_secs(1)) {
+        self.admit_at(Instant::now())
+    }
+
+    fn admit_at(&mut self, now: Instant) -> Option<u64> {
+        if !self.burst.admit(now) {
             self.suppressed += 1;
             return None;
         }
-        self.last = Some(now);
         Some(std::mem::take(&mut self.suppressed))
     }
 }
@@ -69,9 +87,7 @@ impl Burst {
 /// flood is not; the first line after a flood says how many of its kind were left out.
 #[derive(Debug)]
 pub struct Throttled {
-    burst: Burst,
-    /// Lines left out since the last one logged.
-    left_out: u64,
+    lines: Throttle,
     /// What the lines are, in the count: "(3 more portserver lines left out ...)".
     kind: &'static str,
 }
@@ -98,32 +114,21 @@ impl fmt::Display for LeftOut {
 impl Throttled {
     pub fn new(kind: &'static str) -> Throttled {
         Throttled {
-            burst: Burst::new(BURST),
-            left_out: 0,
+            lines: Throttle::per_second(BURST),
             kind,
         }
     }
 
-    /// `Some(n)` when a line may be logged, `n` being how many were left out before it;
-    /// `None` (and one more left out) when this second's `BURST` is spent.
-    fn admit(&mut self, now: Instant) -> Option<u64> {
-        if !self.burst.admit(now) {
-            self.left_out += 1;
-            return None;
-        }
-        Some(std::mem::take(&mut self.left_out))
-    }
-
     /// `line` at info, if one is due.
     pub fn info(&mut self, line: fmt::Arguments<'_>) {
-        if let Some(left_out) = self.admit(Instant::now()) {
+        if let Some(left_out) = self.lines.admit() {
             info!("{line}{}", LeftOut(left_out, self.kind));
         }
     }
 
     /// `line` at warn, if one is due.
     pub fn warn(&mut self, line: fmt::Arguments<'_>) {
-        if let Some(left_out) = self.admit(Instant::now()) {
+        if let Some(left_out) = self.lines.admit() {
             warn!("{line}{}", LeftOut(left_out, self.kind));
         }
     }
@@ -154,29 +159,30 @@ mod tests {
 
     #[test]
     fn a_few_lines_at_once_are_logged_and_a_flood_is_counted() {
-        let mut lines = Throttled::new("test");
+        let mut lines = Throttle::per_second(BURST);
         let start = Instant::now();
         for _ in 0..BURST {
-            assert_eq!(lines.admit(start), Some(0));
+            assert_eq!(lines.admit_at(start), Some(0));
         }
         for _ in 0..5 {
-            assert_eq!(lines.admit(start + Duration::from_millis(900)), None);
+            assert_eq!(lines.admit_at(start + Duration::from_millis(900)), None);
         }
         // The next second: the first line counts the five left out.
         let next = start + Duration::from_secs(1);
-        assert_eq!(lines.admit(next), Some(5));
-        assert_eq!(lines.admit(next), Some(0));
+        assert_eq!(lines.admit_at(next), Some(5));
+        assert_eq!(lines.admit_at(next), Some(0));
     }
 
     #[test]
     fn the_line_that_is_due_counts_those_left_out() {
         let mut throttle = Throttle::default();
-        assert_eq!(throttle.admit(), Some(0));
-        assert_eq!(throttle.admit(), None);
-        assert_eq!(throttle.admit(), None);
+        let start = Instant::now();
+        assert_eq!(throttle.admit_at(start), Some(0));
+        assert_eq!(throttle.admit_at(start), None);
+        assert_eq!(throttle.admit_at(start), None);
         // A second later.
-        throttle.last = throttle.last.map(|t| t - Duration::from_secs(1));
-        assert_eq!(throttle.admit(), Some(2));
-        assert_eq!(throttle.admit(), None);
+        let later = start + Duration::from_secs(1);
+        assert_eq!(throttle.admit_at(later), Some(2));
+        assert_eq!(throttle.admit_at(later), None);
     }
 }
