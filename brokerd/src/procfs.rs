@@ -290,18 +290,20 @@ pub fn visit_socket_fds_within(
 
 /// The socket fds of process `pid` (`/proc/PID/fd`): each fd's number and its socket's inode.
 pub fn socket_fds_of(pid: i32) -> Vec<(i32, u64)> {
-    socket_fds_of_within(pid, None)
+    socket_fds_of_within(pid, None).0
 }
 
 /// [`socket_fds_of`] that stops reading at `deadline` (checked every `FDS_BETWEEN_CHECKS`
-/// fds), with what it found by then.
-pub fn socket_fds_of_within(pid: i32, deadline: Option<Instant>) -> Vec<(i32, u64)> {
+/// fds), with what it found by then, and how many fd links it read (sockets or not): the work.
+pub fn socket_fds_of_within(pid: i32, deadline: Option<Instant>) -> (Vec<(i32, u64)>, usize) {
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return Vec::new();
+        return (Vec::new(), 0);
     };
     let mut found = Vec::new();
-    for (read, fd) in fds.flatten().enumerate() {
-        if read % FDS_BETWEEN_CHECKS == FDS_BETWEEN_CHECKS - 1
+    let mut read = 0;
+    for fd in fds.flatten() {
+        read += 1;
+        if read % FDS_BETWEEN_CHECKS == 0
             && deadline.is_some_and(|deadline| Instant::now() >= deadline)
         {
             break;
@@ -313,7 +315,7 @@ pub fn socket_fds_of_within(pid: i32, deadline: Option<Instant>) -> Vec<(i32, u6
             found.push((number, inode));
         }
     }
-    found
+    (found, read)
 }
 
 /// The inode of an fd link such as `socket:[123]`.
@@ -405,7 +407,8 @@ mod tests {
             .collect();
         let pid = std::process::id() as i32;
         assert!(socket_fds_of(pid).len() >= sockets.len());
-        let bounded = socket_fds_of_within(pid, Some(Instant::now()));
+        let (bounded, read) = socket_fds_of_within(pid, Some(Instant::now()));
+        assert!(read <= FDS_BETWEEN_CHECKS, "{read} fd links read");
         assert!(
             bounded.len() < FDS_BETWEEN_CHECKS,
             "{} fds read",

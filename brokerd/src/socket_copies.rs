@@ -41,7 +41,7 @@ pub const FDS_PER_REQUEST: usize = 16;
 /// Copies of every leased socket held by process `pid` (which must still be the process that
 /// started at `start_time`), in the order of the lease's sockets; `None` unless it holds them
 /// all (among the fds read within `HOLDER_SEARCH_TIME`). Only that process is searched: this
-/// is what a handover takes. Also how many of its socket fds were read, the work done.
+/// is what a handover takes. Also how many of its fd links were read, the work done.
 pub fn copies_held_by(
     pid: i32,
     start_time: u64,
@@ -59,8 +59,7 @@ pub fn copies_held_by(
     }
     let hint = procfs::socket_inodes(leased.sockets);
     let mut copies: Vec<Option<OwnedFd>> = leased.cookies.iter().map(|_| None).collect();
-    let fds = procfs::socket_fds_of_within(pid, Some(Instant::now() + HOLDER_SEARCH_TIME));
-    let read = fds.len();
+    let (fds, read) = procfs::socket_fds_of_within(pid, Some(Instant::now() + HOLDER_SEARCH_TIME));
     for (number, inode) in fds {
         if !hint.is_empty() && !hint.contains(&inode) {
             continue;
